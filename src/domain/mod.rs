@@ -1,0 +1,12 @@
+//! Domain types: values that can only be built valid (parse, don't validate). They know nothing
+//! of JSON or SQL; `routes/` and `store/` translate at the edges.
+
+mod money;
+mod movement;
+mod transaction;
+mod user;
+
+pub use money::{Amount, AmountError, Currency, CurrencyError};
+pub use movement::{AccountKey, IdempotencyClaim, Movement};
+pub use transaction::{Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus};
+pub use user::{Email, Password, Role, UserId, Username, SYSTEM_USER_ID};

@@ -1,0 +1,194 @@
+//! Users: ids, names, emails, passwords and roles.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// The reserved `system` user: the counterparty of every credit and debit (double entry). Created
+/// by the first migration with this fixed id; it has no password and cannot log in.
+pub const SYSTEM_USER_ID: UserId = UserId(Uuid::nil());
+
+/// A user's id (a UUID; v7 for users created by Tally, nil for `system`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserId(Uuid);
+
+impl UserId {
+    /// A new time-ordered id.
+    pub fn generate() -> UserId {
+        UserId(Uuid::now_v7())
+    }
+
+    pub fn from_uuid(id: Uuid) -> UserId {
+        UserId(id)
+    }
+
+    pub fn as_uuid(self) -> Uuid {
+        self.0
+    }
+
+    pub fn is_system(self) -> bool {
+        self == SYSTEM_USER_ID
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a user may do. `system` is the ledger's own counterparty and never authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    User,
+    Admin,
+    System,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::System => "system",
+        }
+    }
+
+    /// Errors: any string but `user`, `admin` or `system`.
+    pub fn parse(role: &str) -> Result<Role, TextErrorKind> {
+        match role {
+            "user" => Ok(Role::User),
+            "admin" => Ok(Role::Admin),
+            "system" => Ok(Role::System),
+            _ => Err(TextErrorKind::Invalid("must be one of user, admin, system")),
+        }
+    }
+}
+
+/// Why a piece of text was refused; the message reads after the field name
+/// ("username must be ...").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TextErrorKind {
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// A login name: 3 to 32 characters from `[A-Za-z0-9_.-]`, starting with a letter or digit.
+/// Unique regardless of case (enforced by the database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(name: &str) -> Result<Username, TextErrorKind> {
+        let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !(3..=32).contains(&name.len()) || !valid_chars || !starts_well {
+            return Err(TextErrorKind::Invalid(
+                "must be 3 to 32 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
+            ));
+        }
+        Ok(Username(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, checked for shape only (`local@domain.tld`, at most 254 characters, no
+/// spaces); whether it receives mail is not Tally's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(email: &str) -> Result<Email, TextErrorKind> {
+        let invalid = TextErrorKind::Invalid("must be an email address like name@example.com");
+        if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid);
+        }
+        let Some((local, domain)) = email.split_once('@') else {
+            return Err(invalid);
+        };
+        let domain_ok = !domain.contains('@')
+            && domain.split('.').count() >= 2
+            && domain.split('.').all(|label| !label.is_empty());
+        if local.is_empty() || !domain_ok {
+            return Err(invalid);
+        }
+        Ok(Email(email.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password in clear text, only on its way to the hasher: 8 to 128 characters (NIST SP 800-63B
+/// section 5.1.1.2 asks for at least 8 and for allowing at least 64). Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(password: &str) -> Result<Password, TextErrorKind> {
+        if !(8..=128).contains(&password.chars().count()) {
+            return Err(TextErrorKind::Invalid("must be 8 to 128 characters"));
+        }
+        Ok(Password(password.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn usernames() {
+        assert!(Username::parse("alice").is_ok());
+        assert!(Username::parse("a.b-c_9").is_ok());
+        assert!(Username::parse("al").is_err());
+        assert!(Username::parse("_alice").is_err());
+        assert!(Username::parse("alice smith").is_err());
+        assert!(Username::parse(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn emails() {
+        assert!(Email::parse("alice@example.com").is_ok());
+        assert!(Email::parse("alice@example").is_err());
+        assert!(Email::parse("@example.com").is_err());
+        assert!(Email::parse("alice@@example.com").is_err());
+        assert!(Email::parse("alice @example.com").is_err());
+        assert!(Email::parse("alice@example..com").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        let password = Password::parse("correct horse").unwrap();
+        assert!(!format!("{password:?}").contains("horse"));
+        assert!(Password::parse("short").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn username_never_accepts_a_forbidden_char(name in "[a-z]{3}[ @/\\\\:]{1}[a-z]{0,4}") {
+            prop_assert!(Username::parse(&name).is_err());
+        }
+
+        #[test]
+        fn email_parse_keeps_the_text(local in "[a-z0-9.]{1,20}", domain in "[a-z]{1,10}\\.[a-z]{2,5}") {
+            let text = format!("{local}@{domain}");
+            prop_assert_eq!(Email::parse(&text).unwrap().as_str(), text.as_str());
+        }
+    }
+}

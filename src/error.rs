@@ -1,0 +1,206 @@
+//! Every error a client can see, rendered in one place as `application/problem+json`
+//! (RFC 9457): `{type, title, status, detail, code}` plus `errors` for validation and
+//! `transaction_id` for a recorded business rejection. Causes are logged, never sent.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// One invalid field of a request: `field` is its JSON name (or `header:<name>`, `query:<name>`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// The closed set of failures the REST API reports. Each maps to one status and one stable
+/// `code` (DESIGN.md section 4) that clients may rely on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `malformed_request`: the body is not JSON, or not a JSON object.
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// 422 `validation_failed` with one entry per bad field.
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    /// 415 `unsupported_media_type`: a body that is not `application/json`.
+    #[error("the body must be application/json")]
+    UnsupportedMediaType,
+    /// 413 `payload_too_large`.
+    #[error("the body is larger than {limit_bytes} bytes")]
+    PayloadTooLarge { limit_bytes: usize },
+    /// 401 `unauthorized`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403 `forbidden`.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 405 `method_not_allowed`.
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    /// 409 with a specific code (`username_taken`, `email_taken`).
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: &'static str },
+    /// 422 `insufficient_funds`: recorded as the `failed` transaction `transaction_id`.
+    #[error("the source account's available balance is lower than the amount")]
+    InsufficientFunds { transaction_id: Uuid },
+    /// 422 `idempotency_key_reused`: the key was first used with another request body.
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    /// 503 `overloaded` with `Retry-After`: the submission queue is full.
+    #[error("the transaction queue is full; retry later")]
+    Overloaded { retry_after_s: u64 },
+    /// 503 `unavailable` with `Retry-After`: the database cannot be reached or did not answer in
+    /// time. Nothing was acknowledged; a retry with the same Idempotency-Key is safe.
+    #[error("the ledger database is unavailable; retry later with the same Idempotency-Key")]
+    Unavailable,
+    /// 500 `internal`: a bug or an unexpected failure, logged with its cause chain.
+    #[error("an internal error occurred")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<Uuid>,
+}
+
+impl ApiError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedRequest(_) => "malformed_request",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::InsufficientFunds { .. } => "insufficient_funds",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Unavailable => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::MalformedRequest(_) => "Malformed request",
+            ApiError::Validation(_) => "Validation failed",
+            ApiError::UnsupportedMediaType => "Unsupported media type",
+            ApiError::PayloadTooLarge { .. } => "Payload too large",
+            ApiError::Unauthorized(_) => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::MethodNotAllowed => "Method not allowed",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::InsufficientFunds { .. } => "Insufficient funds",
+            ApiError::IdempotencyKeyReused => "Idempotency key reused",
+            ApiError::Overloaded { .. } => "Overloaded",
+            ApiError::Unavailable => "Service unavailable",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    /// A validation error about a single field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_)
+            | ApiError::InsufficientFunds { .. }
+            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if let ApiError::Internal(cause) = self {
+            tracing::error!(error = ?cause, "internal error");
+        }
+        let code = self.code();
+        let problem = Problem {
+            kind: format!("urn:tally:problem:{code}"),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            errors: match self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
+            transaction_id: match self {
+                ApiError::InsufficientFunds { transaction_id } => Some(*transaction_id),
+                _ => None,
+            },
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json");
+        match self {
+            ApiError::Overloaded { retry_after_s } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_s.to_string()));
+            }
+            ApiError::Unavailable => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.body(serde_json::to_string(&problem).expect("a problem always serializes"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> ApiError {
+        tracing::warn!(%error, "no database connection");
+        ApiError::Unavailable
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> ApiError {
+        if crate::store::is_connection_error(&error) {
+            tracing::warn!(%error, "database connection lost");
+            ApiError::Unavailable
+        } else {
+            ApiError::Internal(anyhow::Error::new(error).context("database query"))
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Balance actors: one per account (user, currency). Each serializes the reservations on its
+//! account: it knows the committed amount (from the database), the overdraft limit, and the
+//! holds of movements that are on their way to the journal writer, so
+//! `available = amount - pending + overdraft_limit - held`.
+//!
+//! The cache is a fast path, never the arbiter (invariant 6). A movement the cache cannot cover
+//! is not rejected here: it goes to the journal writer marked `alone`, and the database's
+//! conditional update decides. A hold the database refuses is re-checked alone there too. After
+//! every commit the actor learns the amount the database returned, with its version, so a stale
+//! cache corrects itself.
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture,
+};
+use deadpool_postgres::Pool;
+
+use super::journal::{Append, Hold, Item, JournalWriter};
+use super::{SubmitError, Submission};
+use crate::domain::AccountKey;
+use crate::store::journal::AccountState;
+
+/// Reserve the movement's amount and pass it on to the journal writer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Reserve(pub Submission);
+
+/// A hold of `release` minor units is settled: committed, refused, or failed. `observed` is the
+/// account's balance after the commit, when the commit happened; `reload` means the commit's
+/// outcome is unknown and the cache must be reloaded before it is trusted again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Settle {
+    pub release: i64,
+    pub observed: Option<AccountState>,
+    pub reload: bool,
+}
+
+/// The account's balance as a commit left it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Observe(pub AccountState);
+
+/// Stop once no hold is outstanding (sent by the directory after it forgot this actor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Retire;
+
+/// What the database said about the account when the actor loaded it.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    amount: i64,
+    pending: i64,
+    overdraft_limit: i64,
+    version: i64,
+}
+
+pub(super) struct BalanceActor {
+    account: AccountKey,
+    pool: Pool,
+    journal: Addr<JournalWriter>,
+    /// `None` until loaded, or after a load failed or a commit's outcome became unknown.
+    cached: Option<Cached>,
+    /// Sum of outstanding holds, minor units.
+    held: i64,
+    holds: u64,
+    retiring: bool,
+}
+
+impl BalanceActor {
+    pub(super) fn new(account: AccountKey, pool: Pool, journal: Addr<JournalWriter>) -> BalanceActor {
+        BalanceActor { account, pool, journal, cached: None, held: 0, holds: 0, retiring: false }
+    }
+
+    /// Loads the balance, blocking the mailbox until done (`ctx.wait`), then runs `then`.
+    fn load_then(&mut self, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static) {
+        let (pool, account) = (self.pool.clone(), self.account);
+        let load = async move {
+            let client = pool.get().await.map_err(|error| tracing::warn!(%error, "balance load: no connection"))?;
+            crate::store::balances::find(&client, account)
+                .await
+                .map_err(|error| tracing::warn!(%error, "balance load failed"))
+        };
+        ctx.wait(load.into_actor(self).map(move |loaded, actor, ctx| {
+            actor.cached = match loaded {
+                Ok(Some(record)) => Some(Cached {
+                    amount: record.amount,
+                    pending: record.pending,
+                    overdraft_limit: record.overdraft_limit,
+                    version: record.version,
+                }),
+                // Never used: the journal writer creates the row with the defaults.
+                Ok(None) => Some(Cached { amount: 0, pending: 0, overdraft_limit: 0, version: 0 }),
+                Err(()) => None,
+            };
+            then(actor, ctx);
+        }));
+    }
+
+    fn reserve(&mut self, submission: Submission, ctx: &mut Context<Self>) {
+        let Some(cached) = self.cached else {
+            // The database could not be read: answer now rather than queue behind an outage.
+            submission.answer(Err(SubmitError::Unavailable));
+            return;
+        };
+        let amount = submission.movement.amount.minor();
+        // i128: the limit of a generous account may be near i64::MAX.
+        let available = i128::from(cached.amount) - i128::from(cached.pending) + i128::from(cached.overdraft_limit)
+            - i128::from(self.held);
+        if i128::from(amount) <= available {
+            self.held += amount;
+            self.holds += 1;
+            let hold = Hold { holder: ctx.address(), amount };
+            self.journal.do_send(Append(Item { submission, hold: Some(hold), alone: false }));
+        } else {
+            // Let the database decide: the cache may be behind another process's credit.
+            self.journal.do_send(Append(Item { submission, hold: None, alone: true }));
+        }
+    }
+
+    fn observe(&mut self, state: AccountState) {
+        if let Some(cached) = &mut self.cached {
+            if state.version > cached.version {
+                cached.amount = state.amount;
+                cached.version = state.version;
+            }
+        }
+    }
+
+    fn stop_if_retired(&mut self, ctx: &mut Context<Self>) {
+        if self.retiring && self.holds == 0 {
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for BalanceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_then(ctx, |_, _| {});
+    }
+}
+
+impl Handler<Reserve> for BalanceActor {
+    type Result = ();
+
+    fn handle(&mut self, Reserve(submission): Reserve, ctx: &mut Context<Self>) {
+        if self.cached.is_none() {
+            self.load_then(ctx, move |actor, ctx| actor.reserve(submission, ctx));
+        } else {
+            self.reserve(submission, ctx);
+        }
+    }
+}
+
+impl Handler<Settle> for BalanceActor {
+    type Result = ();
+
+    fn handle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
+        self.held -= settle.release;
+        self.holds -= 1;
+        debug_assert!(self.held >= 0, "holds never release more than they took");
+        if let Some(state) = settle.observed {
+            self.observe(state);
+        }
+        if settle.reload {
+            self.cached = None;
+        }
+        self.stop_if_retired(ctx);
+    }
+}
+
+impl Handler<Observe> for BalanceActor {
+    type Result = ();
+
+    fn handle(&mut self, Observe(state): Observe, _ctx: &mut Context<Self>) {
+        self.observe(state);
+    }
+}
+
+impl Handler<Retire> for BalanceActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.retiring = true;
+        self.stop_if_retired(ctx);
+    }
+}

@@ -1,0 +1,256 @@
+//! The journal writer: collects reserved movements into batches and commits each batch in ONE
+//! PostgreSQL transaction (group commit), then settles the holds, tells the balance actors what
+//! the database returned, and answers every caller. One fsync serves the whole batch.
+//!
+//! Batching: a batch is written when it reaches `batch_size_max`, or `batch_linger_us` after
+//! its first movement arrived. Only one batch is being committed at a time; whatever arrives
+//! meanwhile forms the next batch, which is written as soon as the current one is done, so the
+//! batch size grows with the load by itself.
+//!
+//! Failures: a database error that is not a lost connection splits the batch in halves and
+//! retries each, down to single movements, so one bad movement fails alone and never its
+//! batch-mates. Deadlocks and serialization failures are retried as they are. A lost
+//! connection answers the whole batch `Unavailable` (nothing acknowledged) and tells the
+//! balance actors to reload, since a `COMMIT` cut off midway has an unknown outcome.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture};
+use deadpool_postgres::Pool;
+
+use super::balance::{BalanceActor, Settle};
+use super::directory::{Directory, Observed};
+use super::{Outcome, PipelineStats, Recorded, SubmitError, Submission};
+use crate::domain::AccountKey;
+use crate::store::journal::{AccountState, BatchItem, BatchReport, Posting};
+use crate::telemetry::names;
+
+/// Transient database errors (deadlock, serialization failure) are retried this many times
+/// before the batch is split.
+const TRANSIENT_RETRIES_MAX: u32 = 3;
+
+/// Funds a balance actor set aside for one movement.
+pub(super) struct Hold {
+    pub holder: Addr<BalanceActor>,
+    /// Minor units.
+    pub amount: i64,
+}
+
+/// A movement ready to be written.
+pub(super) struct Item {
+    pub submission: Submission,
+    pub hold: Option<Hold>,
+    /// Apply it by itself after the group (its account's cache could not cover it).
+    pub alone: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Append(pub Item);
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct JournalSettings {
+    pub batch_size_max: usize,
+    pub linger: Duration,
+}
+
+pub(super) struct JournalWriter {
+    pool: Pool,
+    directory: Addr<Directory>,
+    settings: JournalSettings,
+    stats: Arc<PipelineStats>,
+    buffer: Vec<Item>,
+    writing: bool,
+    linger_timer: Option<SpawnHandle>,
+}
+
+/// What happened to one movement of a written batch.
+enum Written {
+    Posted(Posting, chrono::DateTime<chrono::Utc>),
+    Failed(SubmitError),
+}
+
+impl JournalWriter {
+    pub(super) fn new(
+        pool: Pool,
+        directory: Addr<Directory>,
+        settings: JournalSettings,
+        stats: Arc<PipelineStats>,
+    ) -> JournalWriter {
+        JournalWriter {
+            pool,
+            directory,
+            settings,
+            stats,
+            buffer: Vec::with_capacity(settings.batch_size_max),
+            writing: false,
+            linger_timer: None,
+        }
+    }
+
+    fn write_next_batch(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.linger_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if self.buffer.is_empty() {
+            return;
+        }
+        self.writing = true;
+        let take = self.buffer.len().min(self.settings.batch_size_max);
+        let items: Vec<Item> = self.buffer.drain(..take).collect();
+        let pool = self.pool.clone();
+        let started = Instant::now();
+        let write = async move {
+            let (written, accounts, retries) = write_batch(&pool, &items).await;
+            (items, written, accounts, retries)
+        };
+        ctx.spawn(write.into_actor(self).map(move |(items, written, accounts, retries), writer, ctx| {
+            metrics::histogram!(names::BATCH_SIZE).record(items.len() as f64);
+            metrics::histogram!(names::BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            writer.stats.batches.fetch_add(1, Ordering::Relaxed);
+            writer.stats.batch_items.fetch_add(items.len() as u64, Ordering::Relaxed);
+            writer.stats.batch_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+            writer.settle(items, written, accounts);
+            writer.writing = false;
+            // What arrived during the commit has waited long enough: write it now.
+            writer.write_next_batch(ctx);
+        }));
+    }
+
+    /// Settles holds, shares the observed balances, and answers the callers.
+    fn settle(&mut self, items: Vec<Item>, written: Vec<Written>, accounts: Vec<AccountState>) {
+        let mut told: HashSet<AccountKey> = HashSet::new();
+        for (item, written) in items.into_iter().zip(written) {
+            let movement = &item.submission.movement;
+            let kind = movement.kind.as_str();
+            let debited = movement.debited();
+            let result = match written {
+                Written::Posted(posting, at) => match posting {
+                    Posting::Completed => {
+                        metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "completed").increment(1);
+                        Ok(Outcome::Completed(Recorded { created_at: at, completed_at: Some(at) }))
+                    }
+                    Posting::InsufficientFunds => {
+                        metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "failed").increment(1);
+                        Ok(Outcome::InsufficientFunds(Recorded { created_at: at, completed_at: None }))
+                    }
+                    Posting::Duplicate { transaction_id, request_hash } => {
+                        let same_request = movement
+                            .idempotency
+                            .as_ref()
+                            .is_some_and(|claim| claim.request_hash[..] == request_hash[..]);
+                        Ok(Outcome::Duplicate { transaction_id, same_request })
+                    }
+                },
+                Written::Failed(error) => {
+                    metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "error").increment(1);
+                    Err(error)
+                }
+            };
+            if let Some(hold) = item.hold {
+                let observed = accounts.iter().find(|state| state.account == debited).copied();
+                if observed.is_some() {
+                    told.insert(debited);
+                }
+                let reload = matches!(result, Err(SubmitError::Unavailable));
+                hold.holder.do_send(Settle { release: hold.amount, observed, reload });
+            }
+            item.submission.answer(result);
+        }
+        for state in accounts {
+            if !told.contains(&state.account) {
+                self.directory.do_send(Observed(state));
+            }
+        }
+    }
+}
+
+/// Writes `items`, splitting on errors so that each failure stays with its own movement.
+/// Returns one [`Written`] per item, the final account states, and how many retries it took.
+async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountState>, u32) {
+    let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
+    let mut accounts = Vec::new();
+    let mut retries = 0;
+    // Ranges still to write, last popped first; pushed so that earlier movements go first.
+    let mut pending: Vec<(Range<usize>, u32)> = vec![(0..items.len(), 0)];
+    while let Some((range, transient_attempts)) = pending.pop() {
+        let batch: Vec<BatchItem<'_>> = items[range.clone()]
+            .iter()
+            .map(|item| BatchItem { movement: &item.submission.movement, alone: item.alone })
+            .collect();
+        let result = match pool.get().await {
+            Ok(mut client) => crate::store::journal::commit_batch(&mut client, &batch).await.map_err(Some),
+            Err(error) => {
+                tracing::warn!(%error, "journal writer: no database connection");
+                Err(None)
+            }
+        };
+        match result {
+            Ok(BatchReport { postings, committed_at, accounts: states, attempts }) => {
+                retries += attempts - 1;
+                for (slot, posting) in written[range].iter_mut().zip(postings) {
+                    *slot = Some(Written::Posted(posting, committed_at));
+                }
+                accounts.extend(states);
+            }
+            Err(Some(error)) if crate::store::is_transient(&error) && transient_attempts < TRANSIENT_RETRIES_MAX => {
+                tracing::info!(%error, "journal writer: transient failure, retrying the batch");
+                retries += 1;
+                pending.push((range, transient_attempts + 1));
+            }
+            Err(Some(error)) if !crate::store::is_connection_error(&error) && range.len() > 1 => {
+                tracing::warn!(error = ?error, items = range.len(), "journal writer: batch failed, splitting it");
+                retries += 1;
+                let middle = range.start + range.len() / 2;
+                pending.push((middle..range.end, 0));
+                pending.push((range.start..middle, 0));
+            }
+            Err(Some(error)) if !crate::store::is_connection_error(&error) => {
+                tracing::error!(error = ?error, "journal writer: a movement failed on its own");
+                written[range.start] = Some(Written::Failed(SubmitError::Internal(error.to_string())));
+            }
+            Err(error) => {
+                // The connection is gone: everything not yet written is answered Unavailable now
+                // rather than queued behind the outage.
+                if let Some(error) = error {
+                    tracing::warn!(%error, "journal writer: database connection lost");
+                }
+                for slot in written.iter_mut().filter(|slot| slot.is_none()) {
+                    *slot = Some(Written::Failed(SubmitError::Unavailable));
+                }
+                pending.clear();
+            }
+        }
+    }
+    let written = written.into_iter().map(|slot| slot.expect("every range is written or failed")).collect();
+    (written, accounts, retries)
+}
+
+impl Actor for JournalWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Append> for JournalWriter {
+    type Result = ();
+
+    fn handle(&mut self, Append(item): Append, ctx: &mut Context<Self>) {
+        self.buffer.push(item);
+        if self.writing {
+            return;
+        }
+        if self.buffer.len() >= self.settings.batch_size_max {
+            self.write_next_batch(ctx);
+        } else if self.linger_timer.is_none() {
+            self.linger_timer = Some(ctx.run_later(self.settings.linger, |writer, ctx| {
+                writer.linger_timer = None;
+                if !writer.writing {
+                    writer.write_next_batch(ctx);
+                }
+            }));
+        }
+    }
+}

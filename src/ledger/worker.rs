@@ -1,0 +1,46 @@
+//! Worker actors: drain the submission queue and route each movement. A movement whose debited
+//! account is a user's needs a reservation, so it goes to that account's balance actor (through
+//! the directory); a credit debits `system`, which has no limit, so it goes straight to the
+//! journal writer.
+
+use actix::{Actor, Addr, Context, StreamHandler};
+
+use super::directory::{Directory, Reserve};
+use super::journal::{Append, Item, JournalWriter};
+use super::{queue_wait, Submission};
+
+pub(super) struct Worker {
+    directory: Addr<Directory>,
+    journal: Addr<JournalWriter>,
+}
+
+impl Worker {
+    /// Starts a worker that consumes `queue` until every sender is gone.
+    pub(super) fn start(
+        queue: async_channel::Receiver<Submission>,
+        directory: Addr<Directory>,
+        journal: Addr<JournalWriter>,
+    ) -> Addr<Worker> {
+        Worker::create(|ctx| {
+            Worker::add_stream(queue, ctx);
+            Worker { directory, journal }
+        })
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+}
+
+impl StreamHandler<Submission> for Worker {
+    fn handle(&mut self, submission: Submission, _ctx: &mut Context<Self>) {
+        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT_SECONDS).record(queue_wait(&submission).as_secs_f64());
+        debug_assert_ne!(submission.movement.from, submission.movement.to, "handlers refuse self-transfers");
+        // do_send ignores the mailbox limit; the admission permits bound what is in flight.
+        if submission.movement.needs_reservation() {
+            self.directory.do_send(Reserve(submission));
+        } else {
+            self.journal.do_send(Append(Item { submission, hold: None, alone: false }));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Tally: an actor-based concurrent transaction processor, a double-entry money ledger with a
+//! REST API.
+//!
+//! Requests enter through `routes` (actix-web), are validated into `domain` types, and money
+//! movements go through the `ledger` pipeline: a bounded submission queue, worker actors,
+//! per-account balance actors, and a journal writer that group-commits many transactions in
+//! one PostgreSQL transaction through `store`. See `ARCHITECTURE.md` for the map and the
+//! invariants each module keeps.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod ledger;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

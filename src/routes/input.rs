@@ -1,0 +1,166 @@
+//! Reading request bodies and fields. Bodies are read by hand (not `web::Json`) so that every
+//! failure becomes the right problem: 415 for a non-JSON content type, 413 over
+//! `http.body_limit_bytes`, 400 for malformed JSON, and 422 with one entry per bad field for
+//! missing, unknown or invalid fields, all reported together.
+
+use actix_web::dev::Payload;
+use actix_web::web::BytesMut;
+use actix_web::{http::header, web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::domain::{Amount, AmountError, Currency, TextError};
+use crate::error::{ApiError, FieldError};
+
+/// The largest body a route accepts, in bytes (`http.body_limit_bytes`), as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A request body that is a JSON object.
+pub struct JsonObject(pub Map<String, Value>);
+
+impl FromRequest for JsonObject {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<JsonObject, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |limit| limit.0);
+        let content_type = req.content_type().to_ascii_lowercase();
+        let is_json = content_type == "application/json" || content_type.ends_with("+json");
+        let declared_length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !is_json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            if declared_length.is_some_and(|length| length > limit) {
+                return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+            }
+            let mut body = BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|error| ApiError::MalformedRequest(format!("the body could not be read: {error}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(map)) => Ok(JsonObject(map)),
+                Ok(_) => Err(ApiError::MalformedRequest("the body must be a JSON object".into())),
+                Err(error) => Err(ApiError::MalformedRequest(format!("the body is not valid JSON: {error}"))),
+            }
+        })
+    }
+}
+
+/// Takes fields out of a JSON object one by one, collecting every error; `finish` reports them
+/// all at once, together with any field nobody asked for.
+pub struct Fields {
+    object: Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    pub fn new(JsonObject(object): JsonObject) -> Fields {
+        Fields { object, errors: Vec::new() }
+    }
+
+    /// A field that must be present and not null.
+    pub fn required<T>(&mut self, name: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        match self.object.remove(name) {
+            None | Some(Value::Null) => {
+                self.errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            Some(value) => self.parse(name, &value, parse),
+        }
+    }
+
+    /// A field that may be absent or null.
+    pub fn optional<T>(&mut self, name: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        match self.object.remove(name) {
+            None | Some(Value::Null) => None,
+            Some(value) => self.parse(name, &value, parse),
+        }
+    }
+
+    fn parse<T>(&mut self, name: &str, value: &Value, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+        match parse(value) {
+            Ok(parsed) => Some(parsed),
+            Err(message) => {
+                self.errors.push(FieldError::new(name, message));
+                None
+            }
+        }
+    }
+
+    /// Records an error found across fields (e.g. a transfer to oneself).
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(name, message));
+    }
+
+    /// Errors: 422 `validation_failed` listing every bad, missing or unknown field. After `Ok`,
+    /// every `required` call of this `Fields` returned `Some`.
+    pub fn finish(mut self) -> Result<(), ApiError> {
+        let mut unknown: Vec<String> = self.object.keys().cloned().collect();
+        unknown.sort();
+        for name in unknown {
+            self.errors.push(FieldError::new(name, "is not a known field"));
+        }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+/// Value parsers for [`Fields`]; each error message reads after the field name.
+pub mod parse {
+    use super::*;
+
+    /// A positive JSON integer of minor units, at most [`Amount::MAX_MINOR`]. Strings,
+    /// fractions and exponent forms (`1e3`) are refused: money is never a float.
+    pub fn amount(value: &Value) -> Result<Amount, String> {
+        let Value::Number(number) = value else {
+            return Err("must be a JSON integer of minor units (e.g. 1234 for 12.34 USD)".into());
+        };
+        if let Some(minor) = number.as_i64() {
+            return Amount::new(minor).map_err(|error| error.to_string());
+        }
+        if number.is_u64() {
+            return Err(AmountError::TooLarge.to_string());
+        }
+        Err("must be a whole number of minor units, not a fraction".into())
+    }
+
+    pub fn currency(value: &Value) -> Result<Currency, String> {
+        let Value::String(code) = value else {
+            return Err("must be a string with an ISO 4217 code".into());
+        };
+        Currency::parse(code).map_err(|error| error.to_string())
+    }
+
+    pub fn uuid(value: &Value) -> Result<Uuid, String> {
+        value
+            .as_str()
+            .and_then(|text| Uuid::parse_str(text).ok())
+            .ok_or_else(|| "must be a UUID string".to_owned())
+    }
+
+    /// A string checked by a domain parser.
+    pub fn text<T>(parse: impl FnOnce(&str) -> Result<T, TextError>) -> impl FnOnce(&Value) -> Result<T, String> {
+        move |value| {
+            let Value::String(text) = value else {
+                return Err("must be a string".into());
+            };
+            parse(text).map_err(|error| error.to_string())
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The REST surface: one module per endpoint group, the shared app state, and the app-wide
+//! middleware (HTTP metrics, and the error handler that turns every error reply, actix's own
+//! included, into problem+json).
+
+pub mod auth;
+pub mod balances;
+pub mod input;
+pub mod ops;
+pub mod transactions;
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::{web, HttpResponse, ResponseError};
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::config::Settings;
+use crate::domain::UserId;
+use crate::error::ApiError;
+use crate::ledger::Ledger;
+use crate::telemetry::names;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// Connections for handlers and balance loads.
+    pub pool: Pool,
+    /// The journal writer's connections (only read here, for `/metrics`).
+    pub journal_pool: Pool,
+    pub ledger: Ledger,
+    pub settings: Settings,
+    pub metrics: PrometheusHandle,
+}
+
+/// Mounts every route. `/api/v1/auth/*` is public; the rest of `/api/v1` requires a bearer
+/// token.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.configure(ops::configure).service(
+        web::scope("/api/v1")
+            .service(web::scope("/auth").configure(auth::configure))
+            .service(
+                web::scope("")
+                    .wrap(actix_web::middleware::from_fn(crate::auth::require_bearer))
+                    .service(web::scope("/transactions").configure(transactions::configure))
+                    .service(web::scope("/balances").configure(balances::configure)),
+            ),
+    );
+}
+
+/// The user whose data a request reads: the caller, or `user_id` for an admin. Errors: 403 for
+/// a non-admin naming another user.
+pub fn subject(principal: Principal, user_id: Option<Uuid>) -> Result<UserId, ApiError> {
+    match user_id.map(UserId::from_uuid) {
+        None => Ok(principal.user),
+        Some(user) if user == principal.user || principal.is_admin() => Ok(user),
+        Some(_) => Err(ApiError::Forbidden("only an admin may read another user's data")),
+    }
+}
+
+/// Fallback for paths no route matches: 404 problem.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such resource"))
+}
+
+/// Error handler for the whole app: an error reply that is not already problem+json (actix's
+/// own 404, 405, 413, bad path or query) is replaced by the problem for its status.
+pub fn problem_for_plain_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let error = match res.status() {
+        StatusCode::NOT_FOUND => ApiError::NotFound("no such resource"),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge { limit_bytes: 0 },
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized("authentication required"),
+        StatusCode::FORBIDDEN => ApiError::Forbidden("forbidden"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        status if status.is_server_error() => ApiError::Internal(anyhow::anyhow!("{status} from the framework")),
+        _ => ApiError::MalformedRequest("the request could not be understood".into()),
+    };
+    let (req, _) = res.into_parts();
+    let response = error.error_response();
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+}
+
+/// Rejects a bad path or query string with 404 (path) or 422 (query) problems instead of
+/// actix's plain text.
+pub fn extractor_errors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("no such resource").into()))
+        .app_data(web::QueryConfig::default().error_handler(|error, _| {
+            ApiError::Validation(vec![crate::error::FieldError::new("query", error.to_string())]).into()
+        }));
+}
+
+/// Middleware: counts requests and records their duration by method, route template (not the
+/// raw path, so ids do not explode the label set) and status.
+pub async fn record_http_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let result = next.call(req).await;
+    let (route, status) = match &result {
+        Ok(response) => (
+            response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
+            response.status(),
+        ),
+        Err(error) => ("unmatched".to_owned(), error.as_response_error().status_code()),
+    };
+    metrics::counter!(names::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!(names::HTTP_DURATION_SECONDS, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    result
+}

@@ -1,0 +1,60 @@
+//! Operations endpoints outside `/api/v1`: `GET /metrics` (Prometheus text format),
+//! `GET /health/live` and `GET /health/ready`.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::telemetry::names;
+
+/// How long readiness waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/health/live", web::get().to(live))
+        .route("/health/ready", web::get().to(ready));
+}
+
+/// 200 while the process serves HTTP.
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// 200 when the database answers within 2 s, else 503 (take this instance out of rotation).
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    match tokio::time::timeout(READY_TIMEOUT, crate::store::ping(&state.pool)).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
+        Ok(Err(error)) => {
+            tracing::warn!(error = ?error, "not ready");
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "database": "unreachable" }))
+        }
+        Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "database": "timeout" })),
+    }
+}
+
+/// The Prometheus exposition. Gauges that mirror the pipeline's atomic counters are set here,
+/// at scrape time, so the hot path only touches atomics.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let ledger = &state.ledger;
+    let stats = ledger.stats();
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(names::QUEUE_DEPTH).set(ledger.queued() as f64);
+    metrics::gauge!(names::IN_FLIGHT).set(ledger.in_flight() as f64);
+    metrics::gauge!(names::QUEUE_CAPACITY).set(ledger.capacity() as f64);
+    metrics::gauge!(names::BALANCE_ACTORS).set(load(&stats.balance_actors) as f64);
+    metrics::counter!(names::ACTOR_EVICTIONS).absolute(load(&stats.actor_evictions));
+    metrics::counter!(names::BATCHES).absolute(load(&stats.batches));
+    metrics::counter!(names::BATCH_RETRIES).absolute(load(&stats.batch_retries));
+    metrics::counter!(names::PIPELINE_REJECTIONS, "reason" => "overloaded").absolute(load(&stats.rejected_overloaded));
+    for (pool_name, pool) in [("api", &state.pool), ("journal", &state.journal_pool)] {
+        let status = pool.status();
+        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "in_use")
+            .set(status.size.saturating_sub(status.available) as f64);
+        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "idle").set(status.available as f64);
+        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "max").set(status.max_size as f64);
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+}

@@ -1,0 +1,376 @@
+//! `POST /api/v1/transactions/{credit,debit,transfer}`, `GET /api/v1/transactions/{id}` and
+//! `GET /api/v1/transactions/history`.
+//!
+//! A POST is validated and authorized here, then submitted to the ledger pipeline, and answered
+//! only after its group commit (invariant 3). With an `Idempotency-Key` header, a repeat of the
+//! same request by the same user returns the first result and applies nothing (invariant 4).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::input::{parse, Fields, JsonObject};
+use super::AppState;
+use crate::auth::Principal;
+use crate::domain::{
+    Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind, TransactionStatus, UserId,
+    SYSTEM_USER_ID,
+};
+use crate::error::ApiError;
+use crate::ledger::{Outcome, Recorded, SubmitError};
+use crate::store::{self, transactions::HistoryCursor, transactions::TransactionRecord};
+
+/// Header naming the client's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Header set on a reply that repeats a stored result.
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+
+/// A transaction on the wire (DESIGN.md section 4). The system side of a credit or debit is
+/// `null`. Amounts are integers of minor units.
+#[derive(Serialize)]
+pub struct TransactionBody {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
+    pub amount: i64,
+    pub currency: String,
+    pub description: Option<String>,
+    pub reference: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn party(user: UserId) -> Option<Uuid> {
+    (!user.is_system()).then(|| user.as_uuid())
+}
+
+impl From<TransactionRecord> for TransactionBody {
+    fn from(record: TransactionRecord) -> TransactionBody {
+        TransactionBody {
+            id: record.id,
+            kind: record.kind.as_str(),
+            status: record.status.as_str(),
+            from_user_id: party(record.from),
+            to_user_id: party(record.to),
+            amount: record.amount,
+            currency: record.currency,
+            description: record.description,
+            reference: record.reference,
+            failure_reason: record.failure_reason,
+            created_at: record.created_at,
+            completed_at: record.completed_at,
+        }
+    }
+}
+
+impl TransactionBody {
+    fn committed(movement: &Movement, status: TransactionStatus, recorded: Recorded) -> TransactionBody {
+        TransactionBody {
+            id: movement.id,
+            kind: movement.kind.as_str(),
+            status: status.as_str(),
+            from_user_id: party(movement.from),
+            to_user_id: party(movement.to),
+            amount: movement.amount.minor(),
+            currency: movement.currency.code().to_owned(),
+            description: movement.description.as_ref().map(|d| d.as_str().to_owned()),
+            reference: movement.reference.as_ref().map(|r| r.as_str().to_owned()),
+            failure_reason: (status == TransactionStatus::Failed).then(|| "insufficient_funds".to_owned()),
+            created_at: recorded.created_at,
+            completed_at: recorded.completed_at,
+        }
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/credit", web::post().to(credit))
+        .route("/debit", web::post().to(debit))
+        .route("/transfer", web::post().to(transfer))
+        .route("/history", web::get().to(history))
+        .route("/{id}", web::get().to(get_transaction));
+}
+
+/// `{amount, currency, user_id?, description?, reference?}` → 201 transaction: money from
+/// `system` to the caller's account (an admin may name `user_id`).
+async fn credit(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let movement = parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await?;
+    submit(&state, movement).await
+}
+
+/// Like credit, from the account to `system`. Errors: 422 `insufficient_funds` (recorded as a
+/// failed transaction).
+async fn debit(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let movement = parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await?;
+    submit(&state, movement).await
+}
+
+/// `{to_user_id, amount, currency, description?, reference?}` → 201 transaction from the
+/// caller's account. Errors: 422 for an unknown, deleted or own recipient; 422
+/// `insufficient_funds`.
+async fn transfer(
+    state: web::Data<AppState>,
+    principal: Principal,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let idempotency = idempotency_key(&req)?;
+    let mut fields = Fields::new(body);
+    let to = fields.required("to_user_id", parse::uuid);
+    let amount = fields.required("amount", parse::amount);
+    let currency = fields.required("currency", parse::currency);
+    let description = fields.optional("description", parse::text(Description::parse));
+    let reference = fields.optional("reference", parse::text(Reference::parse));
+    if to == Some(principal.user.as_uuid()) {
+        fields.error("to_user_id", "must be another user than the sender");
+    }
+    fields.finish()?;
+    let to = to.expect("finish() refuses missing fields");
+    let client = state.pool.get().await?;
+    if store::users::find_active(&client, to).await?.is_none() {
+        return Err(ApiError::field("to_user_id", "no such user"));
+    }
+    drop(client);
+    let movement = Movement {
+        id: Uuid::now_v7(),
+        kind: TransactionKind::Transfer,
+        from: principal.user,
+        to: UserId::from_uuid(to),
+        amount: amount.expect("finish() refuses missing fields"),
+        currency: currency.expect("finish() refuses missing fields"),
+        description,
+        reference,
+        initiated_by: principal.user,
+        idempotency: None,
+    };
+    submit(&state, with_claim(movement, idempotency)).await
+}
+
+/// Parses a credit or debit: the account is the caller's own, or `user_id` for an admin.
+async fn parse_system_movement(
+    state: &AppState,
+    principal: Principal,
+    kind: TransactionKind,
+    body: JsonObject,
+    req: &HttpRequest,
+) -> Result<Movement, ApiError> {
+    let idempotency = idempotency_key(req)?;
+    let mut fields = Fields::new(body);
+    let amount = fields.required("amount", parse::amount);
+    let currency = fields.required("currency", parse::currency);
+    let user_id = fields.optional("user_id", parse::uuid);
+    let description = fields.optional("description", parse::text(Description::parse));
+    let reference = fields.optional("reference", parse::text(Reference::parse));
+    fields.finish()?;
+    let account = match user_id.map(UserId::from_uuid) {
+        None => principal.user,
+        Some(user) if user == principal.user => user,
+        Some(user) if principal.is_admin() => {
+            let client = state.pool.get().await?;
+            if store::users::find_active(&client, user.as_uuid()).await?.is_none() {
+                return Err(ApiError::field("user_id", "no such user"));
+            }
+            user
+        }
+        Some(_) => return Err(ApiError::Forbidden("only an admin may move money on another user's account")),
+    };
+    let (from, to) = match kind {
+        TransactionKind::Credit => (SYSTEM_USER_ID, account),
+        _ => (account, SYSTEM_USER_ID),
+    };
+    let movement = Movement {
+        id: Uuid::now_v7(),
+        kind,
+        from,
+        to,
+        amount: amount.expect("finish() refuses missing fields"),
+        currency: currency.expect("finish() refuses missing fields"),
+        description,
+        reference,
+        initiated_by: principal.user,
+        idempotency: None,
+    };
+    Ok(with_claim(movement, idempotency))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| IdempotencyKey::parse(text).ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters"))
+}
+
+fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
+    movement.idempotency = key.map(|key| IdempotencyClaim { key, request_hash: movement.request_hash() });
+    movement
+}
+
+/// Answers from a stored key when there is one, else submits to the pipeline.
+async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
+    if let Some(claim) = &movement.idempotency {
+        let client = state.pool.get().await?;
+        if let Some(stored) = store::idempotency::find(&client, movement.initiated_by, &claim.key).await? {
+            if stored.request_hash[..] != claim.request_hash[..] {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return replay(state, stored.transaction_id).await;
+        }
+    }
+    let outcome = state.ledger.submit(movement.clone()).await.map_err(|error| match error {
+        SubmitError::Overloaded => ApiError::Overloaded { retry_after_s: state.settings.pipeline.retry_after_s },
+        SubmitError::Unavailable => ApiError::Unavailable,
+        SubmitError::Internal(message) => ApiError::Internal(anyhow::anyhow!(message)),
+    })?;
+    match outcome {
+        Outcome::Completed(recorded) => Ok(created(TransactionBody::committed(
+            &movement,
+            TransactionStatus::Completed,
+            recorded,
+        ))),
+        Outcome::InsufficientFunds(_) => Err(ApiError::InsufficientFunds { transaction_id: movement.id }),
+        Outcome::Duplicate { transaction_id, same_request: true } => replay(state, transaction_id).await,
+        Outcome::Duplicate { same_request: false, .. } => Err(ApiError::IdempotencyKeyReused),
+    }
+}
+
+/// The reply the first request with this key got, rebuilt from its transaction.
+async fn replay(state: &AppState, transaction_id: Uuid) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await?;
+    let record = store::transactions::find(&client, transaction_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key points at missing {transaction_id}")))?;
+    match record.status {
+        TransactionStatus::Failed => Err(ApiError::InsufficientFunds { transaction_id }),
+        _ => {
+            let mut response = created(TransactionBody::from(record));
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+                actix_web::http::header::HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+    }
+}
+
+fn created(body: TransactionBody) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/transactions/{}", body.id)))
+        .json(body)
+}
+
+/// Whether `principal` may see `record`: an admin, the sender, or the recipient of a
+/// transaction that did not fail.
+fn visible_to(record: &TransactionRecord, principal: Principal) -> bool {
+    principal.is_admin()
+        || record.from == principal.user
+        || (record.to == principal.user && record.status != TransactionStatus::Failed)
+}
+
+/// → 200 transaction. Errors: 404 when it does not exist or the caller is no party to it.
+async fn get_transaction(
+    state: web::Data<AppState>,
+    principal: Principal,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await?;
+    match store::transactions::find(&client, id.into_inner()).await? {
+        Some(record) if visible_to(&record, principal) => Ok(HttpResponse::Ok().json(TransactionBody::from(record))),
+        _ => Err(ApiError::NotFound("no such transaction")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    user_id: Option<Uuid>,
+}
+
+#[derive(Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Items per history page when `limit` is not given, and the most allowed.
+const HISTORY_LIMIT_DEFAULT: i64 = 50;
+const HISTORY_LIMIT_MAX: i64 = 200;
+
+/// `?limit&cursor&user_id` → 200 `{items, next_cursor}`, newest first. `user_id` is for admins.
+async fn history(
+    state: web::Data<AppState>,
+    principal: Principal,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let user = super::subject(principal, query.user_id)?;
+    let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
+    if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::field("limit", format!("must be from 1 to {HISTORY_LIMIT_MAX}")));
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|cursor| decode_cursor(cursor).ok_or_else(|| ApiError::field("cursor", "is not a cursor this API issued")))
+        .transpose()?;
+    let client = state.pool.get().await?;
+    let mut records = store::transactions::history(&client, user, after, limit + 1).await?;
+    let next_cursor = if records.len() as i64 > limit {
+        records.truncate(limit as usize);
+        records.last().map(|last| encode_cursor(HistoryCursor { created_at: last.created_at, id: last.id }))
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(Page { items: records.into_iter().map(TransactionBody::from).collect(), next_cursor }))
+}
+
+/// Cursor: base64url of `<created_at in µs since the epoch>:<id>`. Opaque to clients.
+fn encode_cursor(cursor: HistoryCursor) -> String {
+    let text = format!("{}:{}", cursor.created_at.timestamp_micros(), cursor.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (micros, id) = text.split_once(':')?;
+    Some(HistoryCursor {
+        created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        id: Uuid::parse_str(id).ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = HistoryCursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::now_v7() };
+        assert_eq!(decode_cursor(&encode_cursor(cursor)), Some(cursor));
+        assert_eq!(decode_cursor("not-a-cursor"), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+}

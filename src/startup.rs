@@ -1,0 +1,106 @@
+//! Builds the application: database (created and migrated), pools, the ledger pipeline, and the
+//! HTTP server bound to `http.bind`. Tests call [`Application::build`] with port 0 and read the
+//! port back.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, ErrorHandlers};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::ledger::Ledger;
+use crate::routes::{self, input::BodyLimit, AppState};
+use crate::store;
+
+/// Connections reserved for the journal writer: it uses one at a time; the second lets it
+/// reconnect while a dead connection is being recycled.
+const JOURNAL_POOL_SIZE: usize = 2;
+/// How often expired idempotency keys are swept.
+const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+
+/// A built, bound, not yet running Tally.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Prepares the database, starts the pipeline actors and binds the HTTP listener. Must run
+    /// inside an actix `System` (`#[actix_web::main]`, `#[actix_web::test]`).
+    ///
+    /// Errors: the database cannot be reached or migrated, the address cannot be bound, or the
+    /// settings are invalid.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        store::prepare_database(&settings.database).await?;
+        let api_pool_size = settings.database.pool_size.saturating_sub(JOURNAL_POOL_SIZE).max(1);
+        let pool = store::pool(&settings.database, store::APP_NAME, api_pool_size)?;
+        let journal_pool = store::pool(&settings.database, store::JOURNAL_APP_NAME, JOURNAL_POOL_SIZE)?;
+        let ledger = Ledger::start(&settings.pipeline, pool.clone(), journal_pool.clone());
+        let keys = web::Data::new(JwtKeys::new(&settings.auth.jwt_secret, settings.auth.access_token_ttl_s)?);
+        let metrics = crate::telemetry::metrics_handle()?;
+
+        let listener = TcpListener::bind(&settings.http.bind)
+            .with_context(|| format!("binding {}", settings.http.bind))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
+        let workers = match settings.http.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours);
+        let state = web::Data::new(AppState { pool, journal_pool, ledger, settings, metrics });
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(keys.clone())
+                .app_data(body_limit.clone())
+                .configure(routes::extractor_errors)
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+                .wrap(ErrorHandlers::new().default_handler(routes::problem_for_plain_errors))
+                .wrap(from_fn(routes::record_http_metrics))
+                .wrap(tracing_actix_web::TracingLogger::default())
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        tracing::info!(address = %address, "listening");
+        Ok(Application { port: address.port(), server })
+    }
+
+    /// The bound port (useful when `http.bind` asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server stops (SIGINT/SIGTERM).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Deletes idempotency keys older than the retention, hourly. Failures are logged and retried at
+/// the next tick.
+fn spawn_idempotency_sweeper(pool: deadpool_postgres::Pool, retention_hours: u64) {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(IDEMPOTENCY_SWEEP_PERIOD);
+        loop {
+            ticks.tick().await;
+            let swept = async {
+                let client = pool.get().await?;
+                anyhow::Ok(store::idempotency::expire(&client, retention_hours).await?)
+            };
+            match swept.await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "expired idempotency keys"),
+                Err(error) => tracing::warn!(error = ?error, "idempotency key sweep failed"),
+            }
+        }
+    });
+}

@@ -1,0 +1,37 @@
+//! The `idempotency_keys` table (invariant 4). Keys are claimed by the journal writer in the
+//! same commit as their transaction (`store::journal`); this module reads and expires them.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::domain::{IdempotencyKey, UserId};
+
+/// A key's stored response: the first request's hash and the transaction it produced.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub request_hash: Vec<u8>,
+    pub transaction_id: Uuid,
+}
+
+pub async fn find(
+    client: &impl GenericClient,
+    user: UserId,
+    key: &IdempotencyKey,
+) -> Result<Option<StoredKey>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT request_hash, transaction_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+            &[&user.as_uuid(), &key.as_str()],
+        )
+        .await?;
+    Ok(row.map(|row| StoredKey { request_hash: row.get(0), transaction_id: row.get(1) }))
+}
+
+/// Forgets keys older than `retention_hours`; returns how many. After this a repeated key is a
+/// new request.
+pub async fn expire(client: &impl GenericClient, retention_hours: u64) -> Result<u64, tokio_postgres::Error> {
+    let hours = i64::try_from(retention_hours).unwrap_or(i64::MAX);
+    client
+        .execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::bigint * interval '1 hour'", &[&hours])
+        .await
+}

@@ -1,0 +1,136 @@
+//! PostgreSQL access: connection pools, database creation, migrations, and every SQL statement
+//! Tally runs. Nothing outside this module writes SQL.
+
+pub mod balances;
+pub mod idempotency;
+pub mod journal;
+pub mod tokens;
+pub mod transactions;
+pub mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// `application_name` of the request handlers' connections.
+pub const APP_NAME: &str = "tally";
+/// `application_name` of the journal writer's connections (the group commits). Operators and
+/// the fault tests find the pipeline's backends by it.
+pub const JOURNAL_APP_NAME: &str = "tally-journal";
+
+fn pg_config(settings: &DatabaseSettings, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = settings.url.parse().context("database.url is not a PostgreSQL URL")?;
+    config
+        .application_name(application_name)
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        // Invariant 3: a 2xx means the commit reached disk. Set explicitly so that a server-wide
+        // `synchronous_commit = off` cannot weaken it.
+        .options("-c synchronous_commit=on");
+    Ok(config)
+}
+
+/// Creates the configured database if it does not exist (connecting to the `postgres`
+/// maintenance database of the same server), then applies the embedded migrations.
+///
+/// Errors: the server is unreachable, the role may not create databases, or a migration fails.
+pub async fn prepare_database(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let config = pg_config(settings, APP_NAME)?;
+    let dbname = config.get_dbname().context("database.url names no database")?.to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin.connect(NoTls).await.context("connecting to PostgreSQL")?;
+    let connection = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+        .await
+        .context("looking up the database")?
+        .is_some();
+    if !exists {
+        let quoted = format!("\"{}\"", dbname.replace('"', "\"\""));
+        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+            Ok(()) => tracing::info!(database = %dbname, "created database"),
+            // Another process created it between our check and our CREATE.
+            Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+            Err(error) => return Err(error).context("creating the database"),
+        }
+    }
+    drop(client);
+    let _ = connection.await;
+    migrate(settings).await
+}
+
+/// Applies the embedded refinery migrations (`migrations/`) that have not run yet.
+pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let (mut client, connection) = pg_config(settings, APP_NAME)?
+        .connect(NoTls)
+        .await
+        .context("connecting to the database")?;
+    let connection = tokio::spawn(connection);
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .context("applying migrations")?;
+    for migration in report.applied_migrations() {
+        tracing::info!(migration = %migration, "applied migration");
+    }
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
+/// A pool of at most `size` connections named `application_name`. Connections are made on
+/// demand, so building the pool succeeds while the database is down.
+pub fn pool(settings: &DatabaseSettings, application_name: &str, size: usize) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(
+        pg_config(settings, application_name)?,
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(settings.acquire_timeout()))
+        .create_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .recycle_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+        .build()
+        .context("building the connection pool")
+}
+
+/// True when the error means the connection (or the server) is gone rather than that the
+/// statement was wrong: the caller should answer 503 and let the pool reconnect.
+pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    match error.code() {
+        // No SQLSTATE: an I/O or protocol failure.
+        None => true,
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+        }
+    }
+}
+
+/// True for errors that a retry of the same transaction can cure (deadlock, serialization).
+pub fn is_transient(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// Checks that the database answers (readiness).
+pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
+    let client = pool.get().await.context("no database connection")?;
+    client.simple_query("SELECT 1").await.context("database did not answer")?;
+    Ok(())
+}
