@@ -95,7 +95,8 @@ impl Settings {
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::with_name("config/default").required(false));
         if let Some(profile) = &profile {
-            builder = builder.add_source(config::File::with_name(&format!("config/{profile}")).required(false));
+            builder = builder
+                .add_source(config::File::with_name(&format!("config/{profile}")).required(false));
         }
         let settings = builder
             .add_source(
@@ -115,11 +116,26 @@ impl Settings {
 
     /// Refuses settings the pipeline cannot run with (zero-sized queues and pools).
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.database.pool_size >= 2, "database.pool_size must be at least 2");
-        anyhow::ensure!(self.pipeline.queue_capacity >= 1, "pipeline.queue_capacity must be at least 1");
-        anyhow::ensure!(self.pipeline.workers >= 1, "pipeline.workers must be at least 1");
-        anyhow::ensure!(self.pipeline.batch_size_max >= 1, "pipeline.batch_size_max must be at least 1");
-        anyhow::ensure!(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes must be at least 1024");
+        anyhow::ensure!(
+            self.database.pool_size >= 2,
+            "database.pool_size must be at least 2"
+        );
+        anyhow::ensure!(
+            self.pipeline.queue_capacity >= 1,
+            "pipeline.queue_capacity must be at least 1"
+        );
+        anyhow::ensure!(
+            self.pipeline.workers >= 1,
+            "pipeline.workers must be at least 1"
+        );
+        anyhow::ensure!(
+            self.pipeline.batch_size_max >= 1,
+            "pipeline.batch_size_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http.body_limit_bytes >= 1024,
+            "http.body_limit_bytes must be at least 1024"
+        );
         Ok(())
     }
 }

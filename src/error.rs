@@ -16,7 +16,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -50,7 +53,10 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 409 with a specific code (`username_taken`, `email_taken`).
     #[error("{detail}")]
-    Conflict { code: &'static str, detail: &'static str },
+    Conflict {
+        code: &'static str,
+        detail: &'static str,
+    },
     /// 422 `insufficient_funds`: recorded as the `failed` transaction `transaction_id`.
     #[error("the source account's available balance is lower than the amount")]
     InsufficientFunds { transaction_id: Uuid },

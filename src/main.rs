@@ -6,7 +6,11 @@ use tally::config::Settings;
 use tally::startup::Application;
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Tally: a double-entry money ledger with a REST API")]
+#[command(
+    name = "tally",
+    version,
+    about = "Tally: a double-entry money ledger with a REST API"
+)]
 struct Cli {
     /// Configuration profile: also reads config/<PROFILE>.toml (or set TALLY__PROFILE).
     #[arg(long, global = true)]
@@ -29,7 +33,12 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(cli.profile.as_deref())?;
     tally::telemetry::init_logs(&settings.log);
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => Application::build(settings).await?.run_until_stopped().await?,
+        Command::Serve => {
+            Application::build(settings)
+                .await?
+                .run_until_stopped()
+                .await?
+        }
         Command::Migrate => tally::store::prepare_database(&settings.database).await?,
     }
     Ok(())

@@ -37,11 +37,22 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         settings.validate()?;
         store::prepare_database(&settings.database).await?;
-        let api_pool_size = settings.database.pool_size.saturating_sub(JOURNAL_POOL_SIZE).max(1);
+        let api_pool_size = settings
+            .database
+            .pool_size
+            .saturating_sub(JOURNAL_POOL_SIZE)
+            .max(1);
         let pool = store::pool(&settings.database, store::APP_NAME, api_pool_size)?;
-        let journal_pool = store::pool(&settings.database, store::JOURNAL_APP_NAME, JOURNAL_POOL_SIZE)?;
+        let journal_pool = store::pool(
+            &settings.database,
+            store::JOURNAL_APP_NAME,
+            JOURNAL_POOL_SIZE,
+        )?;
         let ledger = Ledger::start(&settings.pipeline, pool.clone(), journal_pool.clone());
-        let keys = web::Data::new(JwtKeys::new(&settings.auth.jwt_secret, settings.auth.access_token_ttl_s)?);
+        let keys = web::Data::new(JwtKeys::new(
+            &settings.auth.jwt_secret,
+            settings.auth.access_token_ttl_s,
+        )?);
         let metrics = crate::telemetry::metrics_handle()?;
 
         let listener = TcpListener::bind(&settings.http.bind)
@@ -53,7 +64,13 @@ impl Application {
             n => n,
         };
         spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours);
-        let state = web::Data::new(AppState { pool, journal_pool, ledger, settings, metrics });
+        let state = web::Data::new(AppState {
+            pool,
+            journal_pool,
+            ledger,
+            settings,
+            metrics,
+        });
 
         let server = HttpServer::new(move || {
             App::new()
@@ -71,7 +88,10 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(address = %address, "listening");
-        Ok(Application { port: address.port(), server })
+        Ok(Application {
+            port: address.port(),
+            server,
+        })
     }
 
     /// The bound port (useful when `http.bind` asked for port 0).

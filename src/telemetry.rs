@@ -44,10 +44,14 @@ pub mod names {
 }
 
 /// Latency buckets in seconds: 100 µs to 10 s.
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 /// Batch size buckets, transactions.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
 
 /// Installs the Prometheus recorder once per process and returns its handle. Several apps in one
 /// process (the tests) share it.
@@ -76,32 +80,73 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(names::TRANSACTIONS, "Transactions answered, by type and status");
-    describe_counter!(names::PIPELINE_REJECTIONS, "Submissions refused before the queue, by reason");
+    describe_counter!(
+        names::TRANSACTIONS,
+        "Transactions answered, by type and status"
+    );
+    describe_counter!(
+        names::PIPELINE_REJECTIONS,
+        "Submissions refused before the queue, by reason"
+    );
     describe_gauge!(names::QUEUE_DEPTH, "Submissions waiting for a worker");
-    describe_gauge!(names::IN_FLIGHT, "Submissions admitted and not yet answered");
+    describe_gauge!(
+        names::IN_FLIGHT,
+        "Submissions admitted and not yet answered"
+    );
     describe_gauge!(names::QUEUE_CAPACITY, "Capacity of the submission queue");
-    describe_histogram!(names::QUEUE_WAIT_SECONDS, Unit::Seconds, "Time a submission waited for a worker");
-    describe_histogram!(names::BATCH_SIZE, Unit::Count, "Transactions per group commit");
-    describe_histogram!(names::BATCH_COMMIT_SECONDS, Unit::Seconds, "Time to write and commit one batch");
+    describe_histogram!(
+        names::QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a submission waited for a worker"
+    );
+    describe_histogram!(
+        names::BATCH_SIZE,
+        Unit::Count,
+        "Transactions per group commit"
+    );
+    describe_histogram!(
+        names::BATCH_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to write and commit one batch"
+    );
     describe_counter!(names::BATCHES, "Group commits");
-    describe_counter!(names::BATCH_RETRIES, "Batch re-runs after refusals or errors");
+    describe_counter!(
+        names::BATCH_RETRIES,
+        "Batch re-runs after refusals or errors"
+    );
     describe_gauge!(names::BALANCE_ACTORS, "Live balance actors");
     describe_counter!(names::ACTOR_EVICTIONS, "Balance actors retired when idle");
-    describe_counter!(names::HTTP_REQUESTS, "HTTP requests by method, route template and status");
-    describe_histogram!(names::HTTP_DURATION_SECONDS, Unit::Seconds, "HTTP request duration by method and route");
-    describe_gauge!(names::DB_CONNECTIONS, "Database connections by pool and state");
+    describe_counter!(
+        names::HTTP_REQUESTS,
+        "HTTP requests by method, route template and status"
+    );
+    describe_histogram!(
+        names::HTTP_DURATION_SECONDS,
+        Unit::Seconds,
+        "HTTP request duration by method and route"
+    );
+    describe_gauge!(
+        names::DB_CONNECTIONS,
+        "Database connections by pool and state"
+    );
 }
 
 /// Installs the global tracing subscriber: JSON lines (or human-readable with `pretty`) on
 /// stdout, filtered by `RUST_LOG` when set, else by `log.filter`. Safe to call twice; the
 /// second call does nothing.
 pub fn init_logs(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     let _ = if settings.format == "pretty" {
         builder.try_init()
     } else {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     };
 }

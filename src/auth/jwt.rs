@@ -39,7 +39,10 @@ impl JwtKeys {
             rand::rng().fill_bytes(&mut bytes);
             base64::engine::general_purpose::STANDARD.encode(bytes)
         } else {
-            anyhow::ensure!(secret.len() >= 32, "auth.jwt_secret must be at least 32 bytes");
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "auth.jwt_secret must be at least 32 bytes"
+            );
             secret.to_owned()
         };
         let mut validation = Validation::new(Algorithm::HS256);
@@ -58,8 +61,17 @@ impl JwtKeys {
     pub fn issue(&self, user: UserId, role: Role) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(self.access_token_ttl_s).unwrap_or(i64::MAX / 2);
-        let claims = Claims { sub: user.as_uuid(), role: role.as_str().to_owned(), iat: now, exp: now + ttl };
-        Ok(encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+        let claims = Claims {
+            sub: user.as_uuid(),
+            role: role.as_str().to_owned(),
+            iat: now,
+            exp: now + ttl,
+        };
+        Ok(encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     /// Verifies signature, algorithm and expiry. Errors on anything else, including a `system`
@@ -68,7 +80,10 @@ impl JwtKeys {
         let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
         let role = Role::parse(&claims.role).map_err(|_| anyhow::anyhow!("unknown role"))?;
         anyhow::ensure!(role != Role::System, "the system user cannot authenticate");
-        Ok(Principal { user: UserId::from_uuid(claims.sub), role })
+        Ok(Principal {
+            user: UserId::from_uuid(claims.sub),
+            role,
+        })
     }
 }
 
@@ -81,16 +96,30 @@ mod tests {
         let keys = JwtKeys::new(&"k".repeat(32), 900).unwrap();
         let user = UserId::generate();
         let token = keys.issue(user, Role::User).unwrap();
-        assert_eq!(keys.verify(&token).unwrap(), Principal { user, role: Role::User });
+        assert_eq!(
+            keys.verify(&token).unwrap(),
+            Principal {
+                user,
+                role: Role::User
+            }
+        );
 
         let other = JwtKeys::new(&"o".repeat(32), 900).unwrap();
-        assert!(other.verify(&token).is_err(), "a token signed with another key is refused");
+        assert!(
+            other.verify(&token).is_err(),
+            "a token signed with another key is refused"
+        );
 
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = String::from_utf8(engine.decode(&parts[1]).unwrap()).unwrap().replace("\"user\"", "\"admin\"");
+        let payload = String::from_utf8(engine.decode(&parts[1]).unwrap())
+            .unwrap()
+            .replace("\"user\"", "\"admin\"");
         parts[1] = engine.encode(payload);
-        assert!(keys.verify(&parts.join(".")).is_err(), "a tampered role is refused");
+        assert!(
+            keys.verify(&parts.join(".")).is_err(),
+            "a tampered role is refused"
+        );
 
         let none_header = engine.encode(r#"{"alg":"none","typ":"JWT"}"#);
         let unsigned = format!("{none_header}.{}.", token.split('.').nth(1).unwrap());
@@ -101,7 +130,12 @@ mod tests {
     fn expired_tokens_fail() {
         let keys = JwtKeys::new(&"k".repeat(32), 900).unwrap();
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub: Uuid::now_v7(), role: "user".into(), iat: now - 1000, exp: now - 100 };
+        let claims = Claims {
+            sub: Uuid::now_v7(),
+            role: "user".into(),
+            iat: now - 1000,
+            exp: now - 100,
+        };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());
     }

@@ -38,7 +38,12 @@ impl FromRequest for Principal {
     type Future = Ready<Result<Principal, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(req.extensions().get::<Principal>().copied().ok_or(ApiError::Unauthorized("authentication required")))
+        ready(
+            req.extensions()
+                .get::<Principal>()
+                .copied()
+                .ok_or(ApiError::Unauthorized("authentication required")),
+        )
     }
 }
 
@@ -58,11 +63,19 @@ pub async fn require_bearer(
         .ok_or(ApiError::Unauthorized("missing Authorization header"))?
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or(ApiError::Unauthorized("the Authorization header must be 'Bearer <access token>'"))?;
-    let principal = keys.verify(token).map_err(|_| ApiError::Unauthorized("invalid or expired access token"))?;
+        .ok_or(ApiError::Unauthorized(
+            "the Authorization header must be 'Bearer <access token>'",
+        ))?;
+    let principal = keys
+        .verify(token)
+        .map_err(|_| ApiError::Unauthorized("invalid or expired access token"))?;
     req.extensions_mut().insert(principal);
     next.call(req).await
 }

@@ -28,11 +28,16 @@ pub async fn hash_password(password: Password) -> Result<String, PasswordError> 
 
 /// Whether `password` matches `phc_hash`. With `None` (unknown user) it verifies against a fixed
 /// dummy hash and returns false, so that response time does not reveal which usernames exist.
-pub async fn verify_password(password: String, phc_hash: Option<String>) -> Result<bool, PasswordError> {
+pub async fn verify_password(
+    password: String,
+    phc_hash: Option<String>,
+) -> Result<bool, PasswordError> {
     tokio::task::spawn_blocking(move || {
         let known = phc_hash.is_some();
         let hash = phc_hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let matches = Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok();
+        let matches = Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok();
         known && matches
     })
     .await

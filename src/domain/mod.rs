@@ -8,5 +8,7 @@ mod user;
 
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use movement::{AccountKey, IdempotencyClaim, Movement};
-pub use transaction::{Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus};
+pub use transaction::{
+    Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,
+};
 pub use user::{Email, Password, Role, UserId, Username, SYSTEM_USER_ID};

@@ -41,7 +41,9 @@ impl Amount {
 
     /// The sum, or `None` when it would exceed [`Amount::MAX_MINOR`].
     pub fn checked_add(self, other: Amount) -> Option<Amount> {
-        self.0.checked_add(other.0).and_then(|sum| Amount::new(sum).ok())
+        self.0
+            .checked_add(other.0)
+            .and_then(|sum| Amount::new(sum).ok())
     }
 }
 
@@ -90,7 +92,9 @@ impl Currency {
 
     /// Digits after the decimal point (2 for USD, 0 for JPY, 3 for KWD).
     pub fn exponent(self) -> u16 {
-        self.0.exponent().expect("Currency::parse admits only currencies with an exponent")
+        self.0
+            .exponent()
+            .expect("Currency::parse admits only currencies with an exponent")
     }
 }
 
@@ -110,10 +114,16 @@ mod tests {
         assert_eq!(Amount::new(0), Err(AmountError::NotPositive));
         assert_eq!(Amount::new(-1), Err(AmountError::NotPositive));
         assert_eq!(Amount::new(i64::MIN), Err(AmountError::NotPositive));
-        assert_eq!(Amount::new(Amount::MAX_MINOR + 1), Err(AmountError::TooLarge));
+        assert_eq!(
+            Amount::new(Amount::MAX_MINOR + 1),
+            Err(AmountError::TooLarge)
+        );
         assert_eq!(Amount::new(i64::MAX), Err(AmountError::TooLarge));
         assert_eq!(Amount::new(1).map(Amount::minor), Ok(1));
-        assert_eq!(Amount::new(Amount::MAX_MINOR).map(Amount::minor), Ok(Amount::MAX_MINOR));
+        assert_eq!(
+            Amount::new(Amount::MAX_MINOR).map(Amount::minor),
+            Ok(Amount::MAX_MINOR)
+        );
     }
 
     #[test]

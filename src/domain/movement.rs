@@ -42,12 +42,18 @@ impl Movement {
     /// The account that loses money: the one that needs a reservation (unless it is `system`,
     /// which has no limit).
     pub fn debited(&self) -> AccountKey {
-        AccountKey { user: self.from, currency: self.currency }
+        AccountKey {
+            user: self.from,
+            currency: self.currency,
+        }
     }
 
     /// The account that gains money.
     pub fn credited(&self) -> AccountKey {
-        AccountKey { user: self.to, currency: self.currency }
+        AccountKey {
+            user: self.to,
+            currency: self.currency,
+        }
     }
 
     /// Whether the debited account must reserve funds first (every account but `system`).
@@ -69,8 +75,16 @@ impl Movement {
         field(self.to.as_uuid().as_bytes());
         field(&self.amount.minor().to_be_bytes());
         field(self.currency.code().as_bytes());
-        field(self.description.as_ref().map_or(&b"\xff"[..], |d| d.as_str().as_bytes()));
-        field(self.reference.as_ref().map_or(&b"\xff"[..], |r| r.as_str().as_bytes()));
+        field(
+            self.description
+                .as_ref()
+                .map_or(&b"\xff"[..], |d| d.as_str().as_bytes()),
+        );
+        field(
+            self.reference
+                .as_ref()
+                .map_or(&b"\xff"[..], |r| r.as_str().as_bytes()),
+        );
         hasher.finalize().into()
     }
 }
@@ -98,9 +112,21 @@ mod tests {
 
     #[test]
     fn request_hash_ignores_the_id_and_sees_every_field() {
-        assert_eq!(movement(5, None).request_hash(), movement(5, None).request_hash());
-        assert_ne!(movement(5, None).request_hash(), movement(6, None).request_hash());
-        assert_ne!(movement(5, None).request_hash(), movement(5, Some("")).request_hash());
-        assert_ne!(movement(5, Some("a")).request_hash(), movement(5, Some("b")).request_hash());
+        assert_eq!(
+            movement(5, None).request_hash(),
+            movement(5, None).request_hash()
+        );
+        assert_ne!(
+            movement(5, None).request_hash(),
+            movement(6, None).request_hash()
+        );
+        assert_ne!(
+            movement(5, None).request_hash(),
+            movement(5, Some("")).request_hash()
+        );
+        assert_ne!(
+            movement(5, Some("a")).request_hash(),
+            movement(5, Some("b")).request_hash()
+        );
     }
 }

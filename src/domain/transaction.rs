@@ -73,8 +73,12 @@ impl Description {
     pub const MAX_CHARS: usize = 500;
 
     pub fn parse(text: &str) -> Result<Description, TextError> {
-        bounded_text(text, Self::MAX_CHARS, "must be at most 500 characters without control characters")
-            .map(Description)
+        bounded_text(
+            text,
+            Self::MAX_CHARS,
+            "must be at most 500 characters without control characters",
+        )
+        .map(Description)
     }
 
     pub fn as_str(&self) -> &str {
@@ -112,8 +116,11 @@ impl IdempotencyKey {
     pub const MAX_LEN: usize = 255;
 
     pub fn parse(key: &str) -> Result<IdempotencyKey, TextError> {
-        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(TextErrorKind::Invalid("must be 1 to 255 visible ASCII characters"));
+        if key.is_empty() || key.len() > Self::MAX_LEN || !key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(TextErrorKind::Invalid(
+                "must be 1 to 255 visible ASCII characters",
+            ));
         }
         Ok(IdempotencyKey(key.to_owned()))
     }
@@ -137,10 +144,20 @@ mod tests {
 
     #[test]
     fn kinds_and_statuses_round_trip() {
-        for kind in [TransactionKind::Credit, TransactionKind::Debit, TransactionKind::Transfer, TransactionKind::Reversal] {
+        for kind in [
+            TransactionKind::Credit,
+            TransactionKind::Debit,
+            TransactionKind::Transfer,
+            TransactionKind::Reversal,
+        ] {
             assert_eq!(TransactionKind::parse(kind.as_str()), Some(kind));
         }
-        for status in [TransactionStatus::Pending, TransactionStatus::Completed, TransactionStatus::Failed, TransactionStatus::Reversed] {
+        for status in [
+            TransactionStatus::Pending,
+            TransactionStatus::Completed,
+            TransactionStatus::Failed,
+            TransactionStatus::Reversed,
+        ] {
             assert_eq!(TransactionStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(TransactionKind::parse("Credit"), None);
@@ -162,7 +179,8 @@ mod tests {
     proptest! {
         #[test]
         fn idempotency_key_accepts_visible_ascii(key in "[!-~]{1,255}") {
-            prop_assert_eq!(IdempotencyKey::parse(&key).unwrap().as_str(), key.as_str());
+            let parsed = IdempotencyKey::parse(&key).unwrap();
+            prop_assert_eq!(parsed.as_str(), key.as_str());
         }
     }
 }

@@ -80,8 +80,13 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(name: &str) -> Result<Username, TextErrorKind> {
-        let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-        let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let valid_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let starts_well = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         if !(3..=32).contains(&name.len()) || !valid_chars || !starts_well {
             return Err(TextErrorKind::Invalid(
                 "must be 3 to 32 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
@@ -188,7 +193,8 @@ mod tests {
         #[test]
         fn email_parse_keeps_the_text(local in "[a-z0-9.]{1,20}", domain in "[a-z]{1,10}\\.[a-z]{2,5}") {
             let text = format!("{local}@{domain}");
-            prop_assert_eq!(Email::parse(&text).unwrap().as_str(), text.as_str());
+            let parsed = Email::parse(&text).unwrap();
+            prop_assert_eq!(parsed.as_str(), text.as_str());
         }
     }
 }

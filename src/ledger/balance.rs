@@ -15,7 +15,7 @@ use actix::{
 use deadpool_postgres::Pool;
 
 use super::journal::{Append, Hold, Item, JournalWriter};
-use super::{SubmitError, Submission};
+use super::{Submission, SubmitError};
 use crate::domain::AccountKey;
 use crate::store::journal::AccountState;
 
@@ -67,15 +67,34 @@ pub(super) struct BalanceActor {
 }
 
 impl BalanceActor {
-    pub(super) fn new(account: AccountKey, pool: Pool, journal: Addr<JournalWriter>) -> BalanceActor {
-        BalanceActor { account, pool, journal, cached: None, held: 0, holds: 0, retiring: false }
+    pub(super) fn new(
+        account: AccountKey,
+        pool: Pool,
+        journal: Addr<JournalWriter>,
+    ) -> BalanceActor {
+        BalanceActor {
+            account,
+            pool,
+            journal,
+            cached: None,
+            held: 0,
+            holds: 0,
+            retiring: false,
+        }
     }
 
     /// Loads the balance, blocking the mailbox until done (`ctx.wait`), then runs `then`.
-    fn load_then(&mut self, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static) {
+    fn load_then(
+        &mut self,
+        ctx: &mut Context<Self>,
+        then: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
         let (pool, account) = (self.pool.clone(), self.account);
         let load = async move {
-            let client = pool.get().await.map_err(|error| tracing::warn!(%error, "balance load: no connection"))?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|error| tracing::warn!(%error, "balance load: no connection"))?;
             crate::store::balances::find(&client, account)
                 .await
                 .map_err(|error| tracing::warn!(%error, "balance load failed"))
@@ -89,7 +108,12 @@ impl BalanceActor {
                     version: record.version,
                 }),
                 // Never used: the journal writer creates the row with the defaults.
-                Ok(None) => Some(Cached { amount: 0, pending: 0, overdraft_limit: 0, version: 0 }),
+                Ok(None) => Some(Cached {
+                    amount: 0,
+                    pending: 0,
+                    overdraft_limit: 0,
+                    version: 0,
+                }),
                 Err(()) => None,
             };
             then(actor, ctx);
@@ -104,16 +128,28 @@ impl BalanceActor {
         };
         let amount = submission.movement.amount.minor();
         // i128: the limit of a generous account may be near i64::MAX.
-        let available = i128::from(cached.amount) - i128::from(cached.pending) + i128::from(cached.overdraft_limit)
+        let available = i128::from(cached.amount) - i128::from(cached.pending)
+            + i128::from(cached.overdraft_limit)
             - i128::from(self.held);
         if i128::from(amount) <= available {
             self.held += amount;
             self.holds += 1;
-            let hold = Hold { holder: ctx.address(), amount };
-            self.journal.do_send(Append(Item { submission, hold: Some(hold), alone: false }));
+            let hold = Hold {
+                holder: ctx.address(),
+                amount,
+            };
+            self.journal.do_send(Append(Item {
+                submission,
+                hold: Some(hold),
+                alone: false,
+            }));
         } else {
             // Let the database decide: the cache may be behind another process's credit.
-            self.journal.do_send(Append(Item { submission, hold: None, alone: true }));
+            self.journal.do_send(Append(Item {
+                submission,
+                hold: None,
+                alone: true,
+            }));
         }
     }
 

@@ -54,13 +54,27 @@ impl Directory {
         idle_timeout: Duration,
         stats: Arc<PipelineStats>,
     ) -> Directory {
-        assert!(!arbiters.is_empty(), "balance actors need at least one arbiter");
-        Directory { actors: HashMap::new(), arbiters, next_arbiter: 0, pool, journal, idle_timeout, stats }
+        assert!(
+            !arbiters.is_empty(),
+            "balance actors need at least one arbiter"
+        );
+        Directory {
+            actors: HashMap::new(),
+            arbiters,
+            next_arbiter: 0,
+            pool,
+            journal,
+            idle_timeout,
+            stats,
+        }
     }
 
     fn actor_for(&mut self, account: AccountKey) -> &Addr<BalanceActor> {
         let now = Instant::now();
-        let stale = self.actors.get(&account).is_some_and(|slot| !slot.actor.connected());
+        let stale = self
+            .actors
+            .get(&account)
+            .is_some_and(|slot| !slot.actor.connected());
         if stale {
             // The actor stopped by itself (its balance could not be loaded): start a fresh one.
             self.actors.remove(&account);
@@ -70,9 +84,17 @@ impl Directory {
             let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
             self.next_arbiter = self.next_arbiter.wrapping_add(1);
             let (pool, journal) = (self.pool.clone(), self.journal.clone());
-            let actor = BalanceActor::start_in_arbiter(arbiter, move |_| BalanceActor::new(account, pool, journal));
+            let actor = BalanceActor::start_in_arbiter(arbiter, move |_| {
+                BalanceActor::new(account, pool, journal)
+            });
             self.stats.balance_actors.fetch_add(1, Ordering::Relaxed);
-            self.actors.insert(account, Slot { actor, last_used: now });
+            self.actors.insert(
+                account,
+                Slot {
+                    actor,
+                    last_used: now,
+                },
+            );
         }
         let slot = self.actors.get_mut(&account).expect("inserted above");
         slot.last_used = now;
@@ -115,7 +137,8 @@ impl Handler<Reserve> for Directory {
 
     fn handle(&mut self, Reserve(submission): Reserve, _ctx: &mut Context<Self>) {
         let account = submission.movement.debited();
-        self.actor_for(account).do_send(super::balance::Reserve(submission));
+        self.actor_for(account)
+            .do_send(super::balance::Reserve(submission));
     }
 }
 

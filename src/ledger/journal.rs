@@ -19,12 +19,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
+};
 use deadpool_postgres::Pool;
 
 use super::balance::{BalanceActor, Settle};
 use super::directory::{Directory, Observed};
-use super::{Outcome, PipelineStats, Recorded, SubmitError, Submission};
+use super::{Outcome, PipelineStats, Recorded, Submission, SubmitError};
 use crate::domain::AccountKey;
 use crate::store::journal::{AccountState, BatchItem, BatchReport, Posting};
 use crate::telemetry::names;
@@ -108,17 +110,26 @@ impl JournalWriter {
             let (written, accounts, retries) = write_batch(&pool, &items).await;
             (items, written, accounts, retries)
         };
-        ctx.spawn(write.into_actor(self).map(move |(items, written, accounts, retries), writer, ctx| {
-            metrics::histogram!(names::BATCH_SIZE).record(items.len() as f64);
-            metrics::histogram!(names::BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-            writer.stats.batches.fetch_add(1, Ordering::Relaxed);
-            writer.stats.batch_items.fetch_add(items.len() as u64, Ordering::Relaxed);
-            writer.stats.batch_retries.fetch_add(u64::from(retries), Ordering::Relaxed);
-            writer.settle(items, written, accounts);
-            writer.writing = false;
-            // What arrived during the commit has waited long enough: write it now.
-            writer.write_next_batch(ctx);
-        }));
+        ctx.spawn(write.into_actor(self).map(
+            move |(items, written, accounts, retries), writer, ctx| {
+                metrics::histogram!(names::BATCH_SIZE).record(items.len() as f64);
+                metrics::histogram!(names::BATCH_COMMIT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                writer.stats.batches.fetch_add(1, Ordering::Relaxed);
+                writer
+                    .stats
+                    .batch_items
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                writer
+                    .stats
+                    .batch_retries
+                    .fetch_add(u64::from(retries), Ordering::Relaxed);
+                writer.settle(items, written, accounts);
+                writer.writing = false;
+                // What arrived during the commit has waited long enough: write it now.
+                writer.write_next_batch(ctx);
+            },
+        ));
     }
 
     /// Settles holds, shares the observed balances, and answers the callers.
@@ -132,32 +143,52 @@ impl JournalWriter {
                 Written::Posted(posting, at) => match posting {
                     Posting::Completed => {
                         metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "completed").increment(1);
-                        Ok(Outcome::Completed(Recorded { created_at: at, completed_at: Some(at) }))
+                        Ok(Outcome::Completed(Recorded {
+                            created_at: at,
+                            completed_at: Some(at),
+                        }))
                     }
                     Posting::InsufficientFunds => {
                         metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "failed").increment(1);
-                        Ok(Outcome::InsufficientFunds(Recorded { created_at: at, completed_at: None }))
+                        Ok(Outcome::InsufficientFunds(Recorded {
+                            created_at: at,
+                            completed_at: None,
+                        }))
                     }
-                    Posting::Duplicate { transaction_id, request_hash } => {
+                    Posting::Duplicate {
+                        transaction_id,
+                        request_hash,
+                    } => {
                         let same_request = movement
                             .idempotency
                             .as_ref()
                             .is_some_and(|claim| claim.request_hash[..] == request_hash[..]);
-                        Ok(Outcome::Duplicate { transaction_id, same_request })
+                        Ok(Outcome::Duplicate {
+                            transaction_id,
+                            same_request,
+                        })
                     }
                 },
                 Written::Failed(error) => {
-                    metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "error").increment(1);
+                    metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "error")
+                        .increment(1);
                     Err(error)
                 }
             };
             if let Some(hold) = item.hold {
-                let observed = accounts.iter().find(|state| state.account == debited).copied();
+                let observed = accounts
+                    .iter()
+                    .find(|state| state.account == debited)
+                    .copied();
                 if observed.is_some() {
                     told.insert(debited);
                 }
                 let reload = matches!(result, Err(SubmitError::Unavailable));
-                hold.holder.do_send(Settle { release: hold.amount, observed, reload });
+                hold.holder.do_send(Settle {
+                    release: hold.amount,
+                    observed,
+                    reload,
+                });
             }
             item.submission.answer(result);
         }
@@ -180,24 +211,37 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountS
     while let Some((range, transient_attempts)) = pending.pop() {
         let batch: Vec<BatchItem<'_>> = items[range.clone()]
             .iter()
-            .map(|item| BatchItem { movement: &item.submission.movement, alone: item.alone })
+            .map(|item| BatchItem {
+                movement: &item.submission.movement,
+                alone: item.alone,
+            })
             .collect();
         let result = match pool.get().await {
-            Ok(mut client) => crate::store::journal::commit_batch(&mut client, &batch).await.map_err(Some),
+            Ok(mut client) => crate::store::journal::commit_batch(&mut client, &batch)
+                .await
+                .map_err(Some),
             Err(error) => {
                 tracing::warn!(%error, "journal writer: no database connection");
                 Err(None)
             }
         };
         match result {
-            Ok(BatchReport { postings, committed_at, accounts: states, attempts }) => {
+            Ok(BatchReport {
+                postings,
+                committed_at,
+                accounts: states,
+                attempts,
+            }) => {
                 retries += attempts - 1;
                 for (slot, posting) in written[range].iter_mut().zip(postings) {
                     *slot = Some(Written::Posted(posting, committed_at));
                 }
                 accounts.extend(states);
             }
-            Err(Some(error)) if crate::store::is_transient(&error) && transient_attempts < TRANSIENT_RETRIES_MAX => {
+            Err(Some(error))
+                if crate::store::is_transient(&error)
+                    && transient_attempts < TRANSIENT_RETRIES_MAX =>
+            {
                 tracing::info!(%error, "journal writer: transient failure, retrying the batch");
                 retries += 1;
                 pending.push((range, transient_attempts + 1));
@@ -211,7 +255,8 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountS
             }
             Err(Some(error)) if !crate::store::is_connection_error(&error) => {
                 tracing::error!(error = ?error, "journal writer: a movement failed on its own");
-                written[range.start] = Some(Written::Failed(SubmitError::Internal(error.to_string())));
+                written[range.start] =
+                    Some(Written::Failed(SubmitError::Internal(error.to_string())));
             }
             Err(error) => {
                 // The connection is gone: everything not yet written is answered Unavailable now
@@ -226,7 +271,10 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountS
             }
         }
     }
-    let written = written.into_iter().map(|slot| slot.expect("every range is written or failed")).collect();
+    let written = written
+        .into_iter()
+        .map(|slot| slot.expect("every range is written or failed"))
+        .collect();
     (written, accounts, retries)
 }
 

@@ -43,7 +43,10 @@ pub enum Outcome {
     InsufficientFunds(Recorded),
     /// The idempotency key was used before: nothing was applied. `same_request` tells whether
     /// the first request had the same body (then the caller replays `transaction_id`'s result).
-    Duplicate { transaction_id: Uuid, same_request: bool },
+    Duplicate {
+        transaction_id: Uuid,
+        same_request: bool,
+    },
 }
 
 /// Timestamps of a transaction the journal wrote.
@@ -123,9 +126,15 @@ impl Ledger {
             linger: Duration::from_micros(settings.batch_linger_us),
         };
         let journal_stats = stats.clone();
-        let journal = journal::JournalWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            journal::JournalWriter::new(journal_pool, directory_address, journal_settings, journal_stats)
-        });
+        let journal =
+            journal::JournalWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                journal::JournalWriter::new(
+                    journal_pool,
+                    directory_address,
+                    journal_settings,
+                    journal_stats,
+                )
+            });
         let directory = directory_context.run(directory::Directory::new(
             balance_arbiters,
             pool,
@@ -155,19 +164,30 @@ impl Ledger {
     /// retry safe); [`SubmitError::Internal`] when the movement failed alone in the database.
     pub async fn submit(&self, movement: Movement) -> Result<Outcome, SubmitError> {
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
-            self.stats.rejected_overloaded.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .rejected_overloaded
+                .fetch_add(1, Ordering::Relaxed);
             return Err(SubmitError::Overloaded);
         };
         let (reply, answer) = oneshot::channel();
-        let submission = Submission { movement, reply, enqueued_at: Instant::now(), _permit: permit };
-        self.queue.try_send(submission).map_err(|error| match error {
-            // Cannot happen while the queue is as large as the number of permits; kept exact.
-            async_channel::TrySendError::Full(_) => SubmitError::Overloaded,
-            async_channel::TrySendError::Closed(_) => SubmitError::Unavailable,
-        })?;
+        let submission = Submission {
+            movement,
+            reply,
+            enqueued_at: Instant::now(),
+            _permit: permit,
+        };
+        self.queue
+            .try_send(submission)
+            .map_err(|error| match error {
+                // Cannot happen while the queue is as large as the number of permits; kept exact.
+                async_channel::TrySendError::Full(_) => SubmitError::Overloaded,
+                async_channel::TrySendError::Closed(_) => SubmitError::Unavailable,
+            })?;
         match tokio::time::timeout(self.reply_timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SubmitError::Internal("the pipeline dropped the submission".into())),
+            Ok(Err(_)) => Err(SubmitError::Internal(
+                "the pipeline dropped the submission".into(),
+            )),
             Err(_) => Err(SubmitError::Unavailable),
         }
     }

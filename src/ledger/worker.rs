@@ -34,13 +34,21 @@ impl Actor for Worker {
 
 impl StreamHandler<Submission> for Worker {
     fn handle(&mut self, submission: Submission, _ctx: &mut Context<Self>) {
-        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT_SECONDS).record(queue_wait(&submission).as_secs_f64());
-        debug_assert_ne!(submission.movement.from, submission.movement.to, "handlers refuse self-transfers");
+        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT_SECONDS)
+            .record(queue_wait(&submission).as_secs_f64());
+        debug_assert_ne!(
+            submission.movement.from, submission.movement.to,
+            "handlers refuse self-transfers"
+        );
         // do_send ignores the mailbox limit; the admission permits bound what is in flight.
         if submission.movement.needs_reservation() {
             self.directory.do_send(Reserve(submission));
         } else {
-            self.journal.do_send(Append(Item { submission, hold: None, alone: false }));
+            self.journal.do_send(Append(Item {
+                submission,
+                hold: None,
+                alone: false,
+            }));
         }
     }
 }

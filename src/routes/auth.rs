@@ -66,19 +66,30 @@ async fn register(state: web::Data<AppState>, body: JsonObject) -> Result<HttpRe
         email.expect("finish() refuses missing fields"),
         password.expect("finish() refuses missing fields"),
     );
-    let hash = auth::hash_password(password).await.map_err(|error| ApiError::Internal(error.into()))?;
-    let client = state.pool.get().await?;
-    let user = store::users::insert(&client, UserId::generate(), &username, &email, &hash, Role::User)
+    let hash = auth::hash_password(password)
         .await
-        .map_err(|error| match error {
-            InsertUserError::UsernameTaken => {
-                ApiError::Conflict { code: "username_taken", detail: "this username is already registered" }
-            }
-            InsertUserError::EmailTaken => {
-                ApiError::Conflict { code: "email_taken", detail: "this email is already registered" }
-            }
-            InsertUserError::Database(error) => error.into(),
-        })?;
+        .map_err(|error| ApiError::Internal(error.into()))?;
+    let client = state.pool.get().await?;
+    let user = store::users::insert(
+        &client,
+        UserId::generate(),
+        &username,
+        &email,
+        &hash,
+        Role::User,
+    )
+    .await
+    .map_err(|error| match error {
+        InsertUserError::UsernameTaken => ApiError::Conflict {
+            code: "username_taken",
+            detail: "this username is already registered",
+        },
+        InsertUserError::EmailTaken => ApiError::Conflict {
+            code: "email_taken",
+            detail: "this email is already registered",
+        },
+        InsertUserError::Database(error) => error.into(),
+    })?;
     tracing::info!(user_id = %user.id, "user registered");
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/users/{}", user.id)))
@@ -96,15 +107,19 @@ async fn login(
     let login = fields.required("username", parse::text(|text: &str| Ok(text.to_owned())));
     let password = fields.required("password", parse::text(|text: &str| Ok(text.to_owned())));
     fields.finish()?;
-    let (login, password) =
-        (login.expect("finish() refuses missing fields"), password.expect("finish() refuses missing fields"));
+    let (login, password) = (
+        login.expect("finish() refuses missing fields"),
+        password.expect("finish() refuses missing fields"),
+    );
     let client = state.pool.get().await?;
     let found = store::users::find_for_login(&client, &login).await?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
     };
-    let verified = auth::verify_password(password, hash).await.map_err(|error| ApiError::Internal(error.into()))?;
+    let verified = auth::verify_password(password, hash)
+        .await
+        .map_err(|error| ApiError::Internal(error.into()))?;
     let Some(user) = user.filter(|_| verified) else {
         tracing::info!("login failed");
         return Err(ApiError::Unauthorized("invalid username or password"));
@@ -122,7 +137,10 @@ async fn refresh(
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = Fields::new(body);
-    let presented = fields.required("refresh_token", parse::text(|text: &str| Ok(text.to_owned())));
+    let presented = fields.required(
+        "refresh_token",
+        parse::text(|text: &str| Ok(text.to_owned())),
+    );
     fields.finish()?;
     let presented = presented.expect("finish() refuses missing fields");
     let new_token = auth::new_refresh_token();
@@ -167,7 +185,18 @@ async fn issue_tokens(
 ) -> Result<TokenBody, ApiError> {
     let access_token = keys.issue(user, role).map_err(ApiError::Internal)?;
     let refresh_token = auth::new_refresh_token();
-    store::tokens::insert(client, user, family, &auth::refresh_token_hash(&refresh_token), refresh_expiry(state))
-        .await?;
-    Ok(TokenBody { access_token, refresh_token, token_type: "Bearer", expires_in: keys.access_token_ttl_s })
+    store::tokens::insert(
+        client,
+        user,
+        family,
+        &auth::refresh_token_hash(&refresh_token),
+        refresh_expiry(state),
+    )
+    .await?;
+    Ok(TokenBody {
+        access_token,
+        refresh_token,
+        token_type: "Bearer",
+        expires_in: keys.access_token_ttl_s,
+    })
 }

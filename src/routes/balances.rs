@@ -53,7 +53,9 @@ async fn current(
     let currency = query
         .currency
         .as_deref()
-        .map(|code| Currency::parse(code).map_err(|error| ApiError::field("currency", error.to_string())))
+        .map(|code| {
+            Currency::parse(code).map_err(|error| ApiError::field("currency", error.to_string()))
+        })
         .transpose()?;
     let client = state.pool.get().await?;
     let records = store::balances::for_user(&client, user, currency).await?;
@@ -67,7 +69,15 @@ async fn current(
         })
         .collect();
     if let (Some(currency), true) = (currency, balances.is_empty()) {
-        balances.push(BalanceBody { currency: currency.code(), amount: 0, available: 0, updated_at: None });
+        balances.push(BalanceBody {
+            currency: currency.code(),
+            amount: 0,
+            available: 0,
+            updated_at: None,
+        });
     }
-    Ok(HttpResponse::Ok().json(BalancesBody { user_id: user.as_uuid(), balances }))
+    Ok(HttpResponse::Ok().json(BalancesBody {
+        user_id: user.as_uuid(),
+        balances,
+    }))
 }

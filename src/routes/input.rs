@@ -26,7 +26,9 @@ impl FromRequest for JsonObject {
     type Future = LocalBoxFuture<'static, Result<JsonObject, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<BodyLimit>>().map_or(64 * 1024, |limit| limit.0);
+        let limit = req
+            .app_data::<web::Data<BodyLimit>>()
+            .map_or(64 * 1024, |limit| limit.0);
         let content_type = req.content_type().to_ascii_lowercase();
         let is_json = content_type == "application/json" || content_type.ends_with("+json");
         let declared_length = req
@@ -44,7 +46,9 @@ impl FromRequest for JsonObject {
             }
             let mut body = BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|error| ApiError::MalformedRequest(format!("the body could not be read: {error}")))?;
+                let chunk = chunk.map_err(|error| {
+                    ApiError::MalformedRequest(format!("the body could not be read: {error}"))
+                })?;
                 if body.len() + chunk.len() > limit {
                     return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
                 }
@@ -52,8 +56,12 @@ impl FromRequest for JsonObject {
             }
             match serde_json::from_slice::<Value>(&body) {
                 Ok(Value::Object(map)) => Ok(JsonObject(map)),
-                Ok(_) => Err(ApiError::MalformedRequest("the body must be a JSON object".into())),
-                Err(error) => Err(ApiError::MalformedRequest(format!("the body is not valid JSON: {error}"))),
+                Ok(_) => Err(ApiError::MalformedRequest(
+                    "the body must be a JSON object".into(),
+                )),
+                Err(error) => Err(ApiError::MalformedRequest(format!(
+                    "the body is not valid JSON: {error}"
+                ))),
             }
         })
     }
@@ -68,11 +76,18 @@ pub struct Fields {
 
 impl Fields {
     pub fn new(JsonObject(object): JsonObject) -> Fields {
-        Fields { object, errors: Vec::new() }
+        Fields {
+            object,
+            errors: Vec::new(),
+        }
     }
 
     /// A field that must be present and not null.
-    pub fn required<T>(&mut self, name: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    pub fn required<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match self.object.remove(name) {
             None | Some(Value::Null) => {
                 self.errors.push(FieldError::new(name, "is required"));
@@ -83,14 +98,23 @@ impl Fields {
     }
 
     /// A field that may be absent or null.
-    pub fn optional<T>(&mut self, name: &str, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    pub fn optional<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match self.object.remove(name) {
             None | Some(Value::Null) => None,
             Some(value) => self.parse(name, &value, parse),
         }
     }
 
-    fn parse<T>(&mut self, name: &str, value: &Value, parse: impl FnOnce(&Value) -> Result<T, String>) -> Option<T> {
+    fn parse<T>(
+        &mut self,
+        name: &str,
+        value: &Value,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Option<T> {
         match parse(value) {
             Ok(parsed) => Some(parsed),
             Err(message) => {
@@ -111,7 +135,8 @@ impl Fields {
         let mut unknown: Vec<String> = self.object.keys().cloned().collect();
         unknown.sort();
         for name in unknown {
-            self.errors.push(FieldError::new(name, "is not a known field"));
+            self.errors
+                .push(FieldError::new(name, "is not a known field"));
         }
         if self.errors.is_empty() {
             Ok(())
@@ -155,7 +180,9 @@ pub mod parse {
     }
 
     /// A string checked by a domain parser.
-    pub fn text<T>(parse: impl FnOnce(&str) -> Result<T, TextError>) -> impl FnOnce(&Value) -> Result<T, String> {
+    pub fn text<T>(
+        parse: impl FnOnce(&str) -> Result<T, TextError>,
+    ) -> impl FnOnce(&Value) -> Result<T, String> {
         move |value| {
             let Value::String(text) = value else {
                 return Err("must be a string".into());

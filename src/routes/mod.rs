@@ -58,7 +58,9 @@ pub fn subject(principal: Principal, user_id: Option<Uuid>) -> Result<UserId, Ap
     match user_id.map(UserId::from_uuid) {
         None => Ok(principal.user),
         Some(user) if user == principal.user || principal.is_admin() => Ok(user),
-        Some(_) => Err(ApiError::Forbidden("only an admin may read another user's data")),
+        Some(_) => Err(ApiError::Forbidden(
+            "only an admin may read another user's data",
+        )),
     }
 }
 
@@ -69,7 +71,9 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// Error handler for the whole app: an error reply that is not already problem+json (actix's
 /// own 404, 405, 413, bad path or query) is replaced by the problem for its status.
-pub fn problem_for_plain_errors<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+pub fn problem_for_plain_errors<B>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let is_problem = res
         .headers()
         .get(header::CONTENT_TYPE)
@@ -84,21 +88,32 @@ pub fn problem_for_plain_errors<B>(res: ServiceResponse<B>) -> actix_web::Result
         StatusCode::UNAUTHORIZED => ApiError::Unauthorized("authentication required"),
         StatusCode::FORBIDDEN => ApiError::Forbidden("forbidden"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
-        status if status.is_server_error() => ApiError::Internal(anyhow::anyhow!("{status} from the framework")),
+        status if status.is_server_error() => {
+            ApiError::Internal(anyhow::anyhow!("{status} from the framework"))
+        }
         _ => ApiError::MalformedRequest("the request could not be understood".into()),
     };
     let (req, _) = res.into_parts();
     let response = error.error_response();
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }
 
 /// Rejects a bad path or query string with 404 (path) or 422 (query) problems instead of
 /// actix's plain text.
 pub fn extractor_errors(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PathConfig::default().error_handler(|_, _| ApiError::NotFound("no such resource").into()))
-        .app_data(web::QueryConfig::default().error_handler(|error, _| {
-            ApiError::Validation(vec![crate::error::FieldError::new("query", error.to_string())]).into()
-        }));
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|_, _| ApiError::NotFound("no such resource").into()),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|error, _| {
+        ApiError::Validation(vec![crate::error::FieldError::new(
+            "query",
+            error.to_string(),
+        )])
+        .into()
+    }));
 }
 
 /// Middleware: counts requests and records their duration by method, route template (not the
@@ -112,10 +127,16 @@ pub async fn record_http_metrics(
     let result = next.call(req).await;
     let (route, status) = match &result {
         Ok(response) => (
-            response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned()),
+            response
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned()),
             response.status(),
         ),
-        Err(error) => ("unmatched".to_owned(), error.as_response_error().status_code()),
+        Err(error) => (
+            "unmatched".to_owned(),
+            error.as_response_error().status_code(),
+        ),
     };
     metrics::counter!(names::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string())
         .increment(1);

@@ -29,9 +29,11 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
         Ok(Err(error)) => {
             tracing::warn!(error = ?error, "not ready");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "database": "unreachable" }))
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "unavailable", "database": "unreachable" }))
         }
-        Err(_) => HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "database": "timeout" })),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "database": "timeout" })),
     }
 }
 
@@ -40,7 +42,8 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let ledger = &state.ledger;
     let stats = ledger.stats();
-    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!(names::QUEUE_DEPTH).set(ledger.queued() as f64);
     metrics::gauge!(names::IN_FLIGHT).set(ledger.in_flight() as f64);
     metrics::gauge!(names::QUEUE_CAPACITY).set(ledger.capacity() as f64);
@@ -48,13 +51,18 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics::counter!(names::ACTOR_EVICTIONS).absolute(load(&stats.actor_evictions));
     metrics::counter!(names::BATCHES).absolute(load(&stats.batches));
     metrics::counter!(names::BATCH_RETRIES).absolute(load(&stats.batch_retries));
-    metrics::counter!(names::PIPELINE_REJECTIONS, "reason" => "overloaded").absolute(load(&stats.rejected_overloaded));
+    metrics::counter!(names::PIPELINE_REJECTIONS, "reason" => "overloaded")
+        .absolute(load(&stats.rejected_overloaded));
     for (pool_name, pool) in [("api", &state.pool), ("journal", &state.journal_pool)] {
         let status = pool.status();
         metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "in_use")
             .set(status.size.saturating_sub(status.available) as f64);
-        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "idle").set(status.available as f64);
-        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "max").set(status.max_size as f64);
+        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "idle")
+            .set(status.available as f64);
+        metrics::gauge!(names::DB_CONNECTIONS, "pool" => pool_name, "state" => "max")
+            .set(status.max_size as f64);
     }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }

@@ -15,8 +15,8 @@ use super::input::{parse, Fields, JsonObject};
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::{
-    Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind, TransactionStatus, UserId,
-    SYSTEM_USER_ID,
+    Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind,
+    TransactionStatus, UserId, SYSTEM_USER_ID,
 };
 use crate::error::ApiError;
 use crate::ledger::{Outcome, Recorded, SubmitError};
@@ -70,7 +70,11 @@ impl From<TransactionRecord> for TransactionBody {
 }
 
 impl TransactionBody {
-    fn committed(movement: &Movement, status: TransactionStatus, recorded: Recorded) -> TransactionBody {
+    fn committed(
+        movement: &Movement,
+        status: TransactionStatus,
+        recorded: Recorded,
+    ) -> TransactionBody {
         TransactionBody {
             id: movement.id,
             kind: movement.kind.as_str(),
@@ -81,7 +85,8 @@ impl TransactionBody {
             currency: movement.currency.code().to_owned(),
             description: movement.description.as_ref().map(|d| d.as_str().to_owned()),
             reference: movement.reference.as_ref().map(|r| r.as_str().to_owned()),
-            failure_reason: (status == TransactionStatus::Failed).then(|| "insufficient_funds".to_owned()),
+            failure_reason: (status == TransactionStatus::Failed)
+                .then(|| "insufficient_funds".to_owned()),
             created_at: recorded.created_at,
             completed_at: recorded.completed_at,
         }
@@ -104,7 +109,8 @@ async fn credit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement = parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await?;
+    let movement =
+        parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await?;
     submit(&state, movement).await
 }
 
@@ -116,7 +122,8 @@ async fn debit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement = parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await?;
+    let movement =
+        parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await?;
     submit(&state, movement).await
 }
 
@@ -182,12 +189,19 @@ async fn parse_system_movement(
         Some(user) if user == principal.user => user,
         Some(user) if principal.is_admin() => {
             let client = state.pool.get().await?;
-            if store::users::find_active(&client, user.as_uuid()).await?.is_none() {
+            if store::users::find_active(&client, user.as_uuid())
+                .await?
+                .is_none()
+            {
                 return Err(ApiError::field("user_id", "no such user"));
             }
             user
         }
-        Some(_) => return Err(ApiError::Forbidden("only an admin may move money on another user's account")),
+        Some(_) => {
+            return Err(ApiError::Forbidden(
+                "only an admin may move money on another user's account",
+            ))
+        }
     };
     let (from, to) = match kind {
         TransactionKind::Credit => (SYSTEM_USER_ID, account),
@@ -217,11 +231,16 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         .ok()
         .and_then(|text| IdempotencyKey::parse(text).ok())
         .map(Some)
-        .ok_or_else(|| ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters"))
+        .ok_or_else(|| {
+            ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters")
+        })
 }
 
 fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
-    movement.idempotency = key.map(|key| IdempotencyClaim { key, request_hash: movement.request_hash() });
+    movement.idempotency = key.map(|key| IdempotencyClaim {
+        key,
+        request_hash: movement.request_hash(),
+    });
     movement
 }
 
@@ -229,27 +248,43 @@ fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
 async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
     if let Some(claim) = &movement.idempotency {
         let client = state.pool.get().await?;
-        if let Some(stored) = store::idempotency::find(&client, movement.initiated_by, &claim.key).await? {
+        if let Some(stored) =
+            store::idempotency::find(&client, movement.initiated_by, &claim.key).await?
+        {
             if stored.request_hash[..] != claim.request_hash[..] {
                 return Err(ApiError::IdempotencyKeyReused);
             }
             return replay(state, stored.transaction_id).await;
         }
     }
-    let outcome = state.ledger.submit(movement.clone()).await.map_err(|error| match error {
-        SubmitError::Overloaded => ApiError::Overloaded { retry_after_s: state.settings.pipeline.retry_after_s },
-        SubmitError::Unavailable => ApiError::Unavailable,
-        SubmitError::Internal(message) => ApiError::Internal(anyhow::anyhow!(message)),
-    })?;
+    let outcome = state
+        .ledger
+        .submit(movement.clone())
+        .await
+        .map_err(|error| match error {
+            SubmitError::Overloaded => ApiError::Overloaded {
+                retry_after_s: state.settings.pipeline.retry_after_s,
+            },
+            SubmitError::Unavailable => ApiError::Unavailable,
+            SubmitError::Internal(message) => ApiError::Internal(anyhow::anyhow!(message)),
+        })?;
     match outcome {
         Outcome::Completed(recorded) => Ok(created(TransactionBody::committed(
             &movement,
             TransactionStatus::Completed,
             recorded,
         ))),
-        Outcome::InsufficientFunds(_) => Err(ApiError::InsufficientFunds { transaction_id: movement.id }),
-        Outcome::Duplicate { transaction_id, same_request: true } => replay(state, transaction_id).await,
-        Outcome::Duplicate { same_request: false, .. } => Err(ApiError::IdempotencyKeyReused),
+        Outcome::InsufficientFunds(_) => Err(ApiError::InsufficientFunds {
+            transaction_id: movement.id,
+        }),
+        Outcome::Duplicate {
+            transaction_id,
+            same_request: true,
+        } => replay(state, transaction_id).await,
+        Outcome::Duplicate {
+            same_request: false,
+            ..
+        } => Err(ApiError::IdempotencyKeyReused),
     }
 }
 
@@ -258,7 +293,11 @@ async fn replay(state: &AppState, transaction_id: Uuid) -> Result<HttpResponse, 
     let client = state.pool.get().await?;
     let record = store::transactions::find(&client, transaction_id)
         .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key points at missing {transaction_id}")))?;
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "idempotency key points at missing {transaction_id}"
+            ))
+        })?;
     match record.status {
         TransactionStatus::Failed => Err(ApiError::InsufficientFunds { transaction_id }),
         _ => {
@@ -294,7 +333,9 @@ async fn get_transaction(
 ) -> Result<HttpResponse, ApiError> {
     let client = state.pool.get().await?;
     match store::transactions::find(&client, id.into_inner()).await? {
-        Some(record) if visible_to(&record, principal) => Ok(HttpResponse::Ok().json(TransactionBody::from(record))),
+        Some(record) if visible_to(&record, principal) => {
+            Ok(HttpResponse::Ok().json(TransactionBody::from(record)))
+        }
         _ => Err(ApiError::NotFound("no such transaction")),
     }
 }
@@ -328,22 +369,36 @@ async fn history(
     let user = super::subject(principal, query.user_id)?;
     let limit = query.limit.unwrap_or(HISTORY_LIMIT_DEFAULT);
     if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::field("limit", format!("must be from 1 to {HISTORY_LIMIT_MAX}")));
+        return Err(ApiError::field(
+            "limit",
+            format!("must be from 1 to {HISTORY_LIMIT_MAX}"),
+        ));
     }
     let after = query
         .cursor
         .as_deref()
-        .map(|cursor| decode_cursor(cursor).ok_or_else(|| ApiError::field("cursor", "is not a cursor this API issued")))
+        .map(|cursor| {
+            decode_cursor(cursor)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API issued"))
+        })
         .transpose()?;
     let client = state.pool.get().await?;
     let mut records = store::transactions::history(&client, user, after, limit + 1).await?;
     let next_cursor = if records.len() as i64 > limit {
         records.truncate(limit as usize);
-        records.last().map(|last| encode_cursor(HistoryCursor { created_at: last.created_at, id: last.id }))
+        records.last().map(|last| {
+            encode_cursor(HistoryCursor {
+                created_at: last.created_at,
+                id: last.id,
+            })
+        })
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(Page { items: records.into_iter().map(TransactionBody::from).collect(), next_cursor }))
+    Ok(HttpResponse::Ok().json(Page {
+        items: records.into_iter().map(TransactionBody::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// Cursor: base64url of `<created_at in µs since the epoch>:<id>`. Opaque to clients.
@@ -353,7 +408,9 @@ fn encode_cursor(cursor: HistoryCursor) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let (micros, id) = text.split_once(':')?;
     Some(HistoryCursor {
@@ -368,7 +425,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
-        let cursor = HistoryCursor { created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::now_v7() };
+        let cursor = HistoryCursor {
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::now_v7(),
+        };
         assert_eq!(decode_cursor(&encode_cursor(cursor)), Some(cursor));
         assert_eq!(decode_cursor("not-a-cursor"), None);
         assert_eq!(decode_cursor(""), None);

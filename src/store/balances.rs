@@ -19,7 +19,8 @@ pub struct BalanceRecord {
 
 fn record(row: &tokio_postgres::Row) -> BalanceRecord {
     BalanceRecord {
-        currency: Currency::parse(row.get("currency")).expect("balances.currency holds only codes Tally wrote"),
+        currency: Currency::parse(row.get("currency"))
+            .expect("balances.currency holds only codes Tally wrote"),
         amount: row.get("amount"),
         pending: row.get("pending"),
         overdraft_limit: row.get("overdraft_limit"),
@@ -47,7 +48,10 @@ pub async fn for_user(
 }
 
 /// One account's balance, or `None` when it was never used.
-pub async fn find(client: &impl GenericClient, account: AccountKey) -> Result<Option<BalanceRecord>, tokio_postgres::Error> {
+pub async fn find(
+    client: &impl GenericClient,
+    account: AccountKey,
+) -> Result<Option<BalanceRecord>, tokio_postgres::Error> {
     let row = client
         .query_opt(
             "SELECT currency, amount, pending, overdraft_limit, version, last_updated_at FROM balances

@@ -24,12 +24,18 @@ pub async fn find(
             &[&user.as_uuid(), &key.as_str()],
         )
         .await?;
-    Ok(row.map(|row| StoredKey { request_hash: row.get(0), transaction_id: row.get(1) }))
+    Ok(row.map(|row| StoredKey {
+        request_hash: row.get(0),
+        transaction_id: row.get(1),
+    }))
 }
 
 /// Forgets keys older than `retention_hours`; returns how many. After this a repeated key is a
 /// new request.
-pub async fn expire(client: &impl GenericClient, retention_hours: u64) -> Result<u64, tokio_postgres::Error> {
+pub async fn expire(
+    client: &impl GenericClient,
+    retention_hours: u64,
+) -> Result<u64, tokio_postgres::Error> {
     let hours = i64::try_from(retention_hours).unwrap_or(i64::MAX);
     client
         .execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::bigint * interval '1 hour'", &[&hours])

@@ -35,7 +35,10 @@ pub enum Posting {
     InsufficientFunds,
     /// Its idempotency key was already used (committed earlier, or earlier in this batch):
     /// nothing was written for it. `transaction_id` is the first request's transaction.
-    Duplicate { transaction_id: Uuid, request_hash: Vec<u8> },
+    Duplicate {
+        transaction_id: Uuid,
+        request_hash: Vec<u8>,
+    },
 }
 
 /// An account's balance as the database returned it after this batch.
@@ -76,7 +79,10 @@ pub struct BatchItem<'a> {
 /// written, except when the error comes from `COMMIT` itself on a lost connection, in which case
 /// the outcome is unknown (the caller must not acknowledge, and idempotency keys make a retry
 /// safe).
-pub async fn commit_batch(client: &mut Client, items: &[BatchItem<'_>]) -> Result<BatchReport, tokio_postgres::Error> {
+pub async fn commit_batch(
+    client: &mut Client,
+    items: &[BatchItem<'_>],
+) -> Result<BatchReport, tokio_postgres::Error> {
     let mut alone: Vec<bool> = items.iter().map(|item| item.alone).collect();
     let mut postings: Vec<Option<Posting>> = vec![None; items.len()];
     mark_duplicates_within_batch(items, &mut postings);
@@ -88,8 +94,12 @@ pub async fn commit_batch(client: &mut Client, items: &[BatchItem<'_>]) -> Resul
         let mut attempt_postings = postings.clone();
         claim_idempotency_keys(&transaction, items, &mut attempt_postings).await?;
 
-        let grouped: Vec<usize> = (0..items.len()).filter(|&i| attempt_postings[i].is_none() && !alone[i]).collect();
-        let single: Vec<usize> = (0..items.len()).filter(|&i| attempt_postings[i].is_none() && alone[i]).collect();
+        let grouped: Vec<usize> = (0..items.len())
+            .filter(|&i| attempt_postings[i].is_none() && !alone[i])
+            .collect();
+        let single: Vec<usize> = (0..items.len())
+            .filter(|&i| attempt_postings[i].is_none() && alone[i])
+            .collect();
         let plan = DeltaPlan::build(items, &grouped);
         ensure_balance_rows(&transaction, items, grouped.iter().chain(&single).copied()).await?;
 
@@ -97,8 +107,12 @@ pub async fn commit_batch(client: &mut Client, items: &[BatchItem<'_>]) -> Resul
         let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
         if !plan.accounts.is_empty() {
             let returned = apply_plan(&transaction, &plan).await?;
-            let refused: Vec<AccountKey> =
-                plan.accounts.keys().filter(|account| !returned.contains_key(*account)).copied().collect();
+            let refused: Vec<AccountKey> = plan
+                .accounts
+                .keys()
+                .filter(|account| !returned.contains_key(*account))
+                .copied()
+                .collect();
             if !refused.is_empty() {
                 // The database disagrees with the actors' caches (another process moved money, or
                 // a cache is stale). Re-run the movements debiting those accounts alone; every
@@ -121,7 +135,8 @@ pub async fn commit_batch(client: &mut Client, items: &[BatchItem<'_>]) -> Resul
             }
         }
         for &i in &single {
-            let posting = apply_alone(&transaction, items[i].movement, &mut entries, &mut states).await?;
+            let posting =
+                apply_alone(&transaction, items[i].movement, &mut entries, &mut states).await?;
             attempt_postings[i] = Some(posting);
         }
 
@@ -129,11 +144,19 @@ pub async fn commit_batch(client: &mut Client, items: &[BatchItem<'_>]) -> Resul
             .into_iter()
             .map(|posting| posting.expect("every movement of the batch has been decided"))
             .collect();
-        debug_assert!(entries.sums_to_zero_per_currency(), "a batch's entries must sum to zero per currency");
+        debug_assert!(
+            entries.sums_to_zero_per_currency(),
+            "a batch's entries must sum to zero per currency"
+        );
         let committed_at = insert_records(&transaction, items, &postings, &entries).await?;
         transaction.commit().await?;
         let postings = resolve_duplicates_within_batch(items, postings);
-        return Ok(BatchReport { postings, committed_at, accounts: states.into_values().collect(), attempts });
+        return Ok(BatchReport {
+            postings,
+            committed_at,
+            accounts: states.into_values().collect(),
+            attempts,
+        });
     }
 }
 
@@ -146,7 +169,12 @@ fn mark_duplicates_within_batch(items: &[BatchItem<'_>], postings: &mut [Option<
             if let Some(&earlier) = first.get(&(item.movement.initiated_by, claim.key.as_str())) {
                 postings[i] = Some(Posting::Duplicate {
                     transaction_id: items[earlier].movement.id,
-                    request_hash: items[earlier].movement.idempotency.as_ref().map(|c| c.request_hash.to_vec()).unwrap_or_default(),
+                    request_hash: items[earlier]
+                        .movement
+                        .idempotency
+                        .as_ref()
+                        .map(|c| c.request_hash.to_vec())
+                        .unwrap_or_default(),
                 });
             } else {
                 first.insert((item.movement.initiated_by, claim.key.as_str()), i);
@@ -157,15 +185,24 @@ fn mark_duplicates_within_batch(items: &[BatchItem<'_>], postings: &mut [Option<
 
 /// A duplicate of an earlier batch-mate that was itself a duplicate of a committed request
 /// points at that committed request.
-fn resolve_duplicates_within_batch(items: &[BatchItem<'_>], postings: Vec<Posting>) -> Vec<Posting> {
-    let by_id: HashMap<Uuid, usize> = items.iter().enumerate().map(|(i, item)| (item.movement.id, i)).collect();
+fn resolve_duplicates_within_batch(
+    items: &[BatchItem<'_>],
+    postings: Vec<Posting>,
+) -> Vec<Posting> {
+    let by_id: HashMap<Uuid, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| (item.movement.id, i))
+        .collect();
     postings
         .iter()
         .map(|posting| match posting {
-            Posting::Duplicate { transaction_id, .. } => match by_id.get(transaction_id).map(|&j| &postings[j]) {
-                Some(original @ Posting::Duplicate { .. }) => original.clone(),
-                _ => posting.clone(),
-            },
+            Posting::Duplicate { transaction_id, .. } => {
+                match by_id.get(transaction_id).map(|&j| &postings[j]) {
+                    Some(original @ Posting::Duplicate { .. }) => original.clone(),
+                    _ => posting.clone(),
+                }
+            }
             other => other.clone(),
         })
         .collect()
@@ -176,8 +213,9 @@ async fn claim_idempotency_keys(
     items: &[BatchItem<'_>],
     postings: &mut [Option<Posting>],
 ) -> Result<(), tokio_postgres::Error> {
-    let claims: Vec<usize> =
-        (0..items.len()).filter(|&i| postings[i].is_none() && items[i].movement.idempotency.is_some()).collect();
+    let claims: Vec<usize> = (0..items.len())
+        .filter(|&i| postings[i].is_none() && items[i].movement.idempotency.is_some())
+        .collect();
     if claims.is_empty() {
         return Ok(());
     }
@@ -187,7 +225,10 @@ async fn claim_idempotency_keys(
     let mut ids = Vec::with_capacity(claims.len());
     for &i in &claims {
         let movement = items[i].movement;
-        let claim = movement.idempotency.as_ref().expect("filtered on idempotency");
+        let claim = movement
+            .idempotency
+            .as_ref()
+            .expect("filtered on idempotency");
         users.push(movement.initiated_by.as_uuid());
         keys.push(claim.key.as_str());
         hashes.push(&claim.request_hash);
@@ -207,14 +248,29 @@ async fn claim_idempotency_keys(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let lost: Vec<usize> = claims.iter().copied().filter(|&i| !claimed.contains(&items[i].movement.id)).collect();
+    let lost: Vec<usize> = claims
+        .iter()
+        .copied()
+        .filter(|&i| !claimed.contains(&items[i].movement.id))
+        .collect();
     if lost.is_empty() {
         return Ok(());
     }
-    let lost_users: Vec<Uuid> = lost.iter().map(|&i| items[i].movement.initiated_by.as_uuid()).collect();
+    let lost_users: Vec<Uuid> = lost
+        .iter()
+        .map(|&i| items[i].movement.initiated_by.as_uuid())
+        .collect();
     let lost_keys: Vec<&str> = lost
         .iter()
-        .map(|&i| items[i].movement.idempotency.as_ref().expect("filtered on idempotency").key.as_str())
+        .map(|&i| {
+            items[i]
+                .movement
+                .idempotency
+                .as_ref()
+                .expect("filtered on idempotency")
+                .key
+                .as_str()
+        })
         .collect();
     let statement = transaction
         .prepare_cached(
@@ -232,13 +288,21 @@ async fn claim_idempotency_keys(
         .collect();
     for &i in &lost {
         let movement = items[i].movement;
-        let key = movement.idempotency.as_ref().expect("filtered on idempotency").key.as_str();
+        let key = movement
+            .idempotency
+            .as_ref()
+            .expect("filtered on idempotency")
+            .key
+            .as_str();
         // The conflicting row is committed (ON CONFLICT waited for it), so it is visible here.
         let (transaction_id, request_hash) = existing
             .get(&(movement.initiated_by.as_uuid(), key.to_owned()))
             .cloned()
             .expect("a key that conflicted exists");
-        postings[i] = Some(Posting::Duplicate { transaction_id, request_hash });
+        postings[i] = Some(Posting::Duplicate {
+            transaction_id,
+            request_hash,
+        });
     }
     Ok(())
 }
@@ -255,8 +319,14 @@ impl DeltaPlan {
         let mut accounts: BTreeMap<AccountKey, Vec<(usize, i64)>> = BTreeMap::new();
         for &i in grouped {
             let movement = items[i].movement;
-            accounts.entry(movement.debited()).or_default().push((i, -movement.amount.minor()));
-            accounts.entry(movement.credited()).or_default().push((i, movement.amount.minor()));
+            accounts
+                .entry(movement.debited())
+                .or_default()
+                .push((i, -movement.amount.minor()));
+            accounts
+                .entry(movement.credited())
+                .or_default()
+                .push((i, movement.amount.minor()));
         }
         DeltaPlan { accounts }
     }
@@ -279,8 +349,9 @@ async fn ensure_balance_rows(
     items: &[BatchItem<'_>],
     indices: impl Iterator<Item = usize>,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut accounts: Vec<AccountKey> =
-        indices.flat_map(|i| [items[i].movement.debited(), items[i].movement.credited()]).collect();
+    let mut accounts: Vec<AccountKey> = indices
+        .flat_map(|i| [items[i].movement.debited(), items[i].movement.credited()])
+        .collect();
     accounts.sort();
     accounts.dedup();
     if accounts.is_empty() {
@@ -300,7 +371,9 @@ async fn ensure_balance_rows(
              ON CONFLICT (user_id, currency) DO NOTHING",
         )
         .await?;
-    transaction.execute(&statement, &[&users, &currencies]).await?;
+    transaction
+        .execute(&statement, &[&users, &currencies])
+        .await?;
     Ok(())
 }
 
@@ -342,16 +415,26 @@ async fn apply_plan(
         .await?;
     let lock_params: [&(dyn ToSql + Sync); 2] = [&users, &currencies];
     let update_params: [&(dyn ToSql + Sync); 4] = [&users, &currencies, &sums, &min_prefixes];
-    let (_, rows) =
-        tokio::try_join!(transaction.query(&lock, &lock_params), transaction.query(&update, &update_params))?;
+    let (_, rows) = tokio::try_join!(
+        transaction.query(&lock, &lock_params),
+        transaction.query(&update, &update_params)
+    )?;
     Ok(rows.iter().map(account_state).collect())
 }
 
 fn account_state(row: &tokio_postgres::Row) -> (AccountKey, AccountState) {
     let user = UserId::from_uuid(row.get(0));
-    let currency = Currency::parse(row.get(1)).expect("balances.currency holds only codes Tally wrote");
+    let currency =
+        Currency::parse(row.get(1)).expect("balances.currency holds only codes Tally wrote");
     let account = AccountKey { user, currency };
-    (account, AccountState { account, amount: row.get(2), version: row.get(3) })
+    (
+        account,
+        AccountState {
+            account,
+            amount: row.get(2),
+            version: row.get(3),
+        },
+    )
 }
 
 /// Applies one movement by itself: the debit side only if the database's balance allows it,
@@ -381,7 +464,10 @@ async fn apply_alone(
     let amount = movement.amount.minor();
     let debited = movement.debited();
     let Some(row) = transaction
-        .query_opt(&debit, &[&debited.user.as_uuid(), &debited.currency.code(), &amount])
+        .query_opt(
+            &debit,
+            &[&debited.user.as_uuid(), &debited.currency.code(), &amount],
+        )
         .await?
     else {
         return Ok(Posting::InsufficientFunds);
@@ -392,7 +478,10 @@ async fn apply_alone(
 
     let credited = movement.credited();
     let row = transaction
-        .query_one(&credit, &[&credited.user.as_uuid(), &credited.currency.code(), &amount])
+        .query_one(
+            &credit,
+            &[&credited.user.as_uuid(), &credited.currency.code(), &amount],
+        )
         .await?;
     let (_, state) = account_state(&row);
     entries.push(movement.id, credited, amount, state.amount);
@@ -421,14 +510,23 @@ impl EntryRows {
 
     /// One account's entries in batch order, given the amount the database returned after
     /// applying all of them: the running balance starts at `returned - sum`.
-    fn push_account(&mut self, items: &[BatchItem<'_>], account: AccountKey, deltas: &[(usize, i64)], returned: i64) {
+    fn push_account(
+        &mut self,
+        items: &[BatchItem<'_>],
+        account: AccountKey,
+        deltas: &[(usize, i64)],
+        returned: i64,
+    ) {
         let (sum, _) = sum_and_min_prefix(deltas);
         let mut balance = returned - sum;
         for &(i, delta) in deltas {
             balance += delta;
             self.push(items[i].movement.id, account, delta, balance);
         }
-        debug_assert_eq!(balance, returned, "running balance must end at the returned amount");
+        debug_assert_eq!(
+            balance, returned,
+            "running balance must end at the returned amount"
+        );
     }
 
     fn sums_to_zero_per_currency(&self) -> bool {
@@ -446,7 +544,9 @@ async fn insert_records(
     postings: &[Posting],
     entries: &EntryRows,
 ) -> Result<DateTime<Utc>, tokio_postgres::Error> {
-    let written: Vec<usize> = (0..items.len()).filter(|&i| !matches!(postings[i], Posting::Duplicate { .. })).collect();
+    let written: Vec<usize> = (0..items.len())
+        .filter(|&i| !matches!(postings[i], Posting::Duplicate { .. }))
+        .collect();
     let now_statement = transaction.prepare_cached("SELECT now()").await?;
     if written.is_empty() {
         return Ok(transaction.query_one(&now_statement, &[]).await?.get(0));
@@ -524,11 +624,26 @@ async fn insert_records(
         )
         .await?;
     let record_params: [&(dyn ToSql + Sync); 12] = [
-        &ids, &kinds, &statuses, &froms, &tos, &amounts, &currencies, &descriptions, &references, &failure_reasons,
-        &initiators, &keys,
+        &ids,
+        &kinds,
+        &statuses,
+        &froms,
+        &tos,
+        &amounts,
+        &currencies,
+        &descriptions,
+        &references,
+        &failure_reasons,
+        &initiators,
+        &keys,
     ];
-    let entry_params: [&(dyn ToSql + Sync); 5] =
-        [&entries.transaction_ids, &entries.users, &entries.currencies, &entries.deltas, &entries.balances_after];
+    let entry_params: [&(dyn ToSql + Sync); 5] = [
+        &entries.transaction_ids,
+        &entries.users,
+        &entries.currencies,
+        &entries.deltas,
+        &entries.balances_after,
+    ];
     let records_future = transaction.query(&records, &record_params);
     let rows = if entries.deltas.is_empty() {
         records_future.await?

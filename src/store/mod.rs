@@ -27,8 +27,14 @@ pub const APP_NAME: &str = "tally";
 /// the fault tests find the pipeline's backends by it.
 pub const JOURNAL_APP_NAME: &str = "tally-journal";
 
-fn pg_config(settings: &DatabaseSettings, application_name: &str) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = settings.url.parse().context("database.url is not a PostgreSQL URL")?;
+fn pg_config(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .parse()
+        .context("database.url is not a PostgreSQL URL")?;
     config
         .application_name(application_name)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
@@ -44,10 +50,16 @@ fn pg_config(settings: &DatabaseSettings, application_name: &str) -> anyhow::Res
 /// Errors: the server is unreachable, the role may not create databases, or a migration fails.
 pub async fn prepare_database(settings: &DatabaseSettings) -> anyhow::Result<()> {
     let config = pg_config(settings, APP_NAME)?;
-    let dbname = config.get_dbname().context("database.url names no database")?.to_owned();
+    let dbname = config
+        .get_dbname()
+        .context("database.url names no database")?
+        .to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let (client, connection) = admin.connect(NoTls).await.context("connecting to PostgreSQL")?;
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL")?;
     let connection = tokio::spawn(connection);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
@@ -56,7 +68,10 @@ pub async fn prepare_database(settings: &DatabaseSettings) -> anyhow::Result<()>
         .is_some();
     if !exists {
         let quoted = format!("\"{}\"", dbname.replace('"', "\"\""));
-        match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .await
+        {
             Ok(()) => tracing::info!(database = %dbname, "created database"),
             // Another process created it between our check and our CREATE.
             Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
@@ -89,11 +104,17 @@ pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<()> {
 
 /// A pool of at most `size` connections named `application_name`. Connections are made on
 /// demand, so building the pool succeeds while the database is down.
-pub fn pool(settings: &DatabaseSettings, application_name: &str, size: usize) -> anyhow::Result<Pool> {
+pub fn pool(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    size: usize,
+) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
         pg_config(settings, application_name)?,
         NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(manager)
         .max_size(size)
@@ -131,6 +152,9 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
 /// Checks that the database answers (readiness).
 pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
     let client = pool.get().await.context("no database connection")?;
-    client.simple_query("SELECT 1").await.context("database did not answer")?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .context("database did not answer")?;
     Ok(())
 }

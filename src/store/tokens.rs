@@ -78,7 +78,10 @@ pub async fn rotate(
     let role = Role::parse(row.get("role")).expect("users.role is constrained to known roles");
     let new_id = insert(&transaction, user, family_id, new_hash, new_expires_at).await?;
     transaction
-        .execute("UPDATE refresh_tokens SET revoked_at = now(), replaced_by = $2 WHERE id = $1", &[&id, &new_id])
+        .execute(
+            "UPDATE refresh_tokens SET revoked_at = now(), replaced_by = $2 WHERE id = $1",
+            &[&id, &new_id],
+        )
         .await?;
     transaction.commit().await?;
     Ok(Rotation::Rotated { user, role })

@@ -25,14 +25,16 @@ pub struct TransactionRecord {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, type, status, from_user_id, to_user_id, amount, currency, description, reference, \
+const COLUMNS: &str =
+    "id, type, status, from_user_id, to_user_id, amount, currency, description, reference, \
                        failure_reason, initiated_by, created_at, completed_at";
 
 fn record(row: &tokio_postgres::Row) -> TransactionRecord {
     TransactionRecord {
         id: row.get("id"),
         kind: TransactionKind::parse(row.get("type")).expect("transactions.type is constrained"),
-        status: TransactionStatus::parse(row.get("status")).expect("transactions.status is constrained"),
+        status: TransactionStatus::parse(row.get("status"))
+            .expect("transactions.status is constrained"),
         from: UserId::from_uuid(row.get("from_user_id")),
         to: UserId::from_uuid(row.get("to_user_id")),
         amount: row.get("amount"),
@@ -46,9 +48,15 @@ fn record(row: &tokio_postgres::Row) -> TransactionRecord {
     }
 }
 
-pub async fn find(client: &impl GenericClient, id: Uuid) -> Result<Option<TransactionRecord>, tokio_postgres::Error> {
+pub async fn find(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<TransactionRecord>, tokio_postgres::Error> {
     let statement = format!("SELECT {COLUMNS} FROM transactions WHERE id = $1");
-    Ok(client.query_opt(&statement, &[&id]).await?.map(|row| record(&row)))
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .map(|row| record(&row)))
 }
 
 /// A position in a newest-first listing: the last item seen.
@@ -84,6 +92,8 @@ pub async fn history(
         Some(cursor) => (Some(cursor.created_at), Some(cursor.id)),
         None => (None, None),
     };
-    let rows = client.query(&statement, &[&user.as_uuid(), &created_at, &id, &limit]).await?;
+    let rows = client
+        .query(&statement, &[&user.as_uuid(), &created_at, &id, &limit])
+        .await?;
     Ok(rows.iter().map(record).collect())
 }

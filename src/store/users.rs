@@ -55,12 +55,24 @@ pub async fn insert(
         "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
     );
     match client
-        .query_one(&statement, &[&id.as_uuid(), &username.as_str(), &email.as_str(), &password_hash, &role.as_str()])
+        .query_one(
+            &statement,
+            &[
+                &id.as_uuid(),
+                &username.as_str(),
+                &email.as_str(),
+                &password_hash,
+                &role.as_str(),
+            ],
+        )
         .await
     {
         Ok(row) => Ok(record(&row)),
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            let constraint = error.as_db_error().and_then(|db| db.constraint()).unwrap_or_default();
+            let constraint = error
+                .as_db_error()
+                .and_then(|db| db.constraint())
+                .unwrap_or_default();
             if constraint == "users_email_key" {
                 Err(InsertUserError::EmailTaken)
             } else {
@@ -88,8 +100,15 @@ pub async fn find_for_login(
 }
 
 /// The active user `id`, or `None` when unknown, deleted or `system`.
-pub async fn find_active(client: &impl GenericClient, id: Uuid) -> Result<Option<UserRecord>, tokio_postgres::Error> {
-    let statement =
-        format!("SELECT {COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'");
-    Ok(client.query_opt(&statement, &[&id]).await?.map(|row| record(&row)))
+pub async fn find_active(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<UserRecord>, tokio_postgres::Error> {
+    let statement = format!(
+        "SELECT {COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'"
+    );
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .map(|row| record(&row)))
 }
