@@ -48,9 +48,9 @@ pub struct TokenBody {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/register", web::post().to(register))
-        .route("/login", web::post().to(login))
-        .route("/refresh", web::post().to(refresh));
+    cfg.service(web::resource("/register").route(web::post().to(register)))
+        .service(web::resource("/login").route(web::post().to(login)))
+        .service(web::resource("/refresh").route(web::post().to(refresh)));
 }
 
 /// `{username, email, password}` → 201 user. Errors: 422 field errors; 409 `username_taken` or

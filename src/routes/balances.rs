@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::store;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/current", web::get().to(current));
+    cfg.service(web::resource("/current").route(web::get().to(current)));
 }
 
 #[derive(Deserialize)]

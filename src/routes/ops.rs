@@ -13,9 +13,9 @@ use crate::telemetry::names;
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready));
+    cfg.service(web::resource("/metrics").route(web::get().to(metrics)))
+        .service(web::resource("/health/live").route(web::get().to(live)))
+        .service(web::resource("/health/ready").route(web::get().to(ready)));
 }
 
 /// 200 while the process serves HTTP.

@@ -93,12 +93,14 @@ impl TransactionBody {
     }
 }
 
+/// Each path is a `web::resource` with a method route (not `cfg.route`, which turns the method
+/// into a resource guard): a wrong method then gets 405 instead of falling through to `/{id}`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/credit", web::post().to(credit))
-        .route("/debit", web::post().to(debit))
-        .route("/transfer", web::post().to(transfer))
-        .route("/history", web::get().to(history))
-        .route("/{id}", web::get().to(get_transaction));
+    cfg.service(web::resource("/credit").route(web::post().to(credit)))
+        .service(web::resource("/debit").route(web::post().to(debit)))
+        .service(web::resource("/transfer").route(web::post().to(transfer)))
+        .service(web::resource("/history").route(web::get().to(history)))
+        .service(web::resource("/{id}").route(web::get().to(get_transaction)));
 }
 
 /// `{amount, currency, user_id?, description?, reference?}` → 201 transaction: money from
@@ -149,6 +151,7 @@ async fn transfer(
     fields.finish()?;
     let to = to.expect("finish() refuses missing fields");
     let client = state.pool.get().await?;
+    ensure_active_caller(&client, principal).await?;
     if store::users::find_active(&client, to).await?.is_none() {
         return Err(ApiError::field("to_user_id", "no such user"));
     }
@@ -184,11 +187,12 @@ async fn parse_system_movement(
     let description = fields.optional("description", parse::text(Description::parse));
     let reference = fields.optional("reference", parse::text(Reference::parse));
     fields.finish()?;
+    let client = state.pool.get().await?;
+    ensure_active_caller(&client, principal).await?;
     let account = match user_id.map(UserId::from_uuid) {
         None => principal.user,
         Some(user) if user == principal.user => user,
         Some(user) if principal.is_admin() => {
-            let client = state.pool.get().await?;
             if store::users::find_active(&client, user.as_uuid())
                 .await?
                 .is_none()
@@ -220,6 +224,20 @@ async fn parse_system_movement(
         idempotency: None,
     };
     Ok(with_claim(movement, idempotency))
+}
+
+/// Errors: 401 when the token's user does not exist (any more) or is deleted: a signed token
+/// outlives its user, and money must never move on (or be initiated by) a missing account.
+async fn ensure_active_caller(
+    client: &deadpool_postgres::Client,
+    principal: Principal,
+) -> Result<(), ApiError> {
+    match store::users::find_active(client, principal.user.as_uuid()).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Unauthorized(
+            "the user of this access token no longer exists",
+        )),
+    }
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
