@@ -1,0 +1,240 @@
+//! A small load driver for a running Tally: registers users, credits them, then runs concurrent
+//! clients doing random transfers (some overdrawing, some repeating an Idempotency-Key) and
+//! prints throughput, latency percentiles, replies by status/code, the average group-commit
+//! batch size from `/metrics`, and the ledger invariants checked by SQL.
+//!
+//! ```sh
+//! cargo run --release --example load -- --clients 64 --transfers 20000
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/tally")]
+    database_url: String,
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Total transfer requests across all clients (one in ten is a retry of the previous one).
+    #[arg(long, default_value_t = 20_000)]
+    transfers: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+struct User {
+    id: String,
+    token: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+
+    let setup = Instant::now();
+    let mut users = Vec::with_capacity(args.users);
+    for chunk in (0..args.users).collect::<Vec<_>>().chunks(16) {
+        let created = futures_util::future::join_all(chunk.iter().map(|i| {
+            let http = http.clone();
+            let base = args.base.clone();
+            let name = format!("load{run}u{i}");
+            async move {
+                let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "load-password"});
+                let user: Value = http.post(format!("{base}/api/v1/auth/register")).json(&body).send().await?.json().await?;
+                let login: Value = http
+                    .post(format!("{base}/api/v1/auth/login"))
+                    .json(&json!({"username": name, "password": "load-password"}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let user = User {
+                    id: user["id"].as_str().unwrap_or_default().to_owned(),
+                    token: login["access_token"].as_str().unwrap_or_default().to_owned(),
+                };
+                let credit = http
+                    .post(format!("{base}/api/v1/transactions/credit"))
+                    .bearer_auth(&user.token)
+                    .json(&json!({"amount": 100_000, "currency": "USD"}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(credit.status() == 201, "credit failed: {}", credit.status());
+                anyhow::Ok(user)
+            }
+        }))
+        .await;
+        for user in created {
+            users.push(user?);
+        }
+    }
+    println!(
+        "setup: {} users registered, logged in and credited in {:.1?}",
+        users.len(),
+        setup.elapsed()
+    );
+
+    let users = Arc::new(users);
+    let metrics_before = scrape(&http, &args.base).await?;
+    let per_client = args.transfers / args.clients;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (http, users, base) = (http.clone(), users.clone(), args.base.clone());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed + client as u64);
+            let run = run.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_client);
+                let mut replies: BTreeMap<String, u64> = BTreeMap::new();
+                let mut previous: Option<(usize, usize, i64, String)> = None;
+                for n in 0..per_client {
+                    // One in ten re-sends the previous request with its key and body: a client retry.
+                    let (from, to, amount, key) = match previous.take() {
+                        Some(last) if rng.random_ratio(1, 10) => last,
+                        _ => {
+                            let from = rng.random_range(0..users.len());
+                            let to = (from + rng.random_range(1..users.len())) % users.len();
+                            // One transfer in twenty asks for more than any balance holds.
+                            let amount = if rng.random_ratio(1, 20) { 10_000_000 } else { rng.random_range(1..2_000) };
+                            (from, to, amount, format!("{run}-{client}-{n}"))
+                        }
+                    };
+                    previous = Some((from, to, amount, key.clone()));
+                    let sent = Instant::now();
+                    let reply = http
+                        .post(format!("{base}/api/v1/transactions/transfer"))
+                        .bearer_auth(&users[from].token)
+                        .header("Idempotency-Key", key)
+                        .json(&json!({"to_user_id": users[to].id, "amount": amount, "currency": "USD"}))
+                        .send()
+                        .await;
+                    latencies.push(sent.elapsed());
+                    let label = match reply {
+                        Ok(reply) => {
+                            let status = reply.status().as_u16();
+                            let replayed = reply.headers().contains_key("idempotent-replayed");
+                            let body: Value = reply.json().await.unwrap_or(Value::Null);
+                            match (body["code"].as_str(), replayed) {
+                                (Some(code), _) => format!("{status} {code}"),
+                                (None, true) => format!("{status} (idempotent replay)"),
+                                (None, false) => status.to_string(),
+                            }
+                        }
+                        Err(error) => format!("transport error: {error}"),
+                    };
+                    *replies.entry(label).or_default() += 1;
+                }
+                (latencies, replies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut replies: BTreeMap<String, u64> = BTreeMap::new();
+    for task in tasks {
+        let (task_latencies, task_replies) = task.await?;
+        latencies.extend(task_latencies);
+        for (label, count) in task_replies {
+            *replies.entry(label).or_default() += count;
+        }
+    }
+    let elapsed = started.elapsed();
+    let metrics_after = scrape(&http, &args.base).await?;
+
+    latencies.sort();
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "{} transfer requests, {} clients, {:.2?}: {:.0} requests/s",
+        latencies.len(),
+        args.clients,
+        elapsed,
+        latencies.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "latency p50 {:.2?}  p90 {:.2?}  p99 {:.2?}  p99.9 {:.2?}  max {:.2?}",
+        percentile(0.50),
+        percentile(0.90),
+        percentile(0.99),
+        percentile(0.999),
+        latencies.last().copied().unwrap_or(Duration::ZERO)
+    );
+    for (label, count) in &replies {
+        println!("  {label}: {count}");
+    }
+    let batches = metric(&metrics_after, "tally_batch_size_count")
+        - metric(&metrics_before, "tally_batch_size_count");
+    let items = metric(&metrics_after, "tally_batch_size_sum")
+        - metric(&metrics_before, "tally_batch_size_sum");
+    println!("group commits during the run: {batches:.0}, transactions in them: {items:.0}, average batch size {:.1}", items / batches.max(1.0));
+
+    check_invariants(&args.database_url).await
+}
+
+async fn scrape(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn check_invariants(database_url: &str) -> anyhow::Result<()> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let checks = [
+        ("sum of balances per currency is 0", "SELECT count(*) FROM (SELECT currency FROM balances GROUP BY currency HAVING sum(amount) <> 0) x"),
+        ("no balance below its overdraft limit", "SELECT count(*) FROM balances WHERE amount - pending < -overdraft_limit"),
+        (
+            "balance = sum(entries.delta)",
+            "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, currency, sum(delta) t FROM entries GROUP BY 1, 2) e USING (user_id, currency) WHERE b.amount <> coalesce(e.t, 0)",
+        ),
+        (
+            "balance_after is the running sum",
+            "SELECT count(*) FROM (SELECT balance_after, sum(delta) OVER (PARTITION BY user_id, currency ORDER BY id) r FROM entries) x WHERE balance_after <> r",
+        ),
+        (
+            "one transaction per idempotency key",
+            "SELECT count(*) FROM (SELECT 1 FROM transactions WHERE idempotency_key IS NOT NULL GROUP BY initiated_by, idempotency_key HAVING count(*) > 1) x",
+        ),
+    ];
+    let mut violated = false;
+    for (name, sql) in checks {
+        let violations: i64 = db.query_one(sql, &[]).await?.get(0);
+        println!(
+            "invariant {name}: {}",
+            if violations == 0 {
+                "holds".to_owned()
+            } else {
+                format!("VIOLATED ({violations})")
+            }
+        );
+        violated |= violations != 0;
+    }
+    anyhow::ensure!(!violated, "ledger invariants violated");
+    Ok(())
+}
