@@ -265,10 +265,13 @@ fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
 /// Answers from a stored key when there is one, else submits to the pipeline.
 async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
     if let Some(claim) = &movement.idempotency {
-        let client = state.pool.get().await?;
-        if let Some(stored) =
+        // The connection is returned before `replay` takes one: a handler never holds two, so
+        // a full pool can never deadlock handlers against each other.
+        let stored = {
+            let client = state.pool.get().await?;
             store::idempotency::find(&client, movement.initiated_by, &claim.key).await?
-        {
+        };
+        if let Some(stored) = stored {
             if stored.request_hash[..] != claim.request_hash[..] {
                 return Err(ApiError::IdempotencyKeyReused);
             }
