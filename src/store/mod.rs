@@ -127,14 +127,18 @@ pub fn pool(
 }
 
 /// True when the error means the connection (or the server) is gone rather than that the
-/// statement was wrong: the caller should answer 503 and let the pool reconnect.
+/// statement was wrong: the caller should answer 503 and let the pool reconnect. Errors without a
+/// SQLSTATE count only when they come from I/O; a decoding error or an unexpected row count is
+/// a bug, reported as such (500), not as an outage.
 pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    use std::error::Error as _;
     if error.is_closed() {
         return true;
     }
     match error.code() {
-        // No SQLSTATE: an I/O or protocol failure.
-        None => true,
+        None => error
+            .source()
+            .is_some_and(|source| source.is::<std::io::Error>()),
         Some(code) => {
             code.code().starts_with("08")
                 || *code == SqlState::ADMIN_SHUTDOWN
