@@ -13,12 +13,17 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 /// Everything Tally can be told at start.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// `development` (the default) or another profile name; only `development` may run
+    /// without a configured JWT key.
+    pub profile: String,
     pub database: DatabaseSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub pipeline: PipelineSettings,
     pub idempotency: IdempotencySettings,
     pub log: LogSettings,
+    pub rate_limit: RateLimitSettings,
+    pub bootstrap: BootstrapSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +45,8 @@ pub struct HttpSettings {
     pub workers: usize,
     /// Largest request body in bytes; larger bodies get 413.
     pub body_limit_bytes: usize,
+    /// Origins allowed by CORS; empty allows none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +55,29 @@ pub struct AuthSettings {
     pub jwt_secret: String,
     pub access_token_ttl_s: u64,
     pub refresh_token_ttl_s: u64,
+    /// Failed logins for one username within `lockout_window_s` that lock it for
+    /// `lockout_duration_s`.
+    pub lockout_threshold: u32,
+    pub lockout_window_s: u64,
+    pub lockout_duration_s: u64,
+}
+
+/// GCRA limits (governor): per client IP on `/auth/*`, per user elsewhere.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub auth_per_second: u32,
+    pub auth_burst: u32,
+    pub api_per_second: u32,
+    pub api_burst: u32,
+}
+
+/// An admin created at start when all three are set and the username is free.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootstrapSettings {
+    pub admin_username: String,
+    pub admin_email: String,
+    pub admin_password: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,20 +128,32 @@ impl Settings {
             builder = builder
                 .add_source(config::File::with_name(&format!("config/{profile}")).required(false));
         }
+        let mut builder = builder.add_source(
+            config::Environment::with_prefix("TALLY")
+                .prefix_separator("__")
+                .separator("__")
+                .ignore_empty(true)
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("http.cors_allowed_origins"),
+        );
+        if let Some(profile) = &profile {
+            builder = builder
+                .set_override("profile", profile.as_str())
+                .context("profile")?;
+        }
         let settings = builder
-            .add_source(
-                config::Environment::with_prefix("TALLY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .ignore_empty(true)
-                    .try_parsing(true),
-            )
             .build()
             .context("reading configuration")?
             .try_deserialize::<Settings>()
             .context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Whether this is the development profile, the only one allowed a generated JWT key.
+    pub fn is_development(&self) -> bool {
+        self.profile == "development"
     }
 
     /// Refuses settings the pipeline cannot run with (zero-sized queues and pools).

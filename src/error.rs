@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// One invalid field of a request: `field` is its JSON name (or `header:<name>`, `query:<name>`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -51,7 +51,7 @@ pub enum ApiError {
     /// 405 `method_not_allowed`.
     #[error("this method is not allowed on this resource")]
     MethodNotAllowed,
-    /// 409 with a specific code (`username_taken`, `email_taken`).
+    /// 409 with a specific code (`username_taken`, `email_taken`, `balance_not_zero`).
     #[error("{detail}")]
     Conflict {
         code: &'static str,
@@ -63,6 +63,13 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`: the key was first used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// 429 `rate_limited` with `Retry-After`: too many requests from this client IP (`/auth/*`)
+    /// or this user (everything else).
+    #[error("too many requests; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    /// 429 `login_locked` with `Retry-After`: too many failed logins for this username.
+    #[error("too many failed logins for this username; retry after {retry_after_s} s")]
+    LoginLocked { retry_after_s: u64 },
     /// 503 `overloaded` with `Retry-After`: the submission queue is full.
     #[error("the transaction queue is full; retry later")]
     Overloaded { retry_after_s: u64 },
@@ -75,18 +82,25 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The problem+json body (RFC 9457) of every error reply.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:tally:problem:<code>`.
     #[serde(rename = "type")]
-    kind: String,
-    title: &'static str,
-    status: u16,
-    detail: String,
-    code: &'a str,
+    pub kind: String,
+    pub title: &'static str,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// What went wrong, for a human.
+    pub detail: String,
+    /// Stable machine-readable code (`validation_failed`, `insufficient_funds`, ...).
+    pub code: &'static str,
+    /// With `validation_failed`: one entry per bad field.
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
+    pub errors: Option<Vec<FieldError>>,
+    /// With `insufficient_funds`: the `failed` transaction that records the rejection.
     #[serde(skip_serializing_if = "Option::is_none")]
-    transaction_id: Option<Uuid>,
+    pub transaction_id: Option<Uuid>,
 }
 
 impl ApiError {
@@ -104,6 +118,8 @@ impl ApiError {
             ApiError::Conflict { code, .. } => code,
             ApiError::InsufficientFunds { .. } => "insufficient_funds",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::LoginLocked { .. } => "login_locked",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unavailable => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -123,6 +139,8 @@ impl ApiError {
             ApiError::Conflict { .. } => "Conflict",
             ApiError::InsufficientFunds { .. } => "Insufficient funds",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
+            ApiError::RateLimited { .. } => "Too many requests",
+            ApiError::LoginLocked { .. } => "Login locked",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::Unavailable => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
@@ -149,6 +167,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } | ApiError::LoginLocked { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,7 +188,7 @@ impl ResponseError for ApiError {
             detail: self.to_string(),
             code,
             errors: match self {
-                ApiError::Validation(errors) => Some(errors),
+                ApiError::Validation(errors) => Some(errors.clone()),
                 _ => None,
             },
             transaction_id: match self {
@@ -178,7 +199,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {
-            ApiError::Overloaded { retry_after_s } => {
+            ApiError::Overloaded { retry_after_s }
+            | ApiError::RateLimited { retry_after_s }
+            | ApiError::LoginLocked { retry_after_s } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.to_string()));
             }
             ApiError::Unavailable => {

@@ -25,6 +25,27 @@ enum Command {
     Serve,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin user (the first one, typically). Reads the password from stdin.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// Defaults to <username>@admin.invalid.
+        #[arg(long)]
+        email: Option<String>,
+        /// Read the password from the first line of standard input (required: passwords never
+        /// go on the command line, where `ps` would show them).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
 }
 
 #[actix_web::main]
@@ -40,6 +61,26 @@ async fn main() -> anyhow::Result<()> {
                 .await?
         }
         Command::Migrate => tally::store::prepare_database(&settings.database).await?,
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    username,
+                    email,
+                    password_stdin: _,
+                },
+        } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            tally::store::prepare_database(&settings.database).await?;
+            let pool = tally::store::pool(&settings.database, tally::store::APP_NAME, 2)?;
+            let email = email.unwrap_or_else(|| format!("{username}@admin.invalid"));
+            if tally::auth::create_admin(&pool, &username, &email, password).await? {
+                println!("admin {username} created");
+            } else {
+                println!("admin {username} already exists");
+            }
+        }
     }
     Ok(())
 }

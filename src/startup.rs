@@ -13,12 +13,16 @@ use anyhow::Context;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::ledger::Ledger;
+use crate::routes::middleware::{self, RateLimiters};
+use crate::routes::openapi::OpenApiDocument;
 use crate::routes::{self, input::BodyLimit, AppState};
 use crate::store;
 
 /// Connections reserved for the journal writer: it uses one at a time; the second lets it
 /// reconnect while a dead connection is being recycled.
 const JOURNAL_POOL_SIZE: usize = 2;
+/// How often the rate limiters forget clients whose buckets are full again.
+const RATE_LIMITER_CLEANUP_PERIOD: Duration = Duration::from_secs(60);
 /// How often expired idempotency keys are swept.
 const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -59,6 +63,11 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http.bind))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
+        let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);
+        let openapi = web::Data::new(OpenApiDocument::render());
+        let cors_origins = settings.http.cors_allowed_origins.clone();
+        bootstrap_admin(&pool, &settings.bootstrap).await?;
+        spawn_rate_limiter_cleanup(limiters.get_ref().clone());
         let workers = match settings.http.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -77,12 +86,19 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(keys.clone())
                 .app_data(body_limit.clone())
+                .app_data(limiters.clone())
+                .app_data(openapi.clone())
                 .configure(routes::extractor_errors)
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                // Outermost last: request id → tracing span → metrics → access log → problem+json
+                // for every error → CORS → (per scope) security headers → rate limit → auth.
+                .wrap(cors(&cors_origins))
                 .wrap(ErrorHandlers::new().default_handler(routes::problem_for_plain_errors))
+                .wrap(from_fn(middleware::access_log))
                 .wrap(from_fn(routes::record_http_metrics))
                 .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(from_fn(middleware::request_id_layer))
         })
         .workers(workers)
         .listen(listener)?
@@ -123,4 +139,68 @@ fn spawn_idempotency_sweeper(pool: deadpool_postgres::Pool, retention_hours: u64
             }
         }
     });
+}
+
+/// CORS: only the configured origins, the API's methods and headers; replies expose the
+/// headers clients need (request id, location, retry hints, idempotent replay).
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::HeaderName::from_static("idempotency-key"),
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            actix_web::http::header::HeaderName::from_static("x-request-id"),
+            actix_web::http::header::LOCATION,
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+        ])
+        .max_age(3600);
+    for origin in origins {
+        cors = cors.allowed_origin(origin);
+    }
+    cors
+}
+
+fn spawn_rate_limiter_cleanup(limiters: std::sync::Arc<RateLimiters>) {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(RATE_LIMITER_CLEANUP_PERIOD);
+        loop {
+            ticks.tick().await;
+            limiters.retain_recent();
+        }
+    });
+}
+
+/// Creates the configured bootstrap admin when all of its settings are given.
+async fn bootstrap_admin(
+    pool: &deadpool_postgres::Pool,
+    settings: &crate::config::BootstrapSettings,
+) -> anyhow::Result<()> {
+    let values = [
+        &settings.admin_username,
+        &settings.admin_email,
+        &settings.admin_password,
+    ];
+    if values.iter().all(|value| value.is_empty()) {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        values.iter().all(|value| !value.is_empty()),
+        "bootstrap.admin_username, admin_email and admin_password must be set together"
+    );
+    let created = crate::auth::create_admin(
+        pool,
+        &settings.admin_username,
+        &settings.admin_email,
+        &settings.admin_password,
+    )
+    .await?;
+    if created {
+        tracing::info!(username = %settings.admin_username, "bootstrap admin created");
+    }
+    Ok(())
 }

@@ -39,6 +39,11 @@ pub mod names {
     pub const HTTP_REQUESTS: &str = "tally_http_requests_total";
     /// Histogram, labels `method` and `route`: seconds from request to response.
     pub const HTTP_DURATION_SECONDS: &str = "tally_http_request_duration_seconds";
+    /// Counter, label `scope` (`ip` for `/auth/*`, `user` for the rest): requests refused with
+    /// 429 `rate_limited`.
+    pub const RATE_LIMITED: &str = "tally_rate_limited_total";
+    /// Counter: logins refused because the username is locked after repeated failures.
+    pub const LOGIN_LOCKOUTS: &str = "tally_login_lockouts_total";
     /// Gauge, label `pool` (`api`, `journal`): database connections in use / idle.
     pub const DB_CONNECTIONS: &str = "tally_db_pool_connections";
 }

@@ -92,3 +92,49 @@ pub fn new_refresh_token() -> String {
 pub fn refresh_token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
+
+/// Creates an admin (`tally admin create`, `[bootstrap]`). Returns false when an admin with
+/// this username already exists. Errors: invalid username, email or password; the username or
+/// email belongs to a non-admin; the database fails.
+pub async fn create_admin(
+    pool: &deadpool_postgres::Pool,
+    username: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<bool> {
+    use crate::domain::{Email, Password, Username};
+    use crate::store::users::InsertUserError;
+    let username =
+        Username::parse(username).map_err(|error| anyhow::anyhow!("username {error}"))?;
+    let email = Email::parse(email).map_err(|error| anyhow::anyhow!("email {error}"))?;
+    let password =
+        Password::parse(password).map_err(|error| anyhow::anyhow!("password {error}"))?;
+    let hash = hash_password(password).await?;
+    let client = pool.get().await?;
+    match crate::store::users::insert(
+        &client,
+        UserId::generate(),
+        &username,
+        &email,
+        &hash,
+        Role::Admin,
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(InsertUserError::UsernameTaken) => {
+            let existing = crate::store::users::find_for_login(&client, username.as_str()).await?;
+            match existing {
+                Some((user, _)) if user.role == Role::Admin => Ok(false),
+                _ => anyhow::bail!(
+                    "the username {} belongs to a user who is not an admin",
+                    username.as_str()
+                ),
+            }
+        }
+        Err(InsertUserError::EmailTaken) => {
+            anyhow::bail!("the email {} is already registered", email.as_str())
+        }
+        Err(InsertUserError::Database(error)) => Err(error.into()),
+    }
+}

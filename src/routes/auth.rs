@@ -1,27 +1,33 @@
-//! `POST /api/v1/auth/register`, `/login`, `/refresh`: the only routes under `/api/v1` that
-//! need no access token.
+//! `POST /api/v1/auth/register`, `/login`, `/refresh` and `/logout`: the only routes under
+//! `/api/v1` that need no access token (they are rate limited per client IP instead).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
-use super::AppState;
+use super::{audit, AppState};
 use crate::auth::{self, JwtKeys};
 use crate::domain::{Email, Password, Role, UserId, Username};
-use crate::error::ApiError;
-use crate::store::{self, tokens::Rotation, users::InsertUserError, users::UserRecord};
+use crate::error::{ApiError, Problem};
+use crate::store::{
+    self, lockout::LockoutPolicy, tokens::Rotation, users::InsertUserError, users::UserRecord,
+};
 
 /// A user on the wire.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct UserBody {
     pub id: Uuid,
     pub username: String,
     pub email: String,
+    /// `user` or `admin`.
     pub role: &'static str,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set when the user was deleted (only admins see deleted users).
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl From<UserRecord> for UserBody {
@@ -33,15 +39,19 @@ impl From<UserRecord> for UserBody {
             role: user.role.as_str(),
             created_at: user.created_at,
             updated_at: user.updated_at,
+            deleted_at: user.deleted_at,
         }
     }
 }
 
 /// The reply of login and refresh.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenBody {
+    /// HS256 JWT for `Authorization: Bearer`.
     pub access_token: String,
+    /// Opaque; single use: `/auth/refresh` replaces it.
     pub refresh_token: String,
+    /// Always `Bearer`.
     pub token_type: &'static str,
     /// Seconds until the access token expires.
     pub expires_in: u64,
@@ -50,12 +60,27 @@ pub struct TokenBody {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/register").route(web::post().to(register)))
         .service(web::resource("/login").route(web::post().to(login)))
-        .service(web::resource("/refresh").route(web::post().to(refresh)));
+        .service(web::resource("/refresh").route(web::post().to(refresh)))
+        .service(web::resource("/logout").route(web::post().to(logout)));
 }
 
-/// `{username, email, password}` → 201 user. Errors: 422 field errors; 409 `username_taken` or
-/// `email_taken`.
-async fn register(state: web::Data<AppState>, body: JsonObject) -> Result<HttpResponse, ApiError> {
+/// Creates a user with role `user`.
+#[utoipa::path(
+    post, path = "/api/v1/auth/register", tag = "auth",
+    request_body(content = super::openapi::RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = UserBody),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`username_taken` or `email_taken`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
     let mut fields = Fields::new(body);
     let username = fields.required("username", parse::text(Username::parse));
     let email = fields.required("email", parse::text(Email::parse));
@@ -90,17 +115,37 @@ async fn register(state: web::Data<AppState>, body: JsonObject) -> Result<HttpRe
         },
         InsertUserError::Database(error) => error.into(),
     })?;
-    tracing::info!(user_id = %user.id, "user registered");
+    audit(
+        &client,
+        &req,
+        Some(user.id),
+        ("user", Some(user.id.to_string())),
+        "user.registered",
+        json!({}),
+    )
+    .await;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/users/{}", user.id)))
         .json(UserBody::from(user)))
 }
 
-/// `{username, password}` (the username or the email) → 200 tokens. Errors: 401 for an unknown
-/// user or a wrong password (the same reply for both).
-async fn login(
+/// `username` may be the username or the email. After `auth.lockout_threshold` failures within
+/// `auth.lockout_window_s` the name is locked for `auth.lockout_duration_s` (429
+/// `login_locked`), whether or not such a user exists.
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    request_body(content = super::openapi::LoginRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Tokens", body = TokenBody),
+        (status = 401, description = "Invalid username or password", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited` or `login_locked`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn login(
     state: web::Data<AppState>,
     keys: web::Data<JwtKeys>,
+    req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = Fields::new(body);
@@ -112,6 +157,12 @@ async fn login(
         password.expect("finish() refuses missing fields"),
     );
     let client = state.pool.get().await?;
+    if let Some(until) = store::lockout::locked_until(&client, &login).await? {
+        metrics::counter!(crate::telemetry::names::LOGIN_LOCKOUTS).increment(1);
+        return Err(ApiError::LoginLocked {
+            retry_after_s: seconds_until(until),
+        });
+    }
     let found = store::users::find_for_login(&client, &login).await?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
@@ -121,28 +172,73 @@ async fn login(
         .await
         .map_err(|error| ApiError::Internal(error.into()))?;
     let Some(user) = user.filter(|_| verified) else {
-        tracing::info!("login failed");
+        let policy = LockoutPolicy {
+            threshold: state.settings.auth.lockout_threshold,
+            window_s: state.settings.auth.lockout_window_s,
+            duration_s: state.settings.auth.lockout_duration_s,
+        };
+        let locked = store::lockout::record_failure(&client, &login, policy).await?;
+        audit(
+            &client,
+            &req,
+            None,
+            ("login", Some(login.to_lowercase())),
+            "login.failed",
+            json!({}),
+        )
+        .await;
+        if let Some(until) = locked {
+            audit(
+                &client,
+                &req,
+                None,
+                ("login", Some(login.to_lowercase())),
+                "login.locked",
+                json!({"until": until}),
+            )
+            .await;
+        }
         return Err(ApiError::Unauthorized("invalid username or password"));
     };
+    store::lockout::clear(&client, &login).await?;
     let tokens = issue_tokens(&state, &keys, &client, user.id, user.role, Uuid::now_v7()).await?;
-    tracing::info!(user_id = %user.id, "login");
+    audit(
+        &client,
+        &req,
+        Some(user.id),
+        ("user", Some(user.id.to_string())),
+        "login.succeeded",
+        json!({}),
+    )
+    .await;
     Ok(HttpResponse::Ok().json(tokens))
 }
 
-/// `{refresh_token}` → 200 tokens; the presented token is revoked (rotation). Errors: 401 for an
-/// unknown, expired, revoked or reused token; reuse also revokes every token of its family.
-async fn refresh(
+fn seconds_until(until: DateTime<Utc>) -> u64 {
+    u64::try_from((until - Utc::now()).num_seconds())
+        .unwrap_or(0)
+        .max(1)
+}
+
+/// Rotates a refresh token: the presented one is revoked and a new pair is issued. Presenting
+/// an already rotated token revokes its whole family (reuse detection).
+#[utoipa::path(
+    post, path = "/api/v1/auth/refresh", tag = "auth",
+    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "New tokens", body = TokenBody),
+        (status = 401, description = "Unknown, expired, revoked or reused token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn refresh(
     state: web::Data<AppState>,
     keys: web::Data<JwtKeys>,
+    req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let mut fields = Fields::new(body);
-    let presented = fields.required(
-        "refresh_token",
-        parse::text(|text: &str| Ok(text.to_owned())),
-    );
-    fields.finish()?;
-    let presented = presented.expect("finish() refuses missing fields");
+    let presented = refresh_token_field(body)?;
     let new_token = auth::new_refresh_token();
     let mut client = state.pool.get().await?;
     let rotation = store::tokens::rotate(
@@ -162,12 +258,65 @@ async fn refresh(
                 expires_in: keys.access_token_ttl_s,
             }))
         }
-        Rotation::Reused => {
-            tracing::warn!("refresh token reused: its family is revoked");
+        Rotation::Reused { user } => {
+            tracing::warn!(user_id = %user, "refresh token reused: its family is revoked");
+            audit(
+                &client,
+                &req,
+                Some(user),
+                ("user", Some(user.to_string())),
+                "refresh_token.reused",
+                json!({}),
+            )
+            .await;
             Err(ApiError::Unauthorized("invalid refresh token"))
         }
         Rotation::Invalid => Err(ApiError::Unauthorized("invalid refresh token")),
     }
+}
+
+/// Revokes the presented refresh token and every token rotated from the same login. Always 204,
+/// so it reveals nothing about the token.
+#[utoipa::path(
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonObject,
+) -> Result<HttpResponse, ApiError> {
+    let presented = refresh_token_field(body)?;
+    let client = state.pool.get().await?;
+    if let Some(user) =
+        store::tokens::revoke_family(&client, &auth::refresh_token_hash(&presented)).await?
+    {
+        audit(
+            &client,
+            &req,
+            Some(user),
+            ("user", Some(user.to_string())),
+            "logout",
+            json!({}),
+        )
+        .await;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn refresh_token_field(body: JsonObject) -> Result<String, ApiError> {
+    let mut fields = Fields::new(body);
+    let presented = fields.required(
+        "refresh_token",
+        parse::text(|text: &str| Ok(text.to_owned())),
+    );
+    fields.finish()?;
+    Ok(presented.expect("finish() refuses missing fields"))
 }
 
 fn refresh_expiry(state: &AppState) -> DateTime<Utc> {

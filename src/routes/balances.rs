@@ -15,16 +15,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/current").route(web::get().to(current)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct CurrentQuery {
+#[into_params(parameter_in = Query)]
+pub struct CurrentQuery {
+    /// Only this ISO 4217 currency.
     currency: Option<String>,
+    /// Admins only: whose balances.
     user_id: Option<Uuid>,
 }
 
 /// One balance on the wire, minor units.
-#[derive(Serialize)]
-struct BalanceBody {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BalanceBody {
     currency: &'static str,
     /// The settled balance.
     amount: i64,
@@ -34,8 +37,8 @@ struct BalanceBody {
     updated_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
-struct BalancesBody {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BalancesBody {
     user_id: Uuid,
     balances: Vec<BalanceBody>,
 }
@@ -43,7 +46,18 @@ struct BalancesBody {
 /// `?currency&user_id` → 200 `{user_id, balances: [{currency, amount, available, updated_at}]}`:
 /// every currency the account has used, or just `currency` (zero when never used). `user_id`
 /// is for admins. Errors: 422 for an unknown currency; 403 for another user's account.
-async fn current(
+#[utoipa::path(
+    get, path = "/api/v1/balances/current", tag = "balances", security(("bearer" = [])),
+    params(CurrentQuery),
+    responses(
+        (status = 200, description = "Balances", body = BalancesBody),
+        (status = 403, description = "Another user's balances (admins only)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown currency", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn current(
     state: web::Data<AppState>,
     principal: Principal,
     query: web::Query<CurrentQuery>,

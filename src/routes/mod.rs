@@ -5,8 +5,11 @@
 pub mod auth;
 pub mod balances;
 pub mod input;
+pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod transactions;
+pub mod users;
 
 use std::time::Instant;
 
@@ -37,19 +40,51 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
 }
 
-/// Mounts every route. `/api/v1/auth/*` is public; the rest of `/api/v1` requires a bearer
-/// token.
+/// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and
+/// `/api/v1`, whose `/auth/*` is public (rate limited per client IP) and whose rest requires a
+/// bearer token (then rate limited per user).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(ops::configure).service(
-        web::scope("/api/v1")
-            .service(web::scope("/auth").configure(auth::configure))
-            .service(
-                web::scope("")
-                    .wrap(actix_web::middleware::from_fn(crate::auth::require_bearer))
-                    .service(web::scope("/transactions").configure(transactions::configure))
-                    .service(web::scope("/balances").configure(balances::configure)),
-            ),
-    );
+    use actix_web::middleware::from_fn;
+    cfg.configure(ops::configure)
+        .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)))
+        .service(web::resource("/docs").route(web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header((header::LOCATION, "/docs/"))
+                .finish()
+        })))
+        .service(
+            web::scope("/docs")
+                .wrap(middleware::docs_security_headers())
+                .service(
+                    utoipa_swagger_ui::SwaggerUi::new("/{_:.*}")
+                        .config(utoipa_swagger_ui::Config::from("/openapi.json")),
+                ),
+        )
+        .service(
+            web::scope("/api/v1")
+                .wrap(middleware::api_security_headers())
+                .service(
+                    web::scope("/auth")
+                        .wrap(from_fn(middleware::rate_limit_by_ip))
+                        .configure(auth::configure),
+                )
+                .service(
+                    web::scope("")
+                        .wrap(from_fn(middleware::rate_limit_by_user))
+                        .wrap(from_fn(crate::auth::require_bearer))
+                        .service(web::scope("/users").configure(users::configure))
+                        .service(web::scope("/transactions").configure(transactions::configure))
+                        .service(web::scope("/balances").configure(balances::configure)),
+                ),
+        );
+}
+
+/// A page of a keyset-paginated listing.
+#[derive(serde::Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// The user whose data a request reads: the caller, or `user_id` for an admin. Errors: 403 for
@@ -143,4 +178,33 @@ pub async fn record_http_metrics(
     metrics::histogram!(names::HTTP_DURATION_SECONDS, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     result
+}
+
+/// Records an audit entry with the request's client IP and request id merged into `details`.
+/// A failure to write it is logged, not returned: the action it describes has already happened.
+pub async fn audit(
+    client: &impl deadpool_postgres::GenericClient,
+    req: &actix_web::HttpRequest,
+    actor: Option<UserId>,
+    entity: (&'static str, Option<String>),
+    action: &'static str,
+    mut details: serde_json::Value,
+) {
+    if let Some(object) = details.as_object_mut() {
+        object.insert(
+            "ip".into(),
+            middleware::client_ip(req).map_or(serde_json::Value::Null, |ip| ip.to_string().into()),
+        );
+        object.insert("request_id".into(), middleware::request_id(req).into());
+    }
+    let entry = crate::store::audit::AuditEntry {
+        entity_type: entity.0,
+        entity_id: entity.1,
+        action,
+        actor,
+        details: &details,
+    };
+    if let Err(error) = crate::store::audit::record(client, entry).await {
+        tracing::error!(%error, action, "could not write the audit log");
+    }
 }

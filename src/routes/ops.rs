@@ -18,13 +18,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/health/ready").route(web::get().to(ready)));
 }
 
+/// A health reply.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// `ok`, `ready` or `unavailable`.
+    pub status: String,
+    /// `ok`, `unreachable` or `timeout` (readiness only).
+    pub database: Option<String>,
+}
+
 /// 200 while the process serves HTTP.
-async fn live() -> HttpResponse {
+#[utoipa::path(get, path = "/health/live", tag = "operations", responses((status = 200, description = "Alive", body = HealthBody)))]
+pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// 200 when the database answers within 2 s, else 503 (take this instance out of rotation).
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
+    (status = 200, description = "Ready", body = HealthBody),
+    (status = 503, description = "The database does not answer", body = HealthBody),
+))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match tokio::time::timeout(READY_TIMEOUT, crate::store::ping(&state.pool)).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
         Ok(Err(error)) => {
@@ -39,7 +53,10 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
 
 /// The Prometheus exposition. Gauges that mirror the pipeline's atomic counters are set here,
 /// at scrape time, so the hot path only touches atomics.
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
+))]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let ledger = &state.ledger;
     let stats = ledger.stats();
     let load =

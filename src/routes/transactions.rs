@@ -9,10 +9,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
-use super::AppState;
+use super::{AppState, Page};
 use crate::auth::Principal;
 use crate::domain::{
     Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind,
@@ -29,11 +30,13 @@ pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
 /// A transaction on the wire (DESIGN.md section 4). The system side of a credit or debit is
 /// `null`. Amounts are integers of minor units.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TransactionBody {
     pub id: Uuid,
+    /// `credit`, `debit`, `transfer` or `reversal`.
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// `pending`, `completed`, `failed` or `reversed`.
     pub status: &'static str,
     pub from_user_id: Option<Uuid>,
     pub to_user_id: Option<Uuid>,
@@ -105,7 +108,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// `{amount, currency, user_id?, description?, reference?}` → 201 transaction: money from
 /// `system` to the caller's account (an admin may name `user_id`).
-async fn credit(
+#[utoipa::path(
+    post, path = "/api/v1/transactions/credit", tag = "transactions", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
+    request_body(content = super::openapi::MovementRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed", body = TransactionBody),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not your account", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `insufficient_funds` (recorded as a failed transaction) or `idempotency_key_reused`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` or `unavailable`; retry with the same Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn credit(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
@@ -113,12 +132,28 @@ async fn credit(
 ) -> Result<HttpResponse, ApiError> {
     let movement =
         parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await?;
-    submit(&state, movement).await
+    submit_system_movement(&state, &req, movement).await
 }
 
 /// Like credit, from the account to `system`. Errors: 422 `insufficient_funds` (recorded as a
 /// failed transaction).
-async fn debit(
+#[utoipa::path(
+    post, path = "/api/v1/transactions/debit", tag = "transactions", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
+    request_body(content = super::openapi::MovementRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed", body = TransactionBody),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not your account", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `insufficient_funds` (recorded as a failed transaction) or `idempotency_key_reused`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` or `unavailable`; retry with the same Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn debit(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
@@ -126,13 +161,29 @@ async fn debit(
 ) -> Result<HttpResponse, ApiError> {
     let movement =
         parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await?;
-    submit(&state, movement).await
+    submit_system_movement(&state, &req, movement).await
 }
 
 /// `{to_user_id, amount, currency, description?, reference?}` → 201 transaction from the
 /// caller's account. Errors: 422 for an unknown, deleted or own recipient; 422
 /// `insufficient_funds`.
-async fn transfer(
+#[utoipa::path(
+    post, path = "/api/v1/transactions/transfer", tag = "transactions", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
+    request_body(content = super::openapi::TransferRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Committed", body = TransactionBody),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not your account", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, `insufficient_funds` (recorded as a failed transaction) or `idempotency_key_reused`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`overloaded` or `unavailable`; retry with the same Idempotency-Key", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn transfer(
     state: web::Data<AppState>,
     principal: Principal,
     req: HttpRequest,
@@ -169,6 +220,47 @@ async fn transfer(
         idempotency: None,
     };
     submit(&state, with_claim(movement, idempotency)).await
+}
+
+/// Submits a credit or debit; when an admin moves money on another user's account, the attempt
+/// and its outcome go to the audit log.
+async fn submit_system_movement(
+    state: &AppState,
+    req: &HttpRequest,
+    movement: Movement,
+) -> Result<HttpResponse, ApiError> {
+    let account = if movement.kind == TransactionKind::Credit {
+        movement.to
+    } else {
+        movement.from
+    };
+    let on_behalf = account != movement.initiated_by;
+    let details = on_behalf.then(|| {
+        json!({
+            "transaction_id": movement.id,
+            "user_id": account.as_uuid(),
+            "amount": movement.amount.minor(),
+            "currency": movement.currency.code(),
+        })
+    });
+    let (initiator, kind) = (movement.initiated_by, movement.kind);
+    let result = submit(state, movement).await;
+    if let Some(mut details) = details {
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+        };
+        details["status"] = status.into();
+        let action = if kind == TransactionKind::Credit {
+            "transaction.admin_credit"
+        } else {
+            "transaction.admin_debit"
+        };
+        let client = state.pool.get().await?;
+        let entity = ("user", Some(account.as_uuid().to_string()));
+        super::audit(&client, req, Some(initiator), entity, action, details).await;
+    }
+    result
 }
 
 /// Parses a credit or debit: the account is the caller's own, or `user_id` for an admin.
@@ -347,7 +439,17 @@ fn visible_to(record: &TransactionRecord, principal: Principal) -> bool {
 }
 
 /// → 200 transaction. Errors: 404 when it does not exist or the caller is no party to it.
-async fn get_transaction(
+#[utoipa::path(
+    get, path = "/api/v1/transactions/{id}", tag = "transactions", security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "Transaction id")),
+    responses(
+        (status = 200, description = "The transaction", body = TransactionBody),
+        (status = 404, description = "No such transaction, or not yours", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_transaction(
     state: web::Data<AppState>,
     principal: Principal,
     id: web::Path<Uuid>,
@@ -361,19 +463,16 @@ async fn get_transaction(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct HistoryQuery {
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Items per page, 1 to 200 (default 50).
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Admins only: whose history.
     user_id: Option<Uuid>,
-}
-
-#[derive(Serialize)]
-struct Page<T> {
-    items: Vec<T>,
-    /// Pass as `cursor` to get the next page; `null` on the last page.
-    next_cursor: Option<String>,
 }
 
 /// Items per history page when `limit` is not given, and the most allowed.
@@ -381,7 +480,18 @@ const HISTORY_LIMIT_DEFAULT: i64 = 50;
 const HISTORY_LIMIT_MAX: i64 = 200;
 
 /// `?limit&cursor&user_id` → 200 `{items, next_cursor}`, newest first. `user_id` is for admins.
-async fn history(
+#[utoipa::path(
+    get, path = "/api/v1/transactions/history", tag = "transactions", security(("bearer" = [])),
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "A page, newest first", body = super::openapi::TransactionPage),
+        (status = 403, description = "Another user's history (admins only)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn history(
     state: web::Data<AppState>,
     principal: Principal,
     query: web::Query<HistoryQuery>,

@@ -1,9 +1,11 @@
 //! PostgreSQL access: connection pools, database creation, migrations, and every SQL statement
 //! Tally runs. Nothing outside this module writes SQL.
 
+pub mod audit;
 pub mod balances;
 pub mod idempotency;
 pub mod journal;
+pub mod lockout;
 pub mod tokens;
 pub mod transactions;
 pub mod users;

@@ -31,7 +31,7 @@ pub enum Rotation {
     /// The token was live: it is revoked and `new_hash` replaces it in the same family.
     Rotated { user: UserId, role: Role },
     /// The token had already been rotated or revoked: the whole family is now revoked.
-    Reused,
+    Reused { user: UserId },
     /// Unknown, expired, or its user is deleted.
     Invalid,
 }
@@ -68,7 +68,7 @@ pub async fn rotate(
             )
             .await?;
         transaction.commit().await?;
-        return Ok(Rotation::Reused);
+        return Ok(Rotation::Reused { user });
     }
     let expired = row.get::<_, DateTime<Utc>>("expires_at") <= Utc::now();
     let deleted = row.get::<_, Option<DateTime<Utc>>>("deleted_at").is_some();
@@ -85,4 +85,35 @@ pub async fn rotate(
         .await?;
     transaction.commit().await?;
     Ok(Rotation::Rotated { user, role })
+}
+
+/// Revokes every live refresh token of `user` (after a password change); returns how many.
+pub async fn revoke_all_for_user(
+    client: &impl GenericClient,
+    user: UserId,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&user.as_uuid()],
+        )
+        .await
+}
+
+/// Logout: revokes the family of the token whose hash is `token_hash`. Returns its user, or
+/// `None` for an unknown token.
+pub async fn revoke_family(
+    client: &impl GenericClient,
+    token_hash: &[u8],
+) -> Result<Option<UserId>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "WITH t AS (SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1),
+                  revoked AS (UPDATE refresh_tokens SET revoked_at = now()
+                              WHERE family_id = (SELECT family_id FROM t) AND revoked_at IS NULL)
+             SELECT user_id FROM t",
+            &[&token_hash],
+        )
+        .await?;
+    Ok(row.map(|row| UserId::from_uuid(row.get(0))))
 }

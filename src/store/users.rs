@@ -16,6 +16,8 @@ pub struct UserRecord {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set when the user was (softly) deleted.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,7 @@ pub enum InsertUserError {
     Database(#[from] tokio_postgres::Error),
 }
 
-const COLUMNS: &str = "id, username, email, role, created_at, updated_at";
+const COLUMNS: &str = "id, username, email, role, created_at, updated_at, deleted_at";
 
 fn record(row: &tokio_postgres::Row) -> UserRecord {
     UserRecord {
@@ -38,6 +40,22 @@ fn record(row: &tokio_postgres::Row) -> UserRecord {
         role: Role::parse(row.get("role")).expect("users.role is constrained to known roles"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
+        deleted_at: row.get("deleted_at"),
+    }
+}
+
+fn unique_violation(error: tokio_postgres::Error) -> InsertUserError {
+    if error.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+        return InsertUserError::Database(error);
+    }
+    let constraint = error
+        .as_db_error()
+        .and_then(|db| db.constraint())
+        .unwrap_or_default();
+    if constraint == "users_email_key" {
+        InsertUserError::EmailTaken
+    } else {
+        InsertUserError::UsernameTaken
     }
 }
 
@@ -111,4 +129,119 @@ pub async fn find_active(
         .query_opt(&statement, &[&id])
         .await?
         .map(|row| record(&row)))
+}
+
+/// The user `id` (deleted users included, `system` excluded), or `None`.
+pub async fn find(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<UserRecord>, tokio_postgres::Error> {
+    let statement = format!("SELECT {COLUMNS} FROM users WHERE id = $1 AND role <> 'system'");
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .map(|row| record(&row)))
+}
+
+/// Up to `limit` users (deleted included, `system` excluded) ordered by id (time-ordered UUIDs),
+/// strictly after `after`.
+pub async fn list(
+    client: &impl GenericClient,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<UserRecord>, tokio_postgres::Error> {
+    let statement = format!(
+        "SELECT {COLUMNS} FROM users WHERE role <> 'system' AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+    );
+    Ok(client
+        .query(&statement, &[&after, &limit])
+        .await?
+        .iter()
+        .map(record)
+        .collect())
+}
+
+/// What an update changes; `None` leaves a column as it is.
+#[derive(Debug, Default)]
+pub struct UserChanges<'a> {
+    pub email: Option<&'a Email>,
+    pub password_hash: Option<&'a str>,
+    pub role: Option<Role>,
+}
+
+/// Applies `changes` to the active user `id`; `None` when there is no such user. Errors: the
+/// email is taken.
+pub async fn update(
+    client: &impl GenericClient,
+    id: Uuid,
+    changes: &UserChanges<'_>,
+) -> Result<Option<UserRecord>, InsertUserError> {
+    let statement = format!(
+        "UPDATE users SET email = coalesce($2, email), password_hash = coalesce($3, password_hash),
+                          role = coalesce($4, role), updated_at = now()
+         WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'
+         RETURNING {COLUMNS}"
+    );
+    client
+        .query_opt(
+            &statement,
+            &[
+                &id,
+                &changes.email.map(Email::as_str),
+                &changes.password_hash,
+                &changes.role.map(Role::as_str),
+            ],
+        )
+        .await
+        .map(|row| row.map(|row| record(&row)))
+        .map_err(unique_violation)
+}
+
+/// Why a delete was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteUserError {
+    #[error("no such user")]
+    NotFound,
+    /// Some balance is not zero; the money must be moved out first.
+    #[error("balance not zero")]
+    BalanceNotZero,
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Soft-deletes the active user `id`: it can no longer log in or receive money; its ledger
+/// history stays. Refused while any of its balances is not zero. The balance rows are locked
+/// for the check, so a commit touching them waits for the delete (or the delete for it).
+pub async fn soft_delete(
+    client: &mut deadpool_postgres::Client,
+    id: Uuid,
+) -> Result<UserRecord, DeleteUserError> {
+    let transaction = client.transaction().await?;
+    let user = transaction
+        .query_opt("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL AND role <> 'system' FOR UPDATE", &[&id])
+        .await?;
+    if user.is_none() {
+        return Err(DeleteUserError::NotFound);
+    }
+    let non_zero: i64 = transaction
+        .query(
+            "SELECT amount FROM balances WHERE user_id = $1 ORDER BY currency FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .filter(|row| row.get::<_, i64>(0) != 0)
+        .count() as i64;
+    if non_zero > 0 {
+        return Err(DeleteUserError::BalanceNotZero);
+    }
+    let statement = format!(
+        "UPDATE users SET deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let row = transaction.query_one(&statement, &[&id]).await?;
+    transaction
+        .execute("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", &[&id])
+        .await?;
+    transaction.commit().await?;
+    Ok(record(&row))
 }

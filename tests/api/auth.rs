@@ -120,9 +120,11 @@ async fn register_returns_the_user_without_any_password() {
             "email",
             "role",
             "created_at",
-            "updated_at"
+            "updated_at",
+            "deleted_at"
         ])
     );
+    assert!(reply.body["deleted_at"].is_null());
     let id = Uuid::parse_str(reply.body["id"].as_str().unwrap()).expect("a UUID id");
     assert_eq!(reply.body["username"], username.as_str());
     assert_eq!(reply.body["email"], email.as_str());

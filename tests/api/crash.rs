@@ -58,6 +58,8 @@ impl Service {
             .env("TALLY__HTTP__BIND", "127.0.0.1:0")
             .env("TALLY__HTTP__WORKERS", "2")
             .env("TALLY__AUTH__JWT_SECRET", JWT_SECRET)
+            // All the test's clients share 127.0.0.1.
+            .env("TALLY__RATE_LIMIT__ENABLED", "false")
             .env("TALLY__LOG__FORMAT", "json")
             .env("RUST_LOG", "info")
             .env_remove("TALLY__PROFILE")

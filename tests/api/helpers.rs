@@ -24,6 +24,8 @@ pub fn test_settings() -> Settings {
     settings.http.bind = "127.0.0.1:0".to_owned();
     settings.http.workers = 2;
     settings.auth.jwt_secret = "test-secret-test-secret-test-secret!".to_owned();
+    // Every test client shares 127.0.0.1; the rate-limit tests turn limiting back on.
+    settings.rate_limit.enabled = false;
     settings
 }
 
