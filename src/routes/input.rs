@@ -146,6 +146,42 @@ impl Fields {
     }
 }
 
+/// Collects the errors of query parameters parsed one by one; `finish` reports them together.
+#[derive(Default)]
+pub struct QueryErrors(Vec<FieldError>);
+
+impl QueryErrors {
+    /// Parses an optional parameter, recording its error.
+    pub fn check<T>(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, &'static str>,
+    ) -> Option<T> {
+        match value.map(parse) {
+            Some(Ok(parsed)) => Some(parsed),
+            Some(Err(message)) => {
+                self.push(name, message);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn push(&mut self, name: &str, message: &str) {
+        self.0.push(FieldError::new(name, message));
+    }
+
+    /// Errors: 422 `validation_failed` naming every bad parameter.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
 /// Value parsers for [`Fields`]; each error message reads after the field name.
 pub mod parse {
     use super::*;
@@ -177,6 +213,13 @@ pub mod parse {
             .as_str()
             .and_then(|text| Uuid::parse_str(text).ok())
             .ok_or_else(|| "must be a UUID string".to_owned())
+    }
+
+    /// An RFC 3339 timestamp with an offset (`2026-11-21T10:00:00Z`).
+    pub fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, &'static str> {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .map_err(|_| "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z")
     }
 
     /// A string checked by a domain parser.

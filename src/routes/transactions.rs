@@ -21,7 +21,9 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::ledger::{Outcome, Recorded, SubmitError};
-use crate::store::{self, transactions::HistoryCursor, transactions::TransactionRecord};
+use crate::store::{
+    self, transactions::HistoryCursor, transactions::HistoryFilter, transactions::TransactionRecord,
+};
 
 /// Header naming the client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -473,6 +475,62 @@ pub struct HistoryQuery {
     cursor: Option<String>,
     /// Admins only: whose history.
     user_id: Option<Uuid>,
+    /// `credit`, `debit`, `transfer` or `reversal`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    kind: Option<String>,
+    /// `pending`, `completed`, `failed` or `reversed`.
+    status: Option<String>,
+    /// ISO 4217 code.
+    currency: Option<String>,
+    /// RFC 3339; transactions created at or after it.
+    from: Option<String>,
+    /// RFC 3339; transactions created before it.
+    to: Option<String>,
+    /// The other party of a transfer.
+    counterparty: Option<Uuid>,
+    /// Minor units, inclusive.
+    min_amount: Option<i64>,
+    /// Minor units, inclusive.
+    max_amount: Option<i64>,
+}
+
+impl HistoryQuery {
+    /// The filter, or 422 listing every bad parameter.
+    fn filter(&self) -> Result<HistoryFilter, ApiError> {
+        let mut errors = super::input::QueryErrors::default();
+        let filter = HistoryFilter {
+            kind: errors.check("type", self.kind.as_deref(), |kind| {
+                TransactionKind::parse(kind).ok_or("must be credit, debit, transfer or reversal")
+            }),
+            status: errors.check("status", self.status.as_deref(), |status| {
+                TransactionStatus::parse(status)
+                    .ok_or("must be pending, completed, failed or reversed")
+            }),
+            currency: errors.check("currency", self.currency.as_deref(), |code| {
+                crate::domain::Currency::parse(code)
+                    .map(|currency| currency.code())
+                    .map_err(|_| "must be an ISO 4217 code")
+            }),
+            from: errors.check("from", self.from.as_deref(), super::input::parse::rfc3339),
+            to: errors.check("to", self.to.as_deref(), super::input::parse::rfc3339),
+            counterparty: self.counterparty.map(UserId::from_uuid),
+            min_amount: self.min_amount,
+            max_amount: self.max_amount,
+        };
+        if let (Some(min), Some(max)) = (filter.min_amount, filter.max_amount) {
+            if min > max {
+                errors.push("min_amount", "must not be above max_amount");
+            }
+        }
+        if let (Some(from), Some(to)) = (filter.from, filter.to) {
+            if from > to {
+                errors.push("from", "must not be after to");
+            }
+        }
+        errors.finish()?;
+        Ok(filter)
+    }
 }
 
 /// Items per history page when `limit` is not given, and the most allowed.
@@ -513,8 +571,10 @@ pub async fn history(
                 .ok_or_else(|| ApiError::field("cursor", "is not a cursor this API issued"))
         })
         .transpose()?;
+    let filter = query.filter()?;
     let client = state.pool.get().await?;
-    let mut records = store::transactions::history(&client, user, after, limit + 1).await?;
+    let mut records =
+        store::transactions::history(&client, user, &filter, after, limit + 1).await?;
     let next_cursor = if records.len() as i64 > limit {
         records.truncate(limit as usize);
         records.last().map(|last| {

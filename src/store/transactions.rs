@@ -66,25 +66,51 @@ pub struct HistoryCursor {
     pub id: Uuid,
 }
 
-/// Up to `limit` transactions that `user` is a party to, newest first (`created_at`, then `id`,
-/// descending), strictly after `after`. A user sees their failed outgoing transactions but not
-/// failed transfers addressed to them (those never touched their account).
+/// Narrows a history listing; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub kind: Option<TransactionKind>,
+    pub status: Option<TransactionStatus>,
+    pub currency: Option<&'static str>,
+    /// `created_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `created_at < to`.
+    pub to: Option<DateTime<Utc>>,
+    /// The other party (never `system`: credits and debits have none on the wire).
+    pub counterparty: Option<UserId>,
+    /// Minor units, inclusive.
+    pub min_amount: Option<i64>,
+    pub max_amount: Option<i64>,
+}
+
+/// Up to `limit` transactions that `user` is a party to and that match `filter`, newest first
+/// (`created_at`, then `id`, descending), strictly after `after`. A user sees their failed
+/// outgoing transactions but not failed transfers addressed to them (those never touched their
+/// account).
 ///
 /// Each branch of the `UNION ALL` is one ordered index range scan (`transactions_from_idx`,
 /// `transactions_to_idx`); a transaction appears in at most one branch because `from <> to`.
+/// The keyset (created_at, id) < cursor stays exact while new transactions arrive: they sort
+/// before the first page, never between pages.
 pub async fn history(
     client: &impl GenericClient,
     user: UserId,
+    filter: &HistoryFilter,
     after: Option<HistoryCursor>,
     limit: i64,
 ) -> Result<Vec<TransactionRecord>, tokio_postgres::Error> {
+    const FILTERS: &str = "($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+          AND ($5::text IS NULL OR type = $5) AND ($6::text IS NULL OR status = $6)
+          AND ($7::text IS NULL OR currency = $7)
+          AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
+          AND ($11::bigint IS NULL OR amount >= $11) AND ($12::bigint IS NULL OR amount <= $12)";
     let statement = format!(
         "(SELECT {COLUMNS} FROM transactions
-          WHERE from_user_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+          WHERE from_user_id = $1 AND ($10::uuid IS NULL OR to_user_id = $10) AND {FILTERS}
           ORDER BY created_at DESC, id DESC LIMIT $4)
          UNION ALL
          (SELECT {COLUMNS} FROM transactions
-          WHERE to_user_id = $1 AND status <> 'failed' AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+          WHERE to_user_id = $1 AND status <> 'failed' AND ($10::uuid IS NULL OR from_user_id = $10) AND {FILTERS}
           ORDER BY created_at DESC, id DESC LIMIT $4)
          ORDER BY created_at DESC, id DESC LIMIT $4"
     );
@@ -93,7 +119,23 @@ pub async fn history(
         None => (None, None),
     };
     let rows = client
-        .query(&statement, &[&user.as_uuid(), &created_at, &id, &limit])
+        .query(
+            &statement,
+            &[
+                &user.as_uuid(),
+                &created_at,
+                &id,
+                &limit,
+                &filter.kind.map(TransactionKind::as_str),
+                &filter.status.map(TransactionStatus::as_str),
+                &filter.currency,
+                &filter.from,
+                &filter.to,
+                &filter.counterparty.map(UserId::as_uuid),
+                &filter.min_amount,
+                &filter.max_amount,
+            ],
+        )
         .await?;
     Ok(rows.iter().map(record).collect())
 }
