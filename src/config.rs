@@ -24,6 +24,25 @@ pub struct Settings {
     pub log: LogSettings,
     pub rate_limit: RateLimitSettings,
     pub bootstrap: BootstrapSettings,
+    pub redis: RedisSettings,
+}
+
+/// The Redis balance cache (`cache.rs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://host:port`; empty disables the cache.
+    pub url: String,
+    pub pool_size: u32,
+    /// Longest wait for any Redis call, in milliseconds.
+    pub timeout_ms: u64,
+    /// Lifetime of a cached user's balances, in seconds.
+    pub ttl_s: u64,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// Open time before one probe, in milliseconds.
+    pub breaker_cooldown_ms: u64,
+    /// Users loaded into the cache at start, most recently active first.
+    pub warm_up_users: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

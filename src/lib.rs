@@ -8,6 +8,7 @@
 //! invariants each module keeps.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -52,7 +52,13 @@ impl Application {
             store::JOURNAL_APP_NAME,
             JOURNAL_POOL_SIZE,
         )?;
-        let ledger = Ledger::start(&settings.pipeline, pool.clone(), journal_pool.clone());
+        let cache = crate::cache::BalanceCache::new(&settings.redis)?;
+        let ledger = Ledger::start(
+            &settings.pipeline,
+            pool.clone(),
+            journal_pool.clone(),
+            cache.clone(),
+        );
         let keys = web::Data::new(JwtKeys::new(
             &settings.auth.jwt_secret,
             settings.auth.access_token_ttl_s,
@@ -73,10 +79,12 @@ impl Application {
             n => n,
         };
         spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours);
+        spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users);
         let state = web::Data::new(AppState {
             pool,
             journal_pool,
             ledger,
+            cache,
             settings,
             metrics,
         });
@@ -203,4 +211,30 @@ async fn bootstrap_admin(
         tracing::info!(username = %settings.admin_username, "bootstrap admin created");
     }
     Ok(())
+}
+
+/// Loads the balances of the most recently active users into the cache, in the background.
+fn spawn_cache_warm_up(
+    pool: deadpool_postgres::Pool,
+    cache: std::sync::Arc<crate::cache::BalanceCache>,
+    users: u32,
+) {
+    if cache.health() == crate::cache::CacheHealth::Disabled || users == 0 {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        let warmed = async {
+            let client = pool.get().await?;
+            let active = store::balances::recently_active_users(&client, i64::from(users)).await?;
+            for user in &active {
+                let records = store::balances::for_user(&client, *user, None).await?;
+                cache.fill(*user, &records).await;
+            }
+            anyhow::Ok(active.len())
+        };
+        match warmed.await {
+            Ok(count) => tracing::info!(users = count, "balance cache warmed up"),
+            Err(error) => tracing::warn!(error = ?error, "balance cache warm-up failed"),
+        }
+    });
 }

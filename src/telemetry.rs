@@ -42,6 +42,10 @@ pub mod names {
     /// Counter, label `scope` (`ip` for `/auth/*`, `user` for the rest): requests refused with
     /// 429 `rate_limited`.
     pub const RATE_LIMITED: &str = "tally_rate_limited_total";
+    /// Counter, label `result` (`hit`, `miss`, `error`): balance cache lookups.
+    pub const CACHE_REQUESTS: &str = "tally_cache_requests_total";
+    /// Gauge: the cache circuit breaker (0 closed, 1 open, 2 half-open).
+    pub const CACHE_BREAKER_STATE: &str = "tally_cache_breaker_state";
     /// Counter: logins refused because the username is locked after repeated failures.
     pub const LOGIN_LOCKOUTS: &str = "tally_login_lockouts_total";
     /// Gauge, label `pool` (`api`, `journal`): database connections in use / idle.

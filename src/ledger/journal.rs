@@ -27,6 +27,7 @@ use deadpool_postgres::Pool;
 use super::balance::{BalanceActor, Settle};
 use super::directory::{Directory, Observed};
 use super::{Outcome, PipelineStats, Recorded, Submission, SubmitError};
+use crate::cache::{BalanceCache, CommittedBalance};
 use crate::domain::AccountKey;
 use crate::store::journal::{AccountState, BatchItem, BatchReport, Posting};
 use crate::telemetry::names;
@@ -62,6 +63,8 @@ pub(super) struct JournalSettings {
 
 pub(super) struct JournalWriter {
     pool: Pool,
+    /// Committed balances are written through to it before callers are answered.
+    cache: Arc<BalanceCache>,
     directory: Addr<Directory>,
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
@@ -79,12 +82,14 @@ enum Written {
 impl JournalWriter {
     pub(super) fn new(
         pool: Pool,
+        cache: Arc<BalanceCache>,
         directory: Addr<Directory>,
         settings: JournalSettings,
         stats: Arc<PipelineStats>,
     ) -> JournalWriter {
         JournalWriter {
             pool,
+            cache,
             directory,
             settings,
             stats,
@@ -104,10 +109,16 @@ impl JournalWriter {
         self.writing = true;
         let take = self.buffer.len().min(self.settings.batch_size_max);
         let items: Vec<Item> = self.buffer.drain(..take).collect();
-        let pool = self.pool.clone();
+        let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let started = Instant::now();
         let write = async move {
             let (written, accounts, retries) = write_batch(&pool, &items).await;
+            // Before any caller is answered, so that every client reads its own writes.
+            cache.write_through(&accounts).await;
+            let accounts = accounts
+                .into_iter()
+                .map(|committed| committed.state)
+                .collect();
             (items, written, accounts, retries)
         };
         ctx.spawn(write.into_actor(self).map(
@@ -202,7 +213,7 @@ impl JournalWriter {
 
 /// Writes `items`, splitting on errors so that each failure stays with its own movement.
 /// Returns one [`Written`] per item, the final account states, and how many retries it took.
-async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountState>, u32) {
+async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<CommittedBalance>, u32) {
     let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
     let mut accounts = Vec::new();
     let mut retries = 0;
@@ -236,7 +247,10 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<AccountS
                 for (slot, posting) in written[range].iter_mut().zip(postings) {
                     *slot = Some(Written::Posted(posting, committed_at));
                 }
-                accounts.extend(states);
+                accounts.extend(states.into_iter().map(|state| CommittedBalance {
+                    state,
+                    at: committed_at,
+                }));
             }
             Err(Some(error))
                 if crate::store::is_transient(&error)

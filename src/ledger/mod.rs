@@ -30,6 +30,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::cache::BalanceCache;
 use crate::config::PipelineSettings;
 use crate::domain::Movement;
 
@@ -113,8 +114,14 @@ impl Ledger {
     /// actors, and one arbiter per core for the balance actors. Must be called inside a running
     /// actix `System`.
     ///
-    /// `pool` serves balance loads; `journal_pool` the group commits.
-    pub fn start(settings: &PipelineSettings, pool: Pool, journal_pool: Pool) -> Ledger {
+    /// `pool` serves balance loads; `journal_pool` the group commits; committed balances are
+    /// written through to `cache` before callers are answered.
+    pub fn start(
+        settings: &PipelineSettings,
+        pool: Pool,
+        journal_pool: Pool,
+        cache: Arc<BalanceCache>,
+    ) -> Ledger {
         let stats = Arc::new(PipelineStats::default());
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let balance_arbiters: Vec<_> = (0..cores).map(|_| Arbiter::new().handle()).collect();
@@ -130,6 +137,7 @@ impl Ledger {
             journal::JournalWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                 journal::JournalWriter::new(
                     journal_pool,
+                    cache,
                     directory_address,
                     journal_settings,
                     journal_stats,

@@ -300,6 +300,7 @@ pub struct BalancesBody {
     balances: Vec<BalanceBody>,
 }
 
+/// Served from the Redis cache when it holds the user's balances (see `cache.rs`).
 /// `?currency&user_id` → 200 `{user_id, balances: [{currency, amount, available, updated_at}]}`:
 /// every currency the account has used, or just `currency` (zero when never used). `user_id`
 /// is for admins. Errors: 422 for an unknown currency; 403 for another user's account.
@@ -328,16 +329,36 @@ pub async fn current(
             Currency::parse(code).map_err(|error| ApiError::field("currency", error.to_string()))
         })
         .transpose()?;
-    let client = state.pool.get().await?;
-    let records = store::balances::for_user(&client, user, currency).await?;
-    let mut balances: Vec<BalanceBody> = records
+    // The cache holds all of a user's balances or none; a miss reads them all and fills it.
+    let all: Vec<BalanceBody> = match state.cache.get(user).await {
+        Some(cached) => cached
+            .into_iter()
+            .map(|balance| BalanceBody {
+                currency: balance.currency.code(),
+                amount: balance.amount,
+                available: balance.amount - balance.pending,
+                updated_at: Some(balance.updated_at),
+            })
+            .collect(),
+        None => {
+            let client = state.pool.get().await?;
+            let records = store::balances::for_user(&client, user, None).await?;
+            drop(client);
+            state.cache.fill(user, &records).await;
+            records
+                .into_iter()
+                .map(|record| BalanceBody {
+                    currency: record.currency.code(),
+                    amount: record.amount,
+                    available: record.amount - record.pending,
+                    updated_at: Some(record.updated_at),
+                })
+                .collect()
+        }
+    };
+    let mut balances: Vec<BalanceBody> = all
         .into_iter()
-        .map(|record| BalanceBody {
-            currency: record.currency.code(),
-            amount: record.amount,
-            available: record.amount - record.pending,
-            updated_at: Some(record.updated_at),
-        })
+        .filter(|balance| currency.is_none_or(|wanted| wanted.code() == balance.currency))
         .collect();
     if let (Some(currency), true) = (currency, balances.is_empty()) {
         balances.push(BalanceBody {

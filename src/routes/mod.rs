@@ -36,6 +36,8 @@ pub struct AppState {
     /// The journal writer's connections (only read here, for `/metrics`).
     pub journal_pool: Pool,
     pub ledger: Ledger,
+    /// The Redis balance cache (disabled when `redis.url` is empty).
+    pub cache: std::sync::Arc<crate::cache::BalanceCache>,
     pub settings: Settings,
     pub metrics: PrometheusHandle,
 }

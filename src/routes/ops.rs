@@ -25,6 +25,8 @@ pub struct HealthBody {
     pub status: String,
     /// `ok`, `unreachable` or `timeout` (readiness only).
     pub database: Option<String>,
+    /// `ok`, `degraded` (Redis failing: reads go to PostgreSQL) or `disabled` (readiness only).
+    pub cache: Option<String>,
 }
 
 /// 200 while the process serves HTTP.
@@ -40,7 +42,10 @@ pub async fn live() -> HttpResponse {
 ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     match tokio::time::timeout(READY_TIMEOUT, crate::store::ping(&state.pool)).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "status": "ready", "database": "ok" })),
+        // Redis down is "degraded", still ready: the cache is only a fast path.
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({
+            "status": "ready", "database": "ok", "cache": state.cache.health().as_str(),
+        })),
         Ok(Err(error)) => {
             tracing::warn!(error = ?error, "not ready");
             HttpResponse::ServiceUnavailable()
@@ -64,6 +69,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics::gauge!(names::QUEUE_DEPTH).set(ledger.queued() as f64);
     metrics::gauge!(names::IN_FLIGHT).set(ledger.in_flight() as f64);
     metrics::gauge!(names::QUEUE_CAPACITY).set(ledger.capacity() as f64);
+    metrics::gauge!(names::CACHE_BREAKER_STATE).set(f64::from(state.cache.breaker_state()));
     metrics::gauge!(names::BALANCE_ACTORS).set(load(&stats.balance_actors) as f64);
     metrics::counter!(names::ACTOR_EVICTIONS).absolute(load(&stats.actor_evictions));
     metrics::counter!(names::BATCHES).absolute(load(&stats.batches));

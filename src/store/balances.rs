@@ -169,3 +169,21 @@ pub async fn closing_balances(
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect())
 }
+
+/// Up to `limit` users whose balances changed most recently (for the cache warm-up).
+pub async fn recently_active_users(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<UserId>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT user_id FROM balances WHERE user_id <> '00000000-0000-0000-0000-000000000000'
+             GROUP BY user_id ORDER BY max(last_updated_at) DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| UserId::from_uuid(row.get(0)))
+        .collect())
+}

@@ -1,0 +1,447 @@
+//! The balance cache in Redis (bb8-redis): `GET /balances/current` is served from it when the
+//! entry is complete, and the journal writer writes every committed balance through to it
+//! before answering the caller, so a client always reads its own writes.
+//!
+//! Layout: one hash per user, `tally:bal:<epoch>:<user id>`, one field per currency with
+//! `amount:pending:version:updated_at_µs`, plus `_complete` when the hash was filled from
+//! PostgreSQL with every currency of the user. Writes only ever replace a field with a larger
+//! `version` (Lua scripts, atomic in Redis), so a slow filler can never overwrite a newer
+//! write-through with an older balance.
+//!
+//! Failure: every call has a timeout (`redis.timeout_ms`) and goes through a circuit breaker
+//! (open after `breaker_failures` consecutive failures, one probe after `breaker_cooldown_ms`).
+//! A write-through that fails or is skipped leaves the cache possibly stale, so the cache is
+//! marked dirty: reads bypass it until `INCR tally:cache:epoch` succeeds, which moves every
+//! reader and writer to fresh, empty keys. Redis down or slow never fails a request; it only
+//! costs a PostgreSQL read and makes `/health/ready` report `degraded`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bb8_redis::redis::{self, Script};
+use bb8_redis::RedisConnectionManager;
+use chrono::{DateTime, Utc};
+
+use crate::config::RedisSettings;
+use crate::domain::{Currency, UserId};
+use crate::store::balances::BalanceRecord;
+use crate::store::journal::AccountState;
+use crate::telemetry::names;
+
+const EPOCH_KEY: &str = "tally:cache:epoch";
+const PREFIX: &str = "tally:bal:";
+
+/// One cached balance, minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedBalance {
+    pub currency: Currency,
+    pub amount: i64,
+    pub pending: i64,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A balance a commit produced, to write through: the state the database returned and the
+/// commit's timestamp (`balances.last_updated_at`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedBalance {
+    pub state: AccountState,
+    pub at: DateTime<Utc>,
+}
+
+/// What `/health/ready` reports for the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheHealth {
+    /// No `redis.url`: every read goes to PostgreSQL.
+    Disabled,
+    Ok,
+    /// Redis is failing or the cache is being invalidated: reads go to PostgreSQL.
+    Degraded,
+}
+
+impl CacheHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheHealth::Disabled => "disabled",
+            CacheHealth::Ok => "ok",
+            CacheHealth::Degraded => "degraded",
+        }
+    }
+}
+
+/// Circuit breaker states, as exported in `tally_cache_breaker_state`.
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// A lock-free circuit breaker.
+struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    opened_at_ms: AtomicU64,
+    threshold: u32,
+    cooldown: Duration,
+    clock: Instant,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Whether a call may go to Redis now. In the open state, one caller per cooldown becomes
+    /// the probe (half-open).
+    fn allow(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                let due = self.now_ms()
+                    >= self.opened_at_ms.load(Ordering::Acquire) + self.cooldown.as_millis() as u64;
+                due && self
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.state.store(CLOSED, Ordering::Release);
+    }
+
+    fn failure(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.state.load(Ordering::Acquire) == HALF_OPEN || failures >= self.threshold {
+            self.opened_at_ms.store(self.now_ms(), Ordering::Release);
+            self.state.store(OPEN, Ordering::Release);
+        }
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+}
+
+pub struct BalanceCache {
+    pool: Option<bb8::Pool<RedisConnectionManager>>,
+    breaker: Breaker,
+    /// Set when a write-through failed or was skipped: reads bypass the cache until the epoch
+    /// is bumped.
+    dirty: AtomicBool,
+    ttl_s: u64,
+    timeout: Duration,
+    read: Script,
+    write: Script,
+}
+
+/// Reads a user's hash if complete (nil otherwise). KEYS[1] epoch key; ARGV: prefix, user.
+const READ_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1]) or '0'
+local key = ARGV[1] .. epoch .. ':' .. ARGV[2]
+if redis.call('HEXISTS', key, '_complete') == 0 then return false end
+return redis.call('HGETALL', key)
+";
+
+/// Writes fields whose version is newer. KEYS[1] epoch key; ARGV: prefix, ttl, complete-user
+/// (or ''), then (user, currency, value, version) quadruples.
+const WRITE_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1]) or '0'
+for i = 4, #ARGV, 4 do
+  local key = ARGV[1] .. epoch .. ':' .. ARGV[i]
+  local current = redis.call('HGET', key, ARGV[i + 1])
+  local current_version = current and tonumber(string.match(current, '^[^:]*:[^:]*:([^:]*)')) or -1
+  if current_version < tonumber(ARGV[i + 3]) then
+    redis.call('HSET', key, ARGV[i + 1], ARGV[i + 2])
+  end
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ARGV[2]) end
+end
+if ARGV[3] ~= '' then
+  local key = ARGV[1] .. epoch .. ':' .. ARGV[3]
+  redis.call('HSET', key, '_complete', '1')
+  redis.call('EXPIRE', key, ARGV[2])
+end
+return 1
+";
+
+impl BalanceCache {
+    /// A cache on `redis.url`, or a disabled one when the URL is empty. Connections are made on
+    /// demand, so this succeeds while Redis is down. Errors: a malformed URL.
+    pub fn new(settings: &RedisSettings) -> anyhow::Result<Arc<BalanceCache>> {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let pool = if settings.url.is_empty() {
+            None
+        } else {
+            let manager = RedisConnectionManager::new(settings.url.as_str())?;
+            Some(
+                bb8::Pool::builder()
+                    .max_size(settings.pool_size)
+                    .connection_timeout(timeout)
+                    .retry_connection(false)
+                    .build_unchecked(manager),
+            )
+        };
+        Ok(Arc::new(BalanceCache {
+            pool,
+            breaker: Breaker {
+                state: AtomicU8::new(CLOSED),
+                failures: AtomicU32::new(0),
+                opened_at_ms: AtomicU64::new(0),
+                threshold: settings.breaker_failures.max(1),
+                cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
+                clock: Instant::now(),
+            },
+            dirty: AtomicBool::new(false),
+            ttl_s: settings.ttl_s.max(1),
+            timeout,
+            read: Script::new(READ_SCRIPT),
+            write: Script::new(WRITE_SCRIPT),
+        }))
+    }
+
+    pub fn health(&self) -> CacheHealth {
+        if self.pool.is_none() {
+            CacheHealth::Disabled
+        } else if self.breaker.state() != CLOSED || self.dirty.load(Ordering::Acquire) {
+            CacheHealth::Degraded
+        } else {
+            CacheHealth::Ok
+        }
+    }
+
+    /// Breaker state for the gauge: 0 closed, 1 open, 2 half-open.
+    pub fn breaker_state(&self) -> u8 {
+        self.breaker.state()
+    }
+
+    /// Runs `op` on a connection (multiplexed: the clone shares the pooled socket), through the
+    /// breaker and with the timeout. `None` when the cache is disabled, the breaker is open, or
+    /// the call failed or timed out.
+    async fn call<T, Fut>(
+        &self,
+        op: impl FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+    ) -> Option<T>
+    where
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let pool = self.pool.as_ref()?;
+        if !self.breaker.allow() {
+            return None;
+        }
+        let attempt = async {
+            let connection = (*pool.get().await.map_err(|error| error.to_string())?).clone();
+            op(connection).await.map_err(|error| error.to_string())
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(value)) => {
+                self.breaker.success();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "redis call failed");
+                self.breaker.failure();
+                None
+            }
+            Err(_) => {
+                self.breaker.failure();
+                None
+            }
+        }
+    }
+
+    /// Moves everyone to fresh keys when the cache may hold stale balances.
+    async fn clean_if_dirty(&self) -> bool {
+        if !self.dirty.load(Ordering::Acquire) {
+            return true;
+        }
+        let bumped = self
+            .call(|mut connection| async move {
+                redis::cmd("INCR")
+                    .arg(EPOCH_KEY)
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+        if bumped.is_some() {
+            self.dirty.store(false, Ordering::Release);
+            tracing::info!("balance cache invalidated (epoch bumped) after Redis failures");
+        }
+        bumped.is_some()
+    }
+
+    /// The user's balances when the cache holds all of them; `None` on a miss, a failure, or
+    /// while the cache is dirty (the caller reads PostgreSQL).
+    pub async fn get(&self, user: UserId) -> Option<Vec<CachedBalance>> {
+        self.pool.as_ref()?;
+        if !self.clean_if_dirty().await {
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
+            return None;
+        }
+        let user_text = user.to_string();
+        let fields = self
+            .call(|mut connection| {
+                let mut invocation = self.read.key(EPOCH_KEY);
+                invocation.arg(PREFIX).arg(&user_text);
+                async move {
+                    invocation
+                        .invoke_async::<Option<Vec<String>>>(&mut connection)
+                        .await
+                }
+            })
+            .await;
+        let result = match &fields {
+            None => "error",
+            Some(None) => "miss",
+            Some(Some(_)) => "hit",
+        };
+        metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(1);
+        let fields = fields??;
+        let mut balances = Vec::with_capacity(fields.len() / 2);
+        for pair in fields.chunks(2) {
+            let [field, value] = pair else { return None };
+            if field == "_complete" {
+                continue;
+            }
+            balances.push(decode(field, value)?);
+        }
+        balances.sort_by_key(|balance| balance.currency);
+        Some(balances)
+    }
+
+    /// Stores every balance of `user` as read from PostgreSQL (after a miss, or at warm-up).
+    pub async fn fill(&self, user: UserId, records: &[BalanceRecord]) {
+        if self.pool.is_none() || self.dirty.load(Ordering::Acquire) {
+            return;
+        }
+        let user_text = user.to_string();
+        let mut args: Vec<String> =
+            vec![PREFIX.to_owned(), self.ttl_s.to_string(), user_text.clone()];
+        for record in records {
+            args.extend([
+                user_text.clone(),
+                record.currency.code().to_owned(),
+                encode(
+                    record.amount,
+                    record.pending,
+                    record.version,
+                    record.updated_at,
+                ),
+                record.version.to_string(),
+            ]);
+        }
+        self.run_write(args, false).await;
+    }
+
+    /// Writes committed balances through, before their callers are answered. A failure marks
+    /// the cache dirty (reads bypass it until it is invalidated).
+    pub async fn write_through(&self, balances: &[CommittedBalance]) {
+        if self.pool.is_none() || balances.is_empty() {
+            return;
+        }
+        let mut args: Vec<String> = vec![PREFIX.to_owned(), self.ttl_s.to_string(), String::new()];
+        for balance in balances {
+            // No path writes `pending` yet (holds live in the balance actors), so it is 0.
+            let state = balance.state;
+            args.extend([
+                state.account.user.to_string(),
+                state.account.currency.code().to_owned(),
+                encode(state.amount, 0, state.version, balance.at),
+                state.version.to_string(),
+            ]);
+        }
+        self.run_write(args, true).await;
+    }
+
+    async fn run_write(&self, args: Vec<String>, must_land: bool) {
+        let written = self
+            .call(|mut connection| {
+                let mut invocation = self.write.key(EPOCH_KEY);
+                for arg in &args {
+                    invocation.arg(arg);
+                }
+                async move { invocation.invoke_async::<i64>(&mut connection).await }
+            })
+            .await;
+        if written.is_none() && must_land {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn encode(amount: i64, pending: i64, version: i64, at: DateTime<Utc>) -> String {
+    format!("{amount}:{pending}:{version}:{}", at.timestamp_micros())
+}
+
+fn decode(currency: &str, value: &str) -> Option<CachedBalance> {
+    let mut parts = value.split(':');
+    let mut next = || parts.next()?.parse::<i64>().ok();
+    let (amount, pending, version, micros) = (next()?, next()?, next()?, next()?);
+    Some(CachedBalance {
+        currency: Currency::parse(currency).ok()?,
+        amount,
+        pending,
+        version,
+        updated_at: DateTime::from_timestamp_micros(micros)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
+        Breaker {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            opened_at_ms: AtomicU64::new(0),
+            threshold,
+            cooldown: Duration::from_millis(cooldown_ms),
+            clock: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_the_threshold_and_probes_once() {
+        let breaker = breaker(3, 0);
+        breaker.failure();
+        breaker.failure();
+        assert_eq!(breaker.state(), CLOSED);
+        breaker.failure();
+        assert_eq!(breaker.state(), OPEN);
+        assert!(breaker.allow(), "cooldown 0: the first caller probes");
+        assert_eq!(breaker.state(), HALF_OPEN);
+        assert!(!breaker.allow(), "only one probe at a time");
+        breaker.failure();
+        assert_eq!(breaker.state(), OPEN, "a failed probe reopens");
+        assert!(breaker.allow());
+        breaker.success();
+        assert_eq!(breaker.state(), CLOSED);
+        assert!(breaker.allow());
+    }
+
+    #[test]
+    fn an_open_breaker_waits_for_its_cooldown() {
+        let breaker = breaker(1, 60_000);
+        breaker.failure();
+        assert!(!breaker.allow());
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let at = DateTime::from_timestamp_micros(1_795_254_541_696_364).unwrap();
+        let value = encode(-42, 7, 9, at);
+        let decoded = decode("USD", &value).unwrap();
+        assert_eq!(
+            (
+                decoded.amount,
+                decoded.pending,
+                decoded.version,
+                decoded.updated_at
+            ),
+            (-42, 7, 9, at)
+        );
+        assert!(decode("USD", "garbage").is_none());
+    }
+}
