@@ -25,6 +25,16 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub bootstrap: BootstrapSettings,
     pub redis: RedisSettings,
+    pub bulk: BulkSettings,
+}
+
+/// `POST /transactions/bulk` limits.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BulkSettings {
+    /// Most items in one request (at most `pipeline.queue_capacity`, so a bulk always fits).
+    pub max_items: usize,
+    /// Largest request body, in bytes.
+    pub body_limit_bytes: usize,
 }
 
 /// The Redis balance cache (`cache.rs`).
@@ -196,6 +206,14 @@ impl Settings {
         anyhow::ensure!(
             self.http.body_limit_bytes >= 1024,
             "http.body_limit_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.bulk.max_items >= 1 && self.bulk.max_items <= self.pipeline.queue_capacity,
+            "bulk.max_items must be from 1 to pipeline.queue_capacity"
+        );
+        anyhow::ensure!(
+            self.is_development() || !self.auth.jwt_secret.is_empty(),
+            "auth.jwt_secret (TALLY__AUTH__JWT_SECRET) is required outside the development profile"
         );
         Ok(())
     }

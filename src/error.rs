@@ -60,6 +60,10 @@ pub enum ApiError {
     /// 422 `insufficient_funds`: recorded as the `failed` transaction `transaction_id`.
     #[error("the source account's available balance is lower than the amount")]
     InsufficientFunds { transaction_id: Uuid },
+    /// 422 `bulk_failed`: an atomic bulk of which some item failed, so none was applied;
+    /// `results` says which item failed and why (the others are `not_applied`).
+    #[error("an item of the atomic bulk failed, so none was applied")]
+    BulkFailed { results: serde_json::Value },
     /// 422 `idempotency_key_reused`: the key was first used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -101,6 +105,10 @@ pub struct Problem {
     /// With `insufficient_funds`: the `failed` transaction that records the rejection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<Uuid>,
+    /// With `bulk_failed`: one result per item, in request order (`BulkResult`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub results: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -117,6 +125,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { code, .. } => code,
             ApiError::InsufficientFunds { .. } => "insufficient_funds",
+            ApiError::BulkFailed { .. } => "bulk_failed",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LoginLocked { .. } => "login_locked",
@@ -138,12 +147,37 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::InsufficientFunds { .. } => "Insufficient funds",
+            ApiError::BulkFailed { .. } => "Bulk failed",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
             ApiError::RateLimited { .. } => "Too many requests",
             ApiError::LoginLocked { .. } => "Login locked",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::Unavailable => "Service unavailable",
             ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    /// The problem+json body of this error (also embedded per item in bulk results).
+    pub fn problem(&self) -> Problem {
+        let code = self.code();
+        Problem {
+            kind: format!("urn:tally:problem:{code}"),
+            title: self.title(),
+            status: self.status_code().as_u16(),
+            detail: self.to_string(),
+            code,
+            errors: match self {
+                ApiError::Validation(errors) => Some(errors.clone()),
+                _ => None,
+            },
+            transaction_id: match self {
+                ApiError::InsufficientFunds { transaction_id } => Some(*transaction_id),
+                _ => None,
+            },
+            results: match self {
+                ApiError::BulkFailed { results } => Some(results.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -159,6 +193,7 @@ impl ResponseError for ApiError {
             ApiError::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_)
             | ApiError::InsufficientFunds { .. }
+            | ApiError::BulkFailed { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -180,22 +215,7 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(cause) = self {
             tracing::error!(error = ?cause, "internal error");
         }
-        let code = self.code();
-        let problem = Problem {
-            kind: format!("urn:tally:problem:{code}"),
-            title: self.title(),
-            status: status.as_u16(),
-            detail: self.to_string(),
-            code,
-            errors: match self {
-                ApiError::Validation(errors) => Some(errors.clone()),
-                _ => None,
-            },
-            transaction_id: match self {
-                ApiError::InsufficientFunds { transaction_id } => Some(*transaction_id),
-                _ => None,
-            },
-        };
+        let problem = self.problem();
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         match self {

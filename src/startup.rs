@@ -13,9 +13,10 @@ use anyhow::Context;
 use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::ledger::Ledger;
+use crate::routes::input::{BodyLimit, BulkBodyLimit};
 use crate::routes::middleware::{self, RateLimiters};
 use crate::routes::openapi::OpenApiDocument;
-use crate::routes::{self, input::BodyLimit, AppState};
+use crate::routes::{self, AppState};
 use crate::store;
 
 /// Connections reserved for the journal writer: it uses one at a time; the second lets it
@@ -69,6 +70,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.http.bind))?;
         let address = listener.local_addr().context("reading the bound address")?;
         let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
+        let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
         let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);
         let openapi = web::Data::new(OpenApiDocument::render());
         let cors_origins = settings.http.cors_allowed_origins.clone();
@@ -94,6 +96,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(keys.clone())
                 .app_data(body_limit.clone())
+                .app_data(bulk_body_limit.clone())
                 .app_data(limiters.clone())
                 .app_data(openapi.clone())
                 .configure(routes::extractor_errors)

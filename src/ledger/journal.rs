@@ -13,7 +13,7 @@
 //! connection answers the whole batch `Unavailable` (nothing acknowledged) and tells the
 //! balance actors to reload, since a `COMMIT` cut off midway has an unknown outcome.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,10 +26,12 @@ use deadpool_postgres::Pool;
 
 use super::balance::{BalanceActor, Settle};
 use super::directory::{Directory, Observed};
-use super::{Outcome, PipelineStats, Recorded, Submission, SubmitError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::{AtomicResult, Outcome, PipelineStats, Recorded, Submission, SubmitError};
 use crate::cache::{BalanceCache, CommittedBalance};
-use crate::domain::AccountKey;
-use crate::store::journal::{AccountState, BatchItem, BatchReport, Posting};
+use crate::domain::{AccountKey, Movement};
+use crate::store::journal::{AccountState, AtomicOutcome, BatchItem, BatchReport, Posting};
 use crate::telemetry::names;
 
 /// Transient database errors (deadlock, serialization failure) are retried this many times
@@ -55,6 +57,18 @@ pub(super) struct Item {
 #[rtype(result = "()")]
 pub(super) struct Append(pub Item);
 
+/// Movements to apply all or nothing, in one commit of their own (the bulk endpoint's atomic
+/// mode). They take no holds: the commit locks their rows and checks the whole sequence.
+pub(super) struct AtomicItem {
+    pub movements: Vec<Movement>,
+    pub reply: oneshot::Sender<Result<AtomicResult, SubmitError>>,
+    pub _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct AppendAtomic(pub AtomicItem);
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct JournalSettings {
     pub batch_size_max: usize,
@@ -69,6 +83,9 @@ pub(super) struct JournalWriter {
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
     buffer: Vec<Item>,
+    atomics: VecDeque<AtomicItem>,
+    /// Whether the last write was a batch: atomics and batches take turns, so neither starves.
+    last_was_batch: bool,
     writing: bool,
     linger_timer: Option<SpawnHandle>,
 }
@@ -94,6 +111,8 @@ impl JournalWriter {
             settings,
             stats,
             buffer: Vec::with_capacity(settings.batch_size_max),
+            atomics: VecDeque::new(),
+            last_was_batch: false,
             writing: false,
             linger_timer: None,
         }
@@ -103,10 +122,16 @@ impl JournalWriter {
         if let Some(timer) = self.linger_timer.take() {
             ctx.cancel_future(timer);
         }
+        if !self.atomics.is_empty() && (self.buffer.is_empty() || self.last_was_batch) {
+            let atomic = self.atomics.pop_front().expect("checked non-empty");
+            self.write_atomic(atomic, ctx);
+            return;
+        }
         if self.buffer.is_empty() {
             return;
         }
         self.writing = true;
+        self.last_was_batch = true;
         let take = self.buffer.len().min(self.settings.batch_size_max);
         let items: Vec<Item> = self.buffer.drain(..take).collect();
         let (pool, cache) = (self.pool.clone(), self.cache.clone());
@@ -141,6 +166,53 @@ impl JournalWriter {
                 writer.write_next_batch(ctx);
             },
         ));
+    }
+
+    fn write_atomic(&mut self, atomic: AtomicItem, ctx: &mut Context<Self>) {
+        self.writing = true;
+        self.last_was_batch = false;
+        let (pool, cache) = (self.pool.clone(), self.cache.clone());
+        let started = Instant::now();
+        let write = async move {
+            let result = write_atomic(&pool, &atomic.movements).await;
+            if let Ok(AtomicOutcome::Committed(report)) = &result {
+                let committed: Vec<CommittedBalance> = report
+                    .accounts
+                    .iter()
+                    .map(|state| CommittedBalance {
+                        state: *state,
+                        at: report.committed_at,
+                    })
+                    .collect();
+                cache.write_through(&committed).await;
+            }
+            (atomic, result)
+        };
+        ctx.spawn(write.into_actor(self).map(move |(atomic, result), writer, ctx| {
+            let reply = match result {
+                Ok(AtomicOutcome::Committed(report)) => {
+                    metrics::histogram!(names::BATCH_SIZE).record(atomic.movements.len() as f64);
+                    metrics::histogram!(names::BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                    writer.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    writer.stats.batch_items.fetch_add(atomic.movements.len() as u64, Ordering::Relaxed);
+                    for movement in &atomic.movements {
+                        metrics::counter!(names::TRANSACTIONS, "type" => movement.kind.as_str(), "status" => "completed")
+                            .increment(1);
+                    }
+                    for state in report.accounts {
+                        writer.directory.do_send(Observed(state));
+                    }
+                    let at = report.committed_at;
+                    Ok(AtomicResult::Committed(Recorded { created_at: at, completed_at: Some(at) }))
+                }
+                Ok(AtomicOutcome::InsufficientFunds(failing)) => Ok(AtomicResult::InsufficientFunds(failing)),
+                Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
+                Err(error) => Err(error),
+            };
+            let _ = atomic.reply.send(reply);
+            writer.writing = false;
+            writer.write_next_batch(ctx);
+        }));
     }
 
     /// Settles holds, shares the observed balances, and answers the callers.
@@ -292,6 +364,35 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<Committe
     (written, accounts, retries)
 }
 
+/// Commits an atomic set, retrying transient failures. A lost connection is `Unavailable`; any
+/// other database error fails the set (nothing was written).
+async fn write_atomic(pool: &Pool, movements: &[Movement]) -> Result<AtomicOutcome, SubmitError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut client = pool.get().await.map_err(|error| {
+            tracing::warn!(%error, "journal writer: no database connection");
+            SubmitError::Unavailable
+        })?;
+        match crate::store::journal::commit_atomic(&mut client, movements).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(error)
+                if crate::store::is_transient(&error) && attempts <= TRANSIENT_RETRIES_MAX =>
+            {
+                tracing::info!(%error, "journal writer: transient failure, retrying the atomic set");
+            }
+            Err(error) if crate::store::is_connection_error(&error) => {
+                tracing::warn!(%error, "journal writer: database connection lost");
+                return Err(SubmitError::Unavailable);
+            }
+            Err(error) => {
+                tracing::error!(error = ?error, "journal writer: an atomic set failed");
+                return Err(SubmitError::Internal(error.to_string()));
+            }
+        }
+    }
+}
+
 impl Actor for JournalWriter {
     type Context = Context<Self>;
 }
@@ -313,6 +414,17 @@ impl Handler<Append> for JournalWriter {
                     writer.write_next_batch(ctx);
                 }
             }));
+        }
+    }
+}
+
+impl Handler<AppendAtomic> for JournalWriter {
+    type Result = ();
+
+    fn handle(&mut self, AppendAtomic(atomic): AppendAtomic, ctx: &mut Context<Self>) {
+        self.atomics.push_back(atomic);
+        if !self.writing {
+            self.write_next_batch(ctx);
         }
     }
 }

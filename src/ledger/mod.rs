@@ -50,6 +50,18 @@ pub enum Outcome {
     },
 }
 
+/// How the ledger settled a set of movements submitted all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtomicResult {
+    /// All applied in one commit.
+    Committed(Recorded),
+    /// None applied: the movements at these indices did not fit their debited account's
+    /// balance (with its overdraft limit) at their turn in the sequence.
+    InsufficientFunds(Vec<usize>),
+    /// Their idempotency keys were used before: the set was applied by an earlier request.
+    Duplicate,
+}
+
 /// Timestamps of a transaction the journal wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -103,6 +115,7 @@ pub struct PipelineStats {
 #[derive(Clone)]
 pub struct Ledger {
     queue: async_channel::Sender<Submission>,
+    journal: actix::Addr<journal::JournalWriter>,
     admission: Arc<Semaphore>,
     capacity: usize,
     reply_timeout: Duration,
@@ -157,6 +170,7 @@ impl Ledger {
         }
         Ledger {
             queue: sender,
+            journal,
             admission: Arc::new(Semaphore::new(settings.queue_capacity)),
             capacity: settings.queue_capacity,
             reply_timeout: Duration::from_millis(settings.reply_timeout_ms),
@@ -191,6 +205,98 @@ impl Ledger {
                 async_channel::TrySendError::Full(_) => SubmitError::Overloaded,
                 async_channel::TrySendError::Closed(_) => SubmitError::Unavailable,
             })?;
+        match tokio::time::timeout(self.reply_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(SubmitError::Internal(
+                "the pipeline dropped the submission".into(),
+            )),
+            Err(_) => Err(SubmitError::Unavailable),
+        }
+    }
+
+    /// Submits many movements that succeed or fail each on its own (they share group commits
+    /// with everything else in the pipeline). Answers in input order. All are admitted or none:
+    /// when fewer than `movements.len()` permits are free, every answer is `Overloaded`.
+    pub async fn submit_many(&self, movements: Vec<Movement>) -> Vec<Result<Outcome, SubmitError>> {
+        let count = movements.len();
+        let Some(permits) = self.admit(count) else {
+            return vec![Err(SubmitError::Overloaded); count];
+        };
+        let answers: Vec<_> = movements
+            .into_iter()
+            .zip(permits)
+            .map(|(movement, permit)| {
+                let (reply, answer) = oneshot::channel();
+                let submission = Submission {
+                    movement,
+                    reply,
+                    enqueued_at: Instant::now(),
+                    _permit: permit,
+                };
+                let sent = self
+                    .queue
+                    .try_send(submission)
+                    .map_err(|_| SubmitError::Unavailable);
+                (sent, answer)
+            })
+            .collect();
+        let waits = answers.into_iter().map(|(sent, answer)| async move {
+            sent?;
+            self.await_answer(answer).await
+        });
+        futures_util::future::join_all(waits).await
+    }
+
+    /// Submits movements to apply all or nothing, in order, in one commit of their own.
+    ///
+    /// Errors: as [`Ledger::submit`]; `Overloaded` when fewer than `movements.len()` permits
+    /// are free.
+    pub async fn submit_atomic(
+        &self,
+        movements: Vec<Movement>,
+    ) -> Result<AtomicResult, SubmitError> {
+        let permits = self.admit(movements.len()).ok_or(SubmitError::Overloaded)?;
+        let permit = permits.into_iter().reduce(|mut all, permit| {
+            all.merge(permit);
+            all
+        });
+        let Some(permit) = permit else {
+            return Ok(AtomicResult::Committed(Recorded {
+                created_at: chrono::Utc::now(),
+                completed_at: None,
+            }));
+        };
+        let (reply, answer) = oneshot::channel();
+        self.journal
+            .do_send(journal::AppendAtomic(journal::AtomicItem {
+                movements,
+                reply,
+                _permit: permit,
+            }));
+        self.await_answer(answer).await
+    }
+
+    /// `count` permits, or none (and a rejection counted) when not that many are free.
+    fn admit(&self, count: usize) -> Option<Vec<OwnedSemaphorePermit>> {
+        let mut permits = Vec::with_capacity(count);
+        for _ in 0..count {
+            match self.admission.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => {
+                    self.stats
+                        .rejected_overloaded
+                        .fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        Some(permits)
+    }
+
+    async fn await_answer<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, SubmitError>>,
+    ) -> Result<T, SubmitError> {
         match tokio::time::timeout(self.reply_timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(SubmitError::Internal(

@@ -18,6 +18,26 @@ use crate::error::{ApiError, FieldError};
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// The largest bulk request body, in bytes (`bulk.body_limit_bytes`), as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BulkBodyLimit(pub usize);
+
+/// A bulk request body: a JSON object read under [`BulkBodyLimit`] instead of [`BodyLimit`].
+pub struct BulkJsonObject(pub Map<String, Value>);
+
+impl FromRequest for BulkJsonObject {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<BulkJsonObject, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<BulkBodyLimit>>()
+            .map_or(4 * 1024 * 1024, |limit| limit.0);
+        let read = read_object(req, payload, limit);
+        Box::pin(async move { read.await.map(BulkJsonObject) })
+    }
+}
+
 /// A request body that is a JSON object.
 pub struct JsonObject(pub Map<String, Value>);
 
@@ -29,6 +49,18 @@ impl FromRequest for JsonObject {
         let limit = req
             .app_data::<web::Data<BodyLimit>>()
             .map_or(64 * 1024, |limit| limit.0);
+        let read = read_object(req, payload, limit);
+        Box::pin(async move { read.await.map(JsonObject) })
+    }
+}
+
+/// Reads a JSON object body of at most `limit` bytes.
+fn read_object(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+) -> LocalBoxFuture<'static, Result<Map<String, Value>, ApiError>> {
+    {
         let content_type = req.content_type().to_ascii_lowercase();
         let is_json = content_type == "application/json" || content_type.ends_with("+json");
         let declared_length = req
@@ -55,7 +87,7 @@ impl FromRequest for JsonObject {
                 body.extend_from_slice(&chunk);
             }
             match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(map)) => Ok(JsonObject(map)),
+                Ok(Value::Object(map)) => Ok(map),
                 Ok(_) => Err(ApiError::MalformedRequest(
                     "the body must be a JSON object".into(),
                 )),

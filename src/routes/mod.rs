@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod balances;
+pub mod bulk;
 pub mod input;
 pub mod middleware;
 pub mod openapi;

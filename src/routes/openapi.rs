@@ -26,7 +26,7 @@ use crate::error::{FieldError, Problem};
     paths(
         super::auth::register, super::auth::login, super::auth::refresh, super::auth::logout,
         super::users::list_users, super::users::get_user, super::users::update_user, super::users::delete_user,
-        super::transactions::credit, super::transactions::debit, super::transactions::transfer,
+        super::transactions::credit, super::transactions::debit, super::transactions::transfer, super::bulk::bulk,
         super::transactions::get_transaction, super::transactions::history,
         super::balances::current, super::balances::historical, super::balances::at_time,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
@@ -36,7 +36,7 @@ use crate::error::{FieldError, Problem};
         super::balances::BalancesBody, super::balances::BalanceBody, super::balances::ChangesBody,
         super::balances::ChangeBody, super::balances::ClosingBalancesBody, super::balances::ClosingBody,
         super::balances::HistoricalBody, super::balances::AtTimeBody, super::ops::HealthBody,
-        RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, TransferRequest,
+        super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, TransferRequest,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -141,6 +141,38 @@ pub struct MovementRequest {
 pub struct TransferRequest {
     /// An active user other than the caller.
     pub to_user_id: Uuid,
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}
+
+/// A bulk of transactions.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// `atomic` (all or nothing) or `independent` (each item alone).
+    pub mode: String,
+    /// 1 to `bulk.max_items` (10,000 by default) items.
+    pub transactions: Vec<BulkItem>,
+}
+
+/// One item of a bulk: a credit or debit (`user_id`, default the caller) or a transfer
+/// (`from_user_id`, default the caller, and `to_user_id`).
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkItem {
+    /// `credit`, `debit` or `transfer`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<Uuid>,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
     /// Minor units, 1 to 10^15.
     #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,

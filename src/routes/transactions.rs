@@ -75,7 +75,7 @@ impl From<TransactionRecord> for TransactionBody {
 }
 
 impl TransactionBody {
-    fn committed(
+    pub(crate) fn committed(
         movement: &Movement,
         status: TransactionStatus,
         recorded: Recorded,
@@ -105,6 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/debit").route(web::post().to(debit)))
         .service(web::resource("/transfer").route(web::post().to(transfer)))
         .service(web::resource("/history").route(web::get().to(history)))
+        .service(web::resource("/bulk").route(web::post().to(super::bulk::bulk)))
         .service(web::resource("/{id}").route(web::get().to(get_transaction)));
 }
 
@@ -334,7 +335,7 @@ async fn ensure_active_caller(
     }
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };

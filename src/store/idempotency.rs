@@ -41,3 +41,29 @@ pub async fn expire(
         .execute("DELETE FROM idempotency_keys WHERE created_at < now() - $1::bigint * interval '1 hour'", &[&hours])
         .await
 }
+
+/// The stored keys among `keys` of `user`, as `(key, stored)`.
+pub async fn find_many(
+    client: &impl GenericClient,
+    user: UserId,
+    keys: &[&str],
+) -> Result<Vec<(String, StoredKey)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT key, request_hash, transaction_id FROM idempotency_keys WHERE user_id = $1 AND key = ANY($2)",
+            &[&user.as_uuid(), &keys],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                StoredKey {
+                    request_hash: row.get(1),
+                    transaction_id: row.get(2),
+                },
+            )
+        })
+        .collect())
+}

@@ -653,3 +653,133 @@ async fn insert_records(
     };
     Ok(rows[0].get(0))
 }
+
+/// What an atomic commit decided.
+#[derive(Debug)]
+pub enum AtomicOutcome {
+    /// Every movement was applied, in one commit.
+    Committed(BatchReport),
+    /// Nothing was applied: these movements (indices) would take their debited account below
+    /// its limit at their turn in the sequence.
+    InsufficientFunds(Vec<usize>),
+    /// The movements' idempotency keys were claimed before: the whole set was applied by an
+    /// earlier request (keys are claimed all together or not at all). Nothing was written.
+    Duplicate,
+}
+
+/// Applies `movements` all or nothing, in their order, in one database transaction: the bulk
+/// endpoint's atomic mode. Every touched balance row is locked first (in key order), the
+/// sequence is checked against the locked amounts, and only when every movement fits is it
+/// applied with the same statements as a group commit.
+///
+/// Errors: any database error; nothing is then written (unless `COMMIT` itself was cut off).
+pub async fn commit_atomic(
+    client: &mut Client,
+    movements: &[Movement],
+) -> Result<AtomicOutcome, tokio_postgres::Error> {
+    let items: Vec<BatchItem<'_>> = movements
+        .iter()
+        .map(|movement| BatchItem {
+            movement,
+            alone: false,
+        })
+        .collect();
+    let transaction = client.transaction().await?;
+    let mut postings: Vec<Option<Posting>> = vec![None; items.len()];
+    mark_duplicates_within_batch(&items, &mut postings);
+    claim_idempotency_keys(&transaction, &items, &mut postings).await?;
+    if postings.iter().any(Option::is_some) {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::Duplicate);
+    }
+    let all: Vec<usize> = (0..items.len()).collect();
+    ensure_balance_rows(&transaction, &items, all.iter().copied()).await?;
+    let plan = DeltaPlan::build(&items, &all);
+    let failing = check_sequence(&transaction, &items, &plan).await?;
+    if !failing.is_empty() {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::InsufficientFunds(failing));
+    }
+    let returned = apply_plan(&transaction, &plan).await?;
+    let mut entries = EntryRows::default();
+    let mut states = Vec::with_capacity(plan.accounts.len());
+    for (account, deltas) in &plan.accounts {
+        // The rows are locked and the sequence was checked against them: every update passes.
+        let state = *returned
+            .get(account)
+            .expect("a checked, locked account is never refused");
+        entries.push_account(&items, *account, deltas, state.amount);
+        states.push(state);
+    }
+    let postings = vec![Posting::Completed; items.len()];
+    debug_assert!(
+        entries.sums_to_zero_per_currency(),
+        "an atomic set's entries must sum to zero per currency"
+    );
+    let committed_at = insert_records(&transaction, &items, &postings, &entries).await?;
+    transaction.commit().await?;
+    Ok(AtomicOutcome::Committed(BatchReport {
+        postings,
+        committed_at,
+        accounts: states,
+        attempts: 1,
+    }))
+}
+
+/// Locks the plan's balance rows in key order and replays the movements against them: the
+/// indices of movements whose debited account would go below its limit at their turn (the
+/// failing movements themselves are not applied in the replay, so later ones are judged on
+/// what would really be there).
+async fn check_sequence(
+    transaction: &Transaction<'_>,
+    items: &[BatchItem<'_>],
+    plan: &DeltaPlan,
+) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let users: Vec<Uuid> = plan
+        .accounts
+        .keys()
+        .map(|account| account.user.as_uuid())
+        .collect();
+    let currencies: Vec<&str> = plan
+        .accounts
+        .keys()
+        .map(|account| account.currency.code())
+        .collect();
+    let statement = transaction
+        .prepare_cached(
+            "SELECT b.user_id, b.currency, b.amount - b.pending, b.overdraft_limit FROM balances b
+             JOIN unnest($1::uuid[], $2::text[]) AS d(user_id, currency)
+               ON b.user_id = d.user_id AND b.currency = d.currency
+             ORDER BY b.user_id, b.currency
+             FOR UPDATE OF b",
+        )
+        .await?;
+    let mut room: HashMap<AccountKey, i128> = HashMap::new();
+    for row in transaction
+        .query(&statement, &[&users, &currencies])
+        .await?
+    {
+        let account = AccountKey {
+            user: UserId::from_uuid(row.get(0)),
+            currency: Currency::parse(row.get(1))
+                .expect("balances.currency holds only codes Tally wrote"),
+        };
+        // Settled balance plus the overdraft limit: what may still be debited.
+        room.insert(
+            account,
+            i128::from(row.get::<_, i64>(2)) + i128::from(row.get::<_, i64>(3)),
+        );
+    }
+    let mut failing = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let amount = i128::from(item.movement.amount.minor());
+        let debited = room.get(&item.movement.debited()).copied().unwrap_or(0);
+        if debited < amount {
+            failing.push(i);
+            continue;
+        }
+        *room.entry(item.movement.debited()).or_default() -= amount;
+        *room.entry(item.movement.credited()).or_default() += amount;
+    }
+    Ok(failing)
+}

@@ -139,3 +139,17 @@ pub async fn history(
         .await?;
     Ok(rows.iter().map(record).collect())
 }
+
+/// The transactions with these ids (in no particular order; unknown ids are skipped).
+pub async fn find_many(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<TransactionRecord>, tokio_postgres::Error> {
+    let statement = format!("SELECT {COLUMNS} FROM transactions WHERE id = ANY($1)");
+    Ok(client
+        .query(&statement, &[&ids])
+        .await?
+        .iter()
+        .map(record)
+        .collect())
+}

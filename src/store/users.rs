@@ -245,3 +245,17 @@ pub async fn soft_delete(
     transaction.commit().await?;
     Ok(record(&row))
 }
+
+/// Which of `ids` are active users (not deleted, not `system`).
+pub async fn active_among(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM users WHERE id = ANY($1) AND deleted_at IS NULL AND role <> 'system'",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
