@@ -12,6 +12,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod import;
 pub mod ledger;
 pub mod routes;
 pub mod startup;

@@ -25,6 +25,26 @@ enum Command {
     Serve,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// Send a CSV or NDJSON file of transactions through the bulk endpoint, exactly once
+    /// (safe to re-run after a crash).
+    Import {
+        /// The file: `.csv` (with a header row) or NDJSON (anything else).
+        file: std::path::PathBuf,
+        /// The service's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        username: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Items per bulk request.
+        #[arg(long, default_value_t = 1000)]
+        chunk: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -61,6 +81,35 @@ async fn main() -> anyhow::Result<()> {
                 .await?
         }
         Command::Migrate => tally::store::prepare_database(&settings.database).await?,
+        Command::Import {
+            file,
+            url,
+            username,
+            password_stdin: _,
+            chunk,
+            quiet,
+        } => {
+            let password = read_password()?;
+            let options = tally::import::ImportOptions {
+                url,
+                username,
+                password,
+                chunk,
+                progress: !quiet,
+            };
+            let summary = tally::import::run(&file, &options).await?;
+            println!(
+                "{} lines: {} applied, {} failed, {:.1?}, {:.0} lines/s",
+                summary.lines,
+                summary.applied,
+                summary.failed.values().sum::<usize>(),
+                summary.elapsed,
+                summary.rate()
+            );
+            for (reason, count) in &summary.failed {
+                println!("  failed {reason}: {count}");
+            }
+        }
         Command::Admin {
             command:
                 AdminCommand::Create {
@@ -69,9 +118,8 @@ async fn main() -> anyhow::Result<()> {
                     password_stdin: _,
                 },
         } => {
-            let mut password = String::new();
-            std::io::stdin().read_line(&mut password)?;
-            let password = password.trim_end_matches(['\r', '\n']);
+            let password = read_password()?;
+            let password = password.as_str();
             tally::store::prepare_database(&settings.database).await?;
             let pool = tally::store::pool(&settings.database, tally::store::APP_NAME, 2)?;
             let email = email.unwrap_or_else(|| format!("{username}@admin.invalid"));
@@ -83,4 +131,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password() -> anyhow::Result<String> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    Ok(password.trim_end_matches(['\r', '\n']).to_owned())
 }
