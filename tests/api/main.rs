@@ -7,4 +7,5 @@ mod bad_input;
 mod concurrency;
 mod crash;
 mod database_fault;
+mod import;
 mod transactions;
