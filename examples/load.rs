@@ -30,6 +30,12 @@ struct Args {
     transfers: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Balance reads (GET /balances/current) after the transfers, across all clients, with one
+    /// transfer per `--reads-per-write` reads interleaved (a read-heavy mix).
+    #[arg(long, default_value_t = 0)]
+    reads: usize,
+    #[arg(long, default_value_t = 10)]
+    reads_per_write: usize,
 }
 
 struct User {
@@ -180,7 +186,88 @@ async fn main() -> anyhow::Result<()> {
         - metric(&metrics_before, "tally_batch_size_sum");
     println!("group commits during the run: {batches:.0}, transactions in them: {items:.0}, average batch size {:.1}", items / batches.max(1.0));
 
+    if args.reads > 0 {
+        read_mix(&http, &args, users.clone()).await?;
+    }
     check_invariants(&args.database_url).await
+}
+
+/// Many balance reads with a few transfers among them; prints the read rate and the cache hit
+/// ratio seen in `/metrics`.
+async fn read_mix(
+    http: &reqwest::Client,
+    args: &Args,
+    users: Arc<Vec<User>>,
+) -> anyhow::Result<()> {
+    let before = scrape(http, &args.base).await?;
+    let per_client = args.reads / args.clients;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (http, users, base) = (http.clone(), users.clone(), args.base.clone());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed + 1_000 + client as u64);
+            let reads_per_write = args.reads_per_write.max(1);
+            tokio::spawn(async move {
+                let mut failures = 0u64;
+                for n in 0..per_client {
+                    let user = &users[rng.random_range(0..users.len())];
+                    let reply = if n % reads_per_write == 0 {
+                        let to = &users[rng.random_range(0..users.len())];
+                        if to.id == user.id {
+                            continue;
+                        }
+                        http.post(format!("{base}/api/v1/transactions/transfer"))
+                            .bearer_auth(&user.token)
+                            .json(&json!({"to_user_id": to.id, "amount": 1, "currency": "USD"}))
+                            .send()
+                            .await
+                    } else {
+                        http.get(format!("{base}/api/v1/balances/current"))
+                            .bearer_auth(&user.token)
+                            .send()
+                            .await
+                    };
+                    if !reply
+                        .is_ok_and(|reply| reply.status().is_success() || reply.status() == 422)
+                    {
+                        failures += 1;
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let mut failures = 0;
+    for task in tasks {
+        failures += task.await?;
+    }
+    let elapsed = started.elapsed();
+    let after = scrape(http, &args.base).await?;
+    let count = |text: &str, result: &str| {
+        text.lines()
+            .find(|line| {
+                line.starts_with("tally_cache_requests_total")
+                    && line.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hits = count(&after, "hit") - count(&before, "hit");
+    let misses = count(&after, "miss") - count(&before, "miss");
+    let errors = count(&after, "error") - count(&before, "error");
+    println!(
+        "read mix: {} requests ({} reads per write) in {:.2?}: {:.0} requests/s, {failures} failed",
+        per_client * args.clients,
+        args.reads_per_write,
+        elapsed,
+        (per_client * args.clients) as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "cache: {hits:.0} hits, {misses:.0} misses, {errors:.0} errors: hit ratio {:.1}%",
+        100.0 * hits / (hits + misses + errors).max(1.0)
+    );
+    Ok(())
 }
 
 async fn scrape(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {

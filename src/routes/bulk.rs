@@ -180,10 +180,46 @@ pub async fn bulk(
             return Ok(replay);
         }
     }
-    match mode {
+    // Admin actions on other users' money are audited: one record per bulk, listing them.
+    let on_behalf: Vec<Value> = movements
+        .iter()
+        .enumerate()
+        .filter_map(|(index, movement)| {
+            let owner = if movement.kind == TransactionKind::Credit { movement.to } else { movement.from };
+            (owner != principal.user).then(|| {
+                serde_json::json!({
+                    "index": index, "transaction_id": movement.id, "type": movement.kind.as_str(),
+                    "user_id": owner.as_uuid(), "amount": movement.amount.minor(), "currency": movement.currency.code(),
+                })
+            })
+        })
+        .collect();
+    let result = match mode {
         Mode::Independent => independent(&state, movements).await,
         Mode::Atomic => atomic(&state, principal, movements).await,
+    };
+    if !on_behalf.is_empty() {
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+        };
+        let details = serde_json::json!({
+            "mode": if mode == Mode::Atomic { "atomic" } else { "independent" },
+            "status": status,
+            "items": on_behalf,
+        });
+        let client = state.pool.get().await?;
+        super::audit(
+            &client,
+            &req,
+            Some(principal.user),
+            ("bulk", None),
+            "transaction.admin_bulk",
+            details,
+        )
+        .await;
     }
+    result
 }
 
 enum ItemError {
