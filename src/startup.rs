@@ -41,6 +41,10 @@ impl Application {
     /// settings are invalid.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         settings.validate()?;
+        // Bind first: a taken port fails fast, before any actor or pool exists.
+        let listener = TcpListener::bind(&settings.http.bind)
+            .with_context(|| format!("binding {}", settings.http.bind))?;
+        let address = listener.local_addr().context("reading the bound address")?;
         store::prepare_database(&settings.database).await?;
         let api_pool_size = settings
             .database
@@ -66,9 +70,7 @@ impl Application {
         )?);
         let metrics = crate::telemetry::metrics_handle()?;
 
-        let listener = TcpListener::bind(&settings.http.bind)
-            .with_context(|| format!("binding {}", settings.http.bind))?;
-        let address = listener.local_addr().context("reading the bound address")?;
+
         let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
         let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
         let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);
