@@ -78,6 +78,12 @@ impl JwtKeys {
     /// role (the system user never authenticates).
     pub fn verify(&self, token: &str) -> anyhow::Result<Principal> {
         let claims = decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        // Not yet valid: Tally's tokens carry no `nbf`, so a future `iat` is the same attack.
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(0);
+        anyhow::ensure!(
+            claims.iat <= chrono::Utc::now().timestamp() + leeway,
+            "the token is issued in the future"
+        );
         let role = Role::parse(&claims.role).map_err(|_| anyhow::anyhow!("unknown role"))?;
         anyhow::ensure!(role != Role::System, "the system user cannot authenticate");
         Ok(Principal {

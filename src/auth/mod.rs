@@ -6,7 +6,7 @@ mod password;
 
 use std::future::{ready, Ready};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{http::header, web, FromRequest, HttpMessage, HttpRequest};
@@ -49,11 +49,25 @@ impl FromRequest for Principal {
 
 /// Middleware: requires `Authorization: Bearer <access token>`, verifies it, and stores the
 /// [`Principal`] in the request's extensions. Errors: 401 `unauthorized` when the header is
-/// missing or malformed, or the token is invalid or expired.
+/// missing or malformed, or the token is invalid or expired. The 401 is answered here, not
+/// returned as an `Err`, which would bypass the layers outside (security headers, CORS, request
+/// id, access log).
 pub async fn require_bearer(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match authenticate(&req) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+        Err(error) => Ok(req.error_response(error).map_into_right_body()),
+    }
+}
+
+fn authenticate(req: &ServiceRequest) -> Result<Principal, ApiError> {
     let keys = req
         .app_data::<web::Data<JwtKeys>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys missing from app data")))?;
@@ -73,11 +87,8 @@ pub async fn require_bearer(
         .ok_or(ApiError::Unauthorized(
             "the Authorization header must be 'Bearer <access token>'",
         ))?;
-    let principal = keys
-        .verify(token)
-        .map_err(|_| ApiError::Unauthorized("invalid or expired access token"))?;
-    req.extensions_mut().insert(principal);
-    next.call(req).await
+    keys.verify(token)
+        .map_err(|_| ApiError::Unauthorized("invalid or expired access token"))
 }
 
 /// A new opaque refresh token: 32 random bytes, base64url without padding (43 characters).

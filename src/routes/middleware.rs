@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
@@ -176,37 +176,54 @@ fn retry_after_seconds(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
-/// Per client IP, for `/api/v1/auth/*`.
+/// Per client IP, for `/api/v1/auth/*`. A refusal is answered here, not returned as an `Err`:
+/// an `Err` would bypass the layers outside (security headers, CORS, request id, access log).
 pub async fn rate_limit_by_ip(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    if let (Some(limiters), Some(ip)) = (
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let refused = match (
         req.app_data::<web::Data<Arc<RateLimiters>>>(),
         client_ip(req.request()),
     ) {
-        RateLimiters::check(limiters.enabled, &limiters.auth, &ip, "ip")?;
+        (Some(limiters), Some(ip)) => {
+            RateLimiters::check(limiters.enabled, &limiters.auth, &ip, "ip").err()
+        }
+        _ => None,
+    };
+    match refused {
+        Some(error) => Ok(req.error_response(error).map_into_right_body()),
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
     }
-    next.call(req).await
 }
 
-/// Per authenticated user, for the rest of `/api/v1` (runs after bearer auth).
+/// Per authenticated user, for the rest of `/api/v1` (runs after bearer auth). Answers a
+/// refusal itself, like [`rate_limit_by_ip`].
 pub async fn rate_limit_by_user(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let principal = req.extensions().get::<Principal>().copied();
-    if let (Some(limiters), Some(principal)) =
-        (req.app_data::<web::Data<Arc<RateLimiters>>>(), principal)
-    {
-        RateLimiters::check(
+    let refused = match (req.app_data::<web::Data<Arc<RateLimiters>>>(), principal) {
+        (Some(limiters), Some(principal)) => RateLimiters::check(
             limiters.enabled,
             &limiters.api,
             &principal.user.as_uuid(),
             "user",
-        )?;
+        )
+        .err(),
+        _ => None,
+    };
+    match refused {
+        Some(error) => Ok(req.error_response(error).map_into_right_body()),
+        None => next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body),
     }
-    next.call(req).await
 }
 
 #[cfg(test)]

@@ -131,8 +131,16 @@ pub fn problem_for_plain_errors<B>(
         }
         _ => ApiError::MalformedRequest("the request could not be understood".into()),
     };
-    let (req, _) = res.into_parts();
-    let response = error.error_response();
+    let (req, original) = res.into_parts();
+    let mut response = error.error_response();
+    // Keep the headers the layers inside added (security headers, CORS); only the body and its
+    // type are replaced.
+    let own: Vec<header::HeaderName> = response.headers().keys().cloned().collect();
+    for (name, value) in original.headers() {
+        if !own.contains(name) && name != header::CONTENT_LENGTH {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
     Ok(ErrorHandlerResponse::Response(
         ServiceResponse::new(req, response).map_into_right_body(),
     ))

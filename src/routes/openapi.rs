@@ -185,7 +185,7 @@ pub struct BulkItem {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI document")))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")))]
 pub async fn openapi_json(document: web::Data<OpenApiDocument>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

@@ -46,6 +46,7 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "A page of users", body = super::openapi::UserPage),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
     )
@@ -102,12 +103,15 @@ fn may_access(principal: Principal, id: Uuid) -> Result<(), ApiError> {
     }
 }
 
+/// The user: the caller themself, or anyone for an admin (deleted users too, with
+/// `deleted_at`).
 #[utoipa::path(
     get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The user", body = UserBody),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user, or not yours", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -136,7 +140,11 @@ pub async fn get_user(
     request_body(content = super::openapi::UpdateUserRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The updated user", body = UserBody),
+        (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Only an admin changes a role", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user, or not yours", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Email taken", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -243,6 +251,7 @@ pub async fn update_user(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user, or not yours", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A balance is not zero", body = crate::error::Problem, content_type = "application/problem+json"),
     )

@@ -308,12 +308,12 @@ fn sign(secret: &str, claims: &Claims) -> String {
 async fn with_authorization(app: &TestApp, method: Method, path: &str, value: &str) -> Reply {
     let response = app
         .http
-        .request(method, format!("{}{}", app.address, path))
+        .request(method.clone(), format!("{}{}", app.address, path))
         .header("Authorization", value)
         .send()
         .await
         .expect("request sent");
-    TestApp::reply(response).await
+    TestApp::checked_reply(&method, response).await
 }
 
 #[actix_web::test]
@@ -421,7 +421,7 @@ async fn protected_routes_refuse_missing_malformed_and_forged_tokens() {
             .send()
             .await
             .expect("request sent");
-        let reply = TestApp::reply(response).await;
+        let reply = TestApp::checked_reply(&Method::POST, response).await;
         assert_eq!(
             reply.status,
             StatusCode::UNAUTHORIZED,
@@ -454,7 +454,7 @@ async fn auth_routes_need_no_token_and_ignore_a_bad_one() {
         .send()
         .await
         .expect("request sent");
-    let reply = TestApp::reply(response).await;
+    let reply = TestApp::checked_reply(&Method::POST, response).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
     assert_tokens(&app, &login(&app, &username, PASSWORD).await);
 }

@@ -79,7 +79,7 @@ async fn send_raw(
 ) -> Reply {
     let mut request = app
         .http
-        .request(method, format!("{}{}", app.address, path))
+        .request(method.clone(), format!("{}{}", app.address, path))
         .body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -88,7 +88,7 @@ async fn send_raw(
         request = request.header("content-type", content_type);
     }
     let response = request.send().await.expect("request sent");
-    TestApp::reply(response).await
+    TestApp::checked_reply(&method, response).await
 }
 
 async fn post_json(app: &TestApp, endpoint: &Endpoint, user: &TestUser, body: &Value) -> Reply {
@@ -647,7 +647,7 @@ async fn bad_idempotency_keys_are_422() {
             .send()
             .await
             .expect("request sent");
-        let reply = TestApp::reply(response).await;
+        let reply = TestApp::checked_reply(&Method::POST, response).await;
         assert_fields(&reply, &["Idempotency-Key"], "non-ASCII key");
         s.assert_unchanged("non-ASCII key").await;
     }

@@ -41,16 +41,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const LOG_LINES_KEPT: usize = 200;
 
 /// A running `tally serve` child process. Dropping it kills the process (also on panic).
-struct Service {
+pub(crate) struct Service {
     child: Child,
     address: String,
     port: u16,
-    logs: Arc<Mutex<VecDeque<String>>>,
+    /// The last `LOG_LINES_KEPT` lines of its stdout and stderr.
+    pub(crate) logs: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Service {
     /// Starts the binary on `database_url` and waits for its `listening` log line.
-    async fn start(database_url: &str) -> Service {
+    pub(crate) async fn start(database_url: &str) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
             .arg("serve")
             .env("TALLY__DATABASE__URL", database_url)
@@ -100,7 +101,7 @@ impl Service {
     }
 
     /// A harness handle on this process, to reuse the helpers' requests and SQL checks.
-    fn app(&self, database_url: &str) -> TestApp {
+    pub(crate) fn app(&self, database_url: &str) -> TestApp {
         TestApp {
             address: format!("http://{}", self.address),
             port: self.port,

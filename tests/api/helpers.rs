@@ -1,7 +1,9 @@
 //! Test harness: every test starts the real application on port 0 against its own freshly
 //! created PostgreSQL database (`tally_test_<uuid>`), then talks HTTP to it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -56,6 +58,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A header's value as text (`None` when absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
     pub fn content_type(&self) -> &str {
         self.headers
             .get("content-type")
@@ -104,6 +111,11 @@ impl Reply {
 
 static USER_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The admin that [`TestApp::spawn_with_admin`] bootstraps through `[bootstrap]`.
+pub const ADMIN_USERNAME: &str = "root";
+pub const ADMIN_EMAIL: &str = "root@example.com";
+pub const ADMIN_PASSWORD: &str = "admin password 1234";
+
 impl TestApp {
     pub async fn spawn() -> TestApp {
         Self::spawn_with(|_| {}).await
@@ -131,6 +143,60 @@ impl TestApp {
         }
     }
 
+    /// Starts the app with the `[bootstrap]` admin configured (what `TALLY__BOOTSTRAP__ADMIN_*`
+    /// sets) and returns it logged in.
+    pub async fn spawn_with_admin(adjust: impl FnOnce(&mut Settings)) -> (TestApp, TestUser) {
+        let app = Self::spawn_with(|settings| {
+            settings.bootstrap.admin_username = ADMIN_USERNAME.to_owned();
+            settings.bootstrap.admin_email = ADMIN_EMAIL.to_owned();
+            settings.bootstrap.admin_password = ADMIN_PASSWORD.to_owned();
+            adjust(settings);
+        })
+        .await;
+        let admin = app.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
+        (app, admin)
+    }
+
+    /// Logs in an existing user; asserts 200. The id is read from the database.
+    pub async fn login(&self, username: &str, password: &str) -> TestUser {
+        let login = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                &json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(
+            login.status,
+            StatusCode::OK,
+            "login {username}: {}",
+            login.body
+        );
+        let id: Uuid = self
+            .db()
+            .await
+            .query_one(
+                "SELECT id FROM users WHERE lower(username) = lower($1)",
+                &[&username],
+            )
+            .await
+            .expect("the user's id")
+            .get(0);
+        TestUser {
+            id,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            token: login.body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh_token: login.body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+
     /// A direct connection to the test's database, for checks by SQL.
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, connection) =
@@ -141,7 +207,8 @@ impl TestApp {
         client
     }
 
-    /// Sends a request; `body` is sent as JSON when given.
+    /// Sends a request; `body` is sent as JSON when given. The reply is checked against the
+    /// OpenAPI document (see [`check_reply`]).
     pub async fn request(
         &self,
         method: Method,
@@ -150,27 +217,68 @@ impl TestApp {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Reply {
+        let headers: Vec<(&str, &str)> = idempotency_key
+            .map(|key| ("Idempotency-Key", key))
+            .into_iter()
+            .collect();
+        self.request_with(method, path, token, body, &headers).await
+    }
+
+    /// Like [`TestApp::request`], with extra headers. The reply is checked against the OpenAPI
+    /// document, and a 2xx must have been a reply to a request body the document allows.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut request = self
             .http
-            .request(method, format!("{}{}", self.address, path));
+            .request(method.clone(), format!("{}{}", self.address, path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(body);
         }
-        if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = request.send().await.expect("request sent");
-        Self::reply(response).await
+        let reply = Self::checked_reply(&method, response).await;
+        if let Some(body) = body {
+            check_request_body(&method, path, reply.status, body);
+        }
+        reply
     }
 
+    /// Reads a reply without checking it (for pages outside the API, such as `/docs/`).
     pub async fn reply(response: reqwest::Response) -> Reply {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.expect("body read");
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Reads a reply to a `method` request and checks it against the OpenAPI document.
+    pub async fn checked_reply(method: &Method, response: reqwest::Response) -> Reply {
+        let path = response.url().path().to_owned();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body read");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        check_reply(method, &path, status, content_type, bytes.len(), &body);
         Reply {
             status,
             headers,
@@ -396,4 +504,262 @@ pub struct RowCounts {
     pub entries: i64,
     pub events: i64,
     pub idempotency_keys: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every reply checked against the OpenAPI document.
+//
+// The document is built in-process (the same code renders `GET /openapi.json`). A reply must
+// have a documented response for (method, path template, status), carry a documented content
+// type, and a JSON body must validate against the documented schema (JSON Schema 2020-12, the
+// OpenAPI 3.1 dialect, formats checked). Objects are closed: a reply field the document does not
+// name is an error too. Paths or methods the document does not have (unknown routes, wrong
+// methods) may only get a problem+json reply.
+
+/// The OpenAPI document, as JSON.
+pub fn openapi() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        serde_json::from_str(&tally::routes::openapi::OpenApiDocument::render().0)
+            .expect("the OpenAPI document is JSON")
+    })
+}
+
+/// `components` with every object schema closed (`additionalProperties: false` unless it says
+/// otherwise), so that undocumented reply fields fail.
+fn closed_components() -> &'static Value {
+    static COMPONENTS: OnceLock<Value> = OnceLock::new();
+    COMPONENTS.get_or_init(|| {
+        let mut components = openapi()["components"].clone();
+        close_objects(&mut components);
+        components
+    })
+}
+
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+/// The documented path template matching `path` and its path item; the template with the most
+/// literal segments wins (`/transactions/history` over `/transactions/{id}`, as in the router).
+pub fn documented_path(path: &str) -> Option<(&'static str, &'static Value)> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    openapi()["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .filter_map(|(template, item)| {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != segments.len() {
+                return None;
+            }
+            let mut literal = 0;
+            for (part, segment) in parts.iter().zip(&segments) {
+                if part.starts_with('{') && part.ends_with('}') {
+                    if segment.is_empty() {
+                        return None;
+                    }
+                } else if part == segment {
+                    literal += 1;
+                } else {
+                    return None;
+                }
+            }
+            Some((literal, template.as_str(), item))
+        })
+        .max_by_key(|(literal, _, _)| *literal)
+        .map(|(_, template, item)| (template, item))
+}
+
+fn validator(schema: &Value) -> Arc<jsonschema::Validator> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> =
+        OnceLock::new();
+    let key = schema.to_string();
+    let cache = VALIDATORS.get_or_init(Default::default);
+    if let Some(validator) = cache.lock().unwrap().get(&key) {
+        return validator.clone();
+    }
+    let mut root = schema.clone();
+    close_objects(&mut root);
+    let root = match root {
+        Value::Object(mut map) => {
+            map.insert("components".into(), closed_components().clone());
+            Value::Object(map)
+        }
+        other => other,
+    };
+    let validator = Arc::new(
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|error| {
+                panic!("the documented schema {schema} does not compile: {error}")
+            }),
+    );
+    cache.lock().unwrap().insert(key, validator.clone());
+    validator
+}
+
+/// The differences between `instance` and `schema`, one line each (empty when it matches).
+pub fn schema_errors(schema: &Value, instance: &Value) -> Vec<String> {
+    validator(schema)
+        .iter_errors(instance)
+        .map(|error| format!("at '{}': {error}", error.instance_path))
+        .collect()
+}
+
+/// A body for a failure message, cut to a readable length.
+fn shown(body: &Value) -> String {
+    let text = body.to_string();
+    match text.char_indices().nth(1500) {
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+        None => text,
+    }
+}
+
+fn is_json(media_type: &str) -> bool {
+    media_type == "application/json" || media_type.ends_with("+json")
+}
+
+/// Checks one reply against the OpenAPI document and panics with what differs.
+#[track_caller]
+pub fn check_reply(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    content_type: &str,
+    body_len: usize,
+    body: &Value,
+) {
+    let path = path.split('?').next().unwrap_or(path);
+    let operation = documented_path(path)
+        .and_then(|(template, item)| Some((template, item.get(method.as_str().to_lowercase())?)));
+    let Some((template, operation)) = operation else {
+        // An unknown route or a wrong method: only the problem shape is promised.
+        check_problem(
+            &format!("{method} {path} (not in the OpenAPI document) → {status}"),
+            status,
+            content_type,
+            body,
+        );
+        return;
+    };
+    let context = format!("{method} {template} → {status}");
+    let responses = operation["responses"].as_object().expect("responses");
+    let class = format!("{}XX", status.as_u16() / 100);
+    let response = responses
+        .get(status.as_str())
+        .or_else(|| responses.get(&class))
+        .or_else(|| responses.get("default"))
+        .unwrap_or_else(|| {
+            panic!(
+                "{context}: the OpenAPI document lists no response {} for this operation \
+                 (it lists {:?}); body: {}",
+                status.as_u16(),
+                responses.keys().collect::<Vec<_>>(),
+                shown(body)
+            )
+        });
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let content = response
+        .get("content")
+        .and_then(Value::as_object)
+        .filter(|content| !content.is_empty());
+    let Some(content) = content else {
+        assert_eq!(
+            body_len,
+            0,
+            "{context}: the OpenAPI document says this reply has no body, but it has a \
+             {content_type:?} body: {}",
+            shown(body)
+        );
+        return;
+    };
+    let Some(media) = content.get(&media_type) else {
+        panic!(
+            "{context}: content type {content_type:?} is not documented (documented: {:?}); body: {}",
+            content.keys().collect::<Vec<_>>(),
+            shown(body)
+        );
+    };
+    if media_type == "application/problem+json" {
+        check_problem(&context, status, content_type, body);
+    }
+    if let (true, Some(schema)) = (is_json(&media_type), media.get("schema")) {
+        let errors = schema_errors(schema, body);
+        assert!(
+            errors.is_empty(),
+            "{context}: the reply does not match its documented schema {schema}:\n  {}\nbody: {}",
+            errors.join("\n  "),
+            shown(body)
+        );
+    }
+}
+
+/// A problem+json reply: the content type, the Problem schema, and `status` repeating the
+/// HTTP status.
+#[track_caller]
+fn check_problem(context: &str, status: StatusCode, content_type: &str, body: &Value) {
+    assert_eq!(
+        content_type,
+        "application/problem+json",
+        "{context}: an error reply must be problem+json; body: {}",
+        shown(body)
+    );
+    let errors = schema_errors(&json!({"$ref": "#/components/schemas/Problem"}), body);
+    assert!(
+        errors.is_empty(),
+        "{context}: not a Problem:\n  {}\nbody: {}",
+        errors.join("\n  "),
+        shown(body)
+    );
+    assert_eq!(
+        body["status"].as_u64(),
+        Some(u64::from(status.as_u16())),
+        "{context}: the problem's status differs from the HTTP status; body: {}",
+        shown(body)
+    );
+}
+
+/// A request the app accepted (2xx) must be one the OpenAPI document allows: otherwise the
+/// document is stricter than the code.
+#[track_caller]
+pub fn check_request_body(method: &Method, path: &str, status: StatusCode, body: &Value) {
+    if !status.is_success() {
+        return;
+    }
+    let Some((template, item)) = documented_path(path) else {
+        return;
+    };
+    let Some(schema) = item
+        .get(method.as_str().to_lowercase())
+        .and_then(|operation| {
+            operation["requestBody"]["content"]["application/json"].get("schema")
+        })
+    else {
+        return;
+    };
+    let errors = schema_errors(schema, body);
+    assert!(
+        errors.is_empty(),
+        "{method} {template} → {status}: the app accepted a request body that the documented \
+         request schema {schema} refuses:\n  {}\nrequest: {body}",
+        errors.join("\n  ")
+    );
 }

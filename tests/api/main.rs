@@ -2,10 +2,14 @@
 
 mod helpers;
 
+mod access;
 mod auth;
 mod bad_input;
 mod concurrency;
 mod crash;
 mod database_fault;
 mod import;
+mod middleware;
+mod openapi;
 mod transactions;
+mod users;
