@@ -1,0 +1,756 @@
+//! `tally-load`: Tally's load generator and benchmark harness (issue 6, BENCHMARKS.md).
+//!
+//! - `tally-load run --workload W`: creates users through the API of a running Tally, runs
+//!   workload W for `--duration-s` with `--clients` concurrent clients, prints throughput,
+//!   latency percentiles (HdrHistogram) and replies by problem code, as text and JSON, then
+//!   checks the ledger contract by SQL (conservation, no overdraft, every acknowledged
+//!   transaction present and completed).
+//! - `tally-load compare`: one run on this machine and this PostgreSQL: pgbench's built-in TPC-B
+//!   script at `--clients`, then every Tally workload against a Tally it starts itself (the
+//!   `tally` binary next to this one, on a fresh database); prints each figure and the ratios,
+//!   and can write them into BENCHMARKS.md.
+//!
+//! Workloads: `transfer-uniform` (random transfers among `--accounts` accounts),
+//! `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
+//! posting `--bulk-items`-item independent bulks), `read-mix` (80% balance and history reads,
+//! 20% transfers). `--rate R` paces the clients to R requests/s in total (open loop; latency is
+//! measured from each request's scheduled time, so queueing is not hidden).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Currencies accounts are spread over: an account is a (user, currency) pair, so 10,000
+/// accounts need only 400 users (each registration costs an argon2id hash).
+const CURRENCIES: [&str; 25] = [
+    "USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "SEK", "NOK", "DKK", "PLN", "CZK",
+    "HUF", "MXN", "BRL", "INR", "CNY", "HKD", "SGD", "KRW", "ZAR", "TRY", "ILS", "THB",
+];
+/// Minor units credited to every account before a run.
+const FUNDING: i64 = 1_000_000_000;
+/// Registrations and logins in flight during setup.
+const SETUP_CONCURRENCY: usize = 16;
+
+#[derive(Parser)]
+#[command(
+    name = "tally-load",
+    about = "Tally's load generator and benchmark harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one workload against a running Tally.
+    Run(RunArgs),
+    /// pgbench TPC-B and every Tally workload in one run, with ratios.
+    Compare(CompareArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Workload {
+    TransferUniform,
+    TransferHot,
+    Bulk,
+    ReadMix,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    #[arg(long, value_enum)]
+    workload: Workload,
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    /// Where the contract check reads the ledger (the service's database).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/tally")]
+    database_url: String,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// Distinct accounts (user, currency) the transfers spread over.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Concurrent batch clients of the `bulk` workload.
+    #[arg(long, default_value_t = 4)]
+    bulk_clients: usize,
+    #[arg(long, default_value_t = 1_000)]
+    bulk_items: usize,
+    /// Total requests per second to pace to (open loop); unpaced when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print the result as one JSON line too.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// PostgreSQL server (no database name) for pgbench and the Tally it starts.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    server: String,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    #[arg(long, default_value_t = 30)]
+    duration_s: u64,
+    /// pgbench scale factor (100,000 accounts per unit).
+    #[arg(long, default_value_t = 64)]
+    scale: u32,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Replace the results section of this Markdown file (between `<!-- results:start -->`
+    /// and `<!-- results:end -->`).
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// The `tally` binary; default: next to this one.
+    #[arg(long)]
+    tally: Option<PathBuf>,
+}
+
+/// A registered, logged-in user.
+#[derive(Clone)]
+struct User {
+    id: String,
+    token: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    workload: Workload,
+    clients: usize,
+    duration_s: f64,
+    requests: u64,
+    /// Requests per second.
+    throughput: f64,
+    /// Committed transactions per second (bulk items count one each).
+    transactions_per_s: f64,
+    latency_ms: Latency,
+    /// Replies by status and problem code.
+    replies: BTreeMap<String, u64>,
+    /// Transactions acknowledged with a 2xx.
+    acknowledged: usize,
+    contract: Vec<(String, bool)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => {
+            let report = run(&args).await?;
+            print_report(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            anyhow::ensure!(
+                report.contract.iter().all(|(_, held)| *held),
+                "the ledger contract is violated"
+            );
+            Ok(())
+        }
+        Cmd::Compare(args) => compare(&args).await,
+    }
+}
+
+fn print_report(report: &Report) {
+    println!(
+        "{:?}: {} clients, {:.1} s: {} requests, {:.0} requests/s, {:.0} transactions/s",
+        report.workload,
+        report.clients,
+        report.duration_s,
+        report.requests,
+        report.throughput,
+        report.transactions_per_s
+    );
+    let l = &report.latency_ms;
+    println!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    for (label, count) in &report.replies {
+        println!("  {label}: {count}");
+    }
+    for (check, held) in &report.contract {
+        println!(
+            "  contract: {check}: {}",
+            if *held { "holds" } else { "VIOLATED" }
+        );
+    }
+}
+
+async fn run(args: &RunArgs) -> anyhow::Result<Report> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let currencies = (args.accounts.min(CURRENCIES.len())).max(1);
+    let user_count = args
+        .accounts
+        .div_ceil(currencies)
+        .max(2)
+        .max(args.bulk_clients + 1);
+    let setup = Instant::now();
+    let users = Arc::new(create_users(&http, &args.base, user_count, currencies).await?);
+    eprintln!(
+        "setup: {} users x {currencies} currencies funded in {:.1?}",
+        users.len(),
+        setup.elapsed()
+    );
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_s);
+    let clients = if args.workload == Workload::Bulk {
+        args.bulk_clients
+    } else {
+        args.clients
+    };
+    let per_client_rate = args.rate.map(|rate| rate / clients as f64);
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (http, users, base) = (http.clone(), users.clone(), args.base.clone());
+            let (workload, bulk_items, seed) = (args.workload, args.bulk_items, args.seed);
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
+                let mut worker = Worker::new(client);
+                let mut ticks = per_client_rate.map(|rate| {
+                    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    ticks
+                });
+                while Instant::now() < deadline {
+                    let scheduled = match &mut ticks {
+                        Some(ticks) => ticks.tick().await.into_std(),
+                        None => Instant::now(),
+                    };
+                    let request = workload_request(
+                        workload, client, bulk_items, currencies, &users, &mut rng,
+                    );
+                    worker.send(&http, &base, request, scheduled).await;
+                }
+                worker
+            })
+        })
+        .collect();
+    let mut total = Worker::new(usize::MAX);
+    for task in tasks {
+        total.merge(task.await?)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let contract = check_contract(&args.database_url, &total.acknowledged).await?;
+    let quantile = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Report {
+        workload: args.workload,
+        clients,
+        duration_s: elapsed,
+        requests: total.latency.len(),
+        throughput: total.latency.len() as f64 / elapsed,
+        transactions_per_s: total.acknowledged.len() as f64 / elapsed,
+        latency_ms: Latency {
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+            p999: quantile(0.999),
+            max: total.latency.max() as f64 / 1000.0,
+        },
+        replies: total.replies,
+        acknowledged: total.acknowledged.len(),
+        contract,
+    })
+}
+
+/// One request of a workload: method, path, token, body.
+struct Request<'a> {
+    get: bool,
+    path: String,
+    token: &'a str,
+    body: Option<Value>,
+}
+
+fn workload_request<'a>(
+    workload: Workload,
+    client: usize,
+    bulk_items: usize,
+    currencies: usize,
+    users: &'a [User],
+    rng: &mut StdRng,
+) -> Request<'a> {
+    let transfer = |from: usize, to: usize, currency: usize, rng: &mut StdRng| Request {
+        get: false,
+        path: "/api/v1/transactions/transfer".into(),
+        token: &users[from].token,
+        body: Some(
+            json!({"to_user_id": users[to].id, "amount": rng.random_range(1..=100), "currency": CURRENCIES[currency]}),
+        ),
+    };
+    let uniform = |rng: &mut StdRng| {
+        let from = rng.random_range(0..users.len());
+        let to = (from + rng.random_range(1..users.len())) % users.len();
+        (from, to, rng.random_range(0..currencies))
+    };
+    match workload {
+        Workload::TransferUniform => {
+            let (from, to, currency) = uniform(rng);
+            transfer(from, to, currency, rng)
+        }
+        Workload::TransferHot => {
+            if rng.random_ratio(9, 10) {
+                // Account 0 (user 0, first currency) is on one side of 90% of transfers.
+                let other = rng.random_range(1..users.len());
+                if rng.random_bool(0.5) {
+                    transfer(0, other, 0, rng)
+                } else {
+                    transfer(other, 0, 0, rng)
+                }
+            } else {
+                let (from, to, currency) = uniform(rng);
+                transfer(from, to, currency, rng)
+            }
+        }
+        Workload::Bulk => {
+            // Batch client `client` moves money out of its own accounts (user `client`).
+            let items: Vec<Value> = (0..bulk_items)
+                .map(|_| {
+                    let to = (client + rng.random_range(1..users.len())) % users.len();
+                    json!({"type": "transfer", "to_user_id": users[to].id, "amount": rng.random_range(1..=100),
+                           "currency": CURRENCIES[rng.random_range(0..currencies)]})
+                })
+                .collect();
+            Request {
+                get: false,
+                path: "/api/v1/transactions/bulk".into(),
+                token: &users[client].token,
+                body: Some(json!({"mode": "independent", "transactions": items})),
+            }
+        }
+        Workload::ReadMix => {
+            let user = rng.random_range(0..users.len());
+            match rng.random_range(0..10) {
+                0..=3 => Request {
+                    get: true,
+                    path: "/api/v1/balances/current".into(),
+                    token: &users[user].token,
+                    body: None,
+                },
+                4..=7 => Request {
+                    get: true,
+                    path: "/api/v1/transactions/history?limit=20".into(),
+                    token: &users[user].token,
+                    body: None,
+                },
+                _ => {
+                    let (from, to, currency) = uniform(rng);
+                    transfer(from, to, currency, rng)
+                }
+            }
+        }
+    }
+}
+
+/// One client's tallies.
+struct Worker {
+    latency: Histogram<u64>,
+    replies: BTreeMap<String, u64>,
+    acknowledged: Vec<Uuid>,
+}
+
+impl Worker {
+    fn new(_client: usize) -> Worker {
+        Worker {
+            latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds"),
+            replies: BTreeMap::new(),
+            acknowledged: Vec::new(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        http: &reqwest::Client,
+        base: &str,
+        request: Request<'_>,
+        scheduled: Instant,
+    ) {
+        let url = format!("{base}{}", request.path);
+        let builder = if request.get {
+            http.get(url)
+        } else {
+            http.post(url).json(&request.body)
+        };
+        let reply = builder.bearer_auth(request.token).send().await;
+        let label = match reply {
+            Ok(reply) => {
+                let status = reply.status().as_u16();
+                let body: Value = reply.json().await.unwrap_or(Value::Null);
+                self.collect_acknowledged(status, &body);
+                match body["code"].as_str() {
+                    Some(code) => format!("{status} {code}"),
+                    None => status.to_string(),
+                }
+            }
+            Err(error) => format!("transport error: {}", error.without_url()),
+        };
+        let micros = scheduled.elapsed().as_micros().clamp(1, 120_000_000) as u64;
+        self.latency.saturating_record(micros);
+        *self.replies.entry(label).or_default() += 1;
+    }
+
+    fn collect_acknowledged(&mut self, status: u16, body: &Value) {
+        let mut add = |transaction: &Value| {
+            if transaction["status"] == "completed" {
+                if let Some(id) = transaction["id"]
+                    .as_str()
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                {
+                    self.acknowledged.push(id);
+                }
+            }
+        };
+        if status == 201 {
+            add(body);
+        } else if status == 200 {
+            for result in body["results"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                add(&result["transaction"]);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Worker) -> anyhow::Result<()> {
+        self.latency
+            .add(&other.latency)
+            .context("merging histograms")?;
+        for (label, count) in other.replies {
+            *self.replies.entry(label).or_default() += count;
+        }
+        self.acknowledged.extend(other.acknowledged);
+        Ok(())
+    }
+}
+
+/// Registers `count` users (through the API), logs them in, and funds every account with one
+/// independent bulk of credits per user.
+async fn create_users(
+    http: &reqwest::Client,
+    base: &str,
+    count: usize,
+    currencies: usize,
+) -> anyhow::Result<Vec<User>> {
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut users = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(SETUP_CONCURRENCY) {
+        let created = futures_util::future::join_all(chunk.iter().map(|i| {
+            let name = format!("ld{run}u{i}");
+            async move {
+                let password = "load-password";
+                let body = json!({"username": name, "email": format!("{name}@example.com"), "password": password});
+                let user: Value = http.post(format!("{base}/api/v1/auth/register")).json(&body).send().await?.json().await?;
+                let id = user["id"].as_str().with_context(|| format!("register: {user}"))?.to_owned();
+                let login: Value = http
+                    .post(format!("{base}/api/v1/auth/login"))
+                    .json(&json!({"username": name, "password": password}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let token = login["access_token"].as_str().with_context(|| format!("login: {login}"))?.to_owned();
+                let credits: Vec<Value> = CURRENCIES[..currencies]
+                    .iter()
+                    .map(|currency| json!({"type": "credit", "amount": FUNDING, "currency": currency}))
+                    .collect();
+                let funded = http
+                    .post(format!("{base}/api/v1/transactions/bulk"))
+                    .bearer_auth(&token)
+                    .json(&json!({"mode": "atomic", "transactions": credits}))
+                    .send()
+                    .await?;
+                if !funded.status().is_success() {
+                    bail!("funding failed: {}", funded.text().await.unwrap_or_default());
+                }
+                anyhow::Ok(User { id, token })
+            }
+        }))
+        .await;
+        for user in created {
+            users.push(user?);
+        }
+    }
+    Ok(users)
+}
+
+/// The ledger contract by SQL: conservation, no overdraft, balance = sum of entries, and every
+/// acknowledged transaction present and completed.
+async fn check_contract(
+    database_url: &str,
+    acknowledged: &[Uuid],
+) -> anyhow::Result<Vec<(String, bool)>> {
+    let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .context("contract check")?;
+    tokio::spawn(connection);
+    let zero = |sql: &'static str| {
+        let db = &db;
+        async move { anyhow::Ok(db.query_one(sql, &[]).await?.get::<_, i64>(0) == 0) }
+    };
+    let mut checks = vec![
+        (
+            "sum of balances per currency is 0".to_owned(),
+            zero("SELECT count(*) FROM (SELECT 1 FROM balances GROUP BY currency HAVING sum(amount) <> 0) x").await?,
+        ),
+        (
+            "no balance below its overdraft limit".to_owned(),
+            zero("SELECT count(*) FROM balances WHERE amount - pending < -overdraft_limit").await?,
+        ),
+        (
+            "balance = sum of its entries".to_owned(),
+            zero(
+                "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, currency, sum(delta) t FROM entries GROUP BY 1, 2) e
+                 USING (user_id, currency) WHERE b.amount <> coalesce(e.t, 0)",
+            )
+            .await?,
+        ),
+    ];
+    let mut present = 0_i64;
+    for chunk in acknowledged.chunks(10_000) {
+        let chunk = chunk.to_vec();
+        present += db
+            .query_one(
+                "SELECT count(*) FROM transactions WHERE id = ANY($1) AND status = 'completed'",
+                &[&chunk],
+            )
+            .await?
+            .get::<_, i64>(0);
+    }
+    checks.push((
+        format!(
+            "every acknowledged transaction is committed ({present} of {})",
+            acknowledged.len()
+        ),
+        present == acknowledged.len() as i64,
+    ));
+    Ok(checks)
+}
+
+/// A `tally serve` child on a fresh database, killed on drop.
+struct Service {
+    child: Child,
+    base: String,
+    database_url: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let database_url = format!("{server}/tally_bench_{}", Uuid::new_v4().simple());
+    let child = Command::new(binary)
+        .arg("serve")
+        .env("TALLY__DATABASE__URL", &database_url)
+        .env("TALLY__HTTP__BIND", format!("127.0.0.1:{port}"))
+        .env("TALLY__RATE_LIMIT__ENABLED", "false")
+        .env("TALLY__LOG__FILTER", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let service = Service {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        database_url,
+    };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(reply) = http
+            .get(format!("{}/health/ready", service.base))
+            .send()
+            .await
+        {
+            if reply.status().is_success() {
+                return Ok(service);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tally did not become ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// pgbench's built-in TPC-B-like script: one database transaction per transfer.
+fn pgbench(server: &str, clients: usize, duration_s: u64, scale: u32) -> anyhow::Result<f64> {
+    let database = format!("tally_pgbench_{}", Uuid::new_v4().simple());
+    let url = |db: &str| format!("{server}/{db}");
+    let status = Command::new("psql")
+        .arg(url("postgres"))
+        .args(["-qc", &format!("CREATE DATABASE {database}")])
+        .status()?;
+    anyhow::ensure!(status.success(), "creating the pgbench database");
+    eprintln!("pgbench: initializing scale {scale}");
+    let status = Command::new("pgbench")
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .arg(url(&database))
+        .status()?;
+    anyhow::ensure!(status.success(), "pgbench -i failed");
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &duration_s.to_string(),
+        ])
+        .arg(url(&database))
+        .output()?;
+    let _ = Command::new("psql")
+        .arg(url("postgres"))
+        .args(["-qc", &format!("DROP DATABASE {database}")])
+        .status();
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let binary = match &args.tally {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("tally"),
+    };
+    let pgbench_tps = pgbench(&args.server, args.clients, args.duration_s, args.scale)?;
+    println!(
+        "pgbench TPC-B, {} clients, scale {}: {pgbench_tps:.0} tps",
+        args.clients, args.scale
+    );
+    let mut rows = Vec::new();
+    for workload in [
+        Workload::TransferUniform,
+        Workload::TransferHot,
+        Workload::Bulk,
+        Workload::ReadMix,
+    ] {
+        let service = start_tally(&binary, &args.server).await?;
+        let run_args = RunArgs {
+            workload,
+            base: service.base.clone(),
+            database_url: service.database_url.clone(),
+            clients: args.clients,
+            duration_s: args.duration_s,
+            accounts: args.accounts,
+            bulk_clients: 4,
+            bulk_items: 1_000,
+            rate: None,
+            seed: 42,
+            json: false,
+        };
+        let report = run(&run_args).await?;
+        print_report(&report);
+        rows.push(report);
+        drop(service);
+    }
+    // p99 at half of the maximum transfer-uniform throughput (open loop).
+    let half = rows[0].throughput / 2.0;
+    let service = start_tally(&binary, &args.server).await?;
+    let paced = run(&RunArgs {
+        workload: Workload::TransferUniform,
+        base: service.base.clone(),
+        database_url: service.database_url.clone(),
+        clients: args.clients,
+        duration_s: args.duration_s,
+        accounts: args.accounts,
+        bulk_clients: 4,
+        bulk_items: 1_000,
+        rate: Some(half),
+        seed: 43,
+        json: false,
+    })
+    .await?;
+    print_report(&paced);
+    drop(service);
+
+    let uniform = rows[0].transactions_per_s;
+    let mut table = String::new();
+    table.push_str(&format!(
+        "| workload | clients | requests/s | transactions/s | p50 ms | p99 ms | p99.9 ms | vs pgbench TPC-B |\n|---|---|---|---|---|---|---|---|\n| pgbench TPC-B (scale {}) | {} | | {pgbench_tps:.0} | | | | 1.00 |\n",
+        args.scale, args.clients
+    ));
+    for report in &rows {
+        table.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            serde_json::to_value(report.workload)?
+                .as_str()
+                .unwrap_or_default(),
+            report.clients,
+            report.throughput,
+            report.transactions_per_s,
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            report.latency_ms.p999,
+            report.transactions_per_s / pgbench_tps
+        ));
+    }
+    table.push_str(&format!(
+        "\nRatios: transfer-uniform / pgbench = {:.2}; transfer-hot / transfer-uniform = {:.2}; bulk = {:.0} transfers/s; \
+         p99 at half of the transfer-uniform maximum ({half:.0} requests/s paced, {:.0} achieved) = {:.2} ms.\n",
+        uniform / pgbench_tps,
+        rows[1].transactions_per_s / uniform.max(1e-9),
+        rows[2].transactions_per_s,
+        paced.throughput,
+        paced.latency_ms.p99
+    ));
+    println!("\n{table}");
+    if let Some(path) = &args.write {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let (start, end) = ("<!-- results:start -->", "<!-- results:end -->");
+        let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
+            bail!("{} has no {start} ... {end} section", path.display());
+        };
+        let updated = format!("{}{start}\n{table}{}", &text[..a], &text[b..]);
+        std::fs::write(path, updated)?;
+        println!("wrote the results into {}", path.display());
+    }
+    Ok(())
+}
