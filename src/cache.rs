@@ -211,6 +211,25 @@ impl BalanceCache {
         }
     }
 
+    /// For readiness: while degraded, one call through the breaker (at most one probe per
+    /// cooldown; the invalidation when the cache is dirty, else a PING), so that readiness
+    /// recovers when Redis is back even without any balance traffic.
+    pub async fn probe(&self) {
+        if self.health() != CacheHealth::Degraded {
+            return;
+        }
+        if self.dirty.load(Ordering::Acquire) {
+            self.clean_if_dirty().await;
+        } else {
+            self.call(|mut connection| async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+            })
+            .await;
+        }
+    }
+
     /// Breaker state for the gauge: 0 closed, 1 open, 2 half-open.
     pub fn breaker_state(&self) -> u8 {
         self.breaker.state()

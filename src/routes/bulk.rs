@@ -12,13 +12,15 @@
 //! Items are validated before anything is submitted; invalid items are reported by index
 //! (`transactions[3].amount`) and nothing is applied. One `Idempotency-Key` covers the whole
 //! request: item `i` is submitted under the key `<key>#<i>`, so a repeated bulk applies nothing
-//! again and answers with the first results.
+//! again and answers with the first results; each item's request hash covers the whole body, so
+//! the same key with another body is `idempotency_key_reused`.
 
 use std::collections::{HashMap, HashSet};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::input::{parse, BulkJsonObject, Fields, JsonObject};
@@ -150,30 +152,49 @@ pub async fn bulk(
     }
     check_parties(&state, principal, &specs).await?;
 
-    let movements: Vec<Movement> = specs
+    let mut movements: Vec<Movement> = specs
         .into_iter()
-        .enumerate()
-        .map(|(index, spec)| {
-            let mut movement = Movement {
-                id: Uuid::now_v7(),
-                kind: spec.kind,
-                from: spec.from,
-                to: spec.to,
-                amount: spec.amount,
-                currency: spec.currency,
-                description: spec.description,
-                reference: spec.reference,
-                initiated_by: principal.user,
-                idempotency: None,
-            };
-            movement.idempotency = key.as_ref().map(|key| IdempotencyClaim {
-                key: IdempotencyKey::parse(&format!("{}#{index}", key.as_str()))
-                    .expect("250 + 5 characters fit"),
-                request_hash: movement.request_hash(),
-            });
-            movement
+        .map(|spec| Movement {
+            id: Uuid::now_v7(),
+            kind: spec.kind,
+            from: spec.from,
+            to: spec.to,
+            amount: spec.amount,
+            currency: spec.currency,
+            description: spec.description,
+            reference: spec.reference,
+            initiated_by: principal.user,
+            idempotency: None,
         })
         .collect();
+    if let Some(key) = &key {
+        // Every item's stored request hash covers the whole bulk (mode and every item), so the
+        // same key with any other body (an item changed, added or removed, the other mode) is
+        // `idempotency_key_reused`, never a partial replay or a partial application.
+        let bulk_hash = {
+            let mut hasher = Sha256::new();
+            let mode_name: &[u8] = match mode {
+                Mode::Atomic => b"atomic",
+                Mode::Independent => b"independent",
+            };
+            hasher.update(mode_name);
+            hasher.update((movements.len() as u64).to_be_bytes());
+            for movement in &movements {
+                hasher.update(movement.request_hash());
+            }
+            hasher.finalize()
+        };
+        for (index, movement) in movements.iter_mut().enumerate() {
+            let mut hasher = Sha256::new();
+            hasher.update(bulk_hash);
+            hasher.update((index as u64).to_be_bytes());
+            movement.idempotency = Some(IdempotencyClaim {
+                key: IdempotencyKey::parse(&format!("{}#{index}", key.as_str()))
+                    .expect("250 + 5 characters fit"),
+                request_hash: hasher.finalize().into(),
+            });
+        }
+    }
 
     if key.is_some() {
         if let Some(replay) = replay_if_applied(&state, principal, &movements).await? {

@@ -36,11 +36,14 @@ pub async fn live() -> HttpResponse {
 }
 
 /// 200 when the database answers within 2 s, else 503 (take this instance out of rotation).
+/// While the cache is degraded, each call also probes Redis through the breaker, so readiness
+/// sees Redis come back even when no balance is read.
 #[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
     (status = 200, description = "Ready", body = HealthBody),
     (status = 503, description = "The database does not answer", body = HealthBody),
 ))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    state.cache.probe().await;
     match tokio::time::timeout(READY_TIMEOUT, crate::store::ping(&state.pool)).await {
         // Redis down is "degraded", still ready: the cache is only a fast path.
         Ok(Ok(())) => HttpResponse::Ok().json(json!({

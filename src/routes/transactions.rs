@@ -489,11 +489,14 @@ pub struct HistoryQuery {
     /// RFC 3339; transactions created before it.
     to: Option<String>,
     /// The other party of a transfer.
-    counterparty: Option<Uuid>,
+    #[param(value_type = Option<Uuid>)]
+    counterparty: Option<String>,
     /// Minor units, inclusive.
-    min_amount: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    min_amount: Option<String>,
     /// Minor units, inclusive.
-    max_amount: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    max_amount: Option<String>,
 }
 
 impl HistoryQuery {
@@ -515,9 +518,14 @@ impl HistoryQuery {
             }),
             from: errors.check("from", self.from.as_deref(), super::input::parse::rfc3339),
             to: errors.check("to", self.to.as_deref(), super::input::parse::rfc3339),
-            counterparty: self.counterparty.map(UserId::from_uuid),
-            min_amount: self.min_amount,
-            max_amount: self.max_amount,
+            // Parsed here, not by the query deserializer, so that an error names the parameter.
+            counterparty: errors.check("counterparty", self.counterparty.as_deref(), |id| {
+                Uuid::parse_str(id)
+                    .map(UserId::from_uuid)
+                    .map_err(|_| "must be a user id (UUID)")
+            }),
+            min_amount: errors.check("min_amount", self.min_amount.as_deref(), minor_units),
+            max_amount: errors.check("max_amount", self.max_amount.as_deref(), minor_units),
         };
         if let (Some(min), Some(max)) = (filter.min_amount, filter.max_amount) {
             if min > max {
@@ -532,6 +540,11 @@ impl HistoryQuery {
         errors.finish()?;
         Ok(filter)
     }
+}
+
+fn minor_units(text: &str) -> Result<i64, &'static str> {
+    text.parse()
+        .map_err(|_| "must be an integer number of minor units")
 }
 
 /// Items per history page when `limit` is not given, and the most allowed.
