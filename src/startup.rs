@@ -70,7 +70,6 @@ impl Application {
         )?);
         let metrics = crate::telemetry::metrics_handle()?;
 
-
         let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
         let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
         let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);

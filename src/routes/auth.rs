@@ -162,13 +162,18 @@ pub async fn login(
         password.expect("finish() refuses missing fields"),
     );
     let client = state.pool.get().await?;
-    if let Some(until) = store::lockout::locked_until(&client, &login).await? {
+    let found = store::users::find_for_login(&client, &login).await?;
+    // Failures count per account: its username and its email share one counter, so trying
+    // both does not double an attacker's guesses. Unknown names count on their own.
+    let lock_key = found
+        .as_ref()
+        .map_or_else(|| login.clone(), |(user, _)| user.username.clone());
+    if let Some(until) = store::lockout::locked_until(&client, &lock_key).await? {
         metrics::counter!(crate::telemetry::names::LOGIN_LOCKOUTS).increment(1);
         return Err(ApiError::LoginLocked {
             retry_after_s: seconds_until(until),
         });
     }
-    let found = store::users::find_for_login(&client, &login).await?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
@@ -182,7 +187,7 @@ pub async fn login(
             window_s: state.settings.auth.lockout_window_s,
             duration_s: state.settings.auth.lockout_duration_s,
         };
-        let locked = store::lockout::record_failure(&client, &login, policy).await?;
+        let locked = store::lockout::record_failure(&client, &lock_key, policy).await?;
         audit(
             &client,
             &req,
@@ -205,7 +210,7 @@ pub async fn login(
         }
         return Err(ApiError::Unauthorized("invalid username or password"));
     };
-    store::lockout::clear(&client, &login).await?;
+    store::lockout::clear(&client, &lock_key).await?;
     let tokens = issue_tokens(&state, &keys, &client, user.id, user.role, Uuid::now_v7()).await?;
     audit(
         &client,

@@ -56,6 +56,7 @@ pub async fn list_users(
     principal: Principal,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = current(&state, principal).await?;
     if !principal.is_admin() {
         return Err(ApiError::Forbidden("only an admin may list users"));
     }
@@ -94,6 +95,22 @@ pub async fn list_users(
     }))
 }
 
+/// The caller as the database knows them now: user management acts on the current role, not
+/// on the one in a token that may be up to 15 minutes old (a demoted admin is no longer one).
+/// Errors: 401 when the caller was deleted.
+async fn current(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+    let client = state.pool.get().await?;
+    match store::users::find_active(&client, principal.user.as_uuid()).await? {
+        Some(user) => Ok(Principal {
+            user: user.id,
+            role: user.role,
+        }),
+        None => Err(ApiError::Unauthorized(
+            "the user of this access token no longer exists",
+        )),
+    }
+}
+
 /// The user themself or an admin; anyone else gets 404, as for an unknown id.
 fn may_access(principal: Principal, id: Uuid) -> Result<(), ApiError> {
     if principal.is_admin() || principal.user.as_uuid() == id {
@@ -120,6 +137,7 @@ pub async fn get_user(
     principal: Principal,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = current(&state, principal).await?;
     let id = id.into_inner();
     may_access(principal, id)?;
     let client = state.pool.get().await?;
@@ -158,6 +176,7 @@ pub async fn update_user(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = current(&state, principal).await?;
     let id = id.into_inner();
     may_access(principal, id)?;
     let mut fields = Fields::new(body);
@@ -262,6 +281,7 @@ pub async fn delete_user(
     id: web::Path<Uuid>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let principal = current(&state, principal).await?;
     let id = id.into_inner();
     may_access(principal, id)?;
     let mut client = state.pool.get().await?;

@@ -633,8 +633,10 @@ async fn repeated_failed_logins_lock_the_username_for_the_configured_time() {
             .await
             .assert_problem(401, "unauthorized");
     }
-    // Locked: even the right password is refused, under any spelling of the name.
-    for name in [user.username.clone(), user.username.to_uppercase()] {
+    // Locked: even the right password is refused, under any spelling of the name, and through
+    // the account's email too (one counter per account, so the email gives no extra guesses).
+    let email = format!("{}@example.com", user.username);
+    for name in [user.username.clone(), user.username.to_uppercase(), email] {
         let locked = login(&app, &name, &user.password).await;
         locked.assert_problem(429, "login_locked");
         assert!(locked.body.get("access_token").is_none());
@@ -655,7 +657,37 @@ async fn repeated_failed_logins_lock_the_username_for_the_configured_time() {
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(waited < Duration::from_secs(3), "unlocked after {waited:?}");
-    // ... and a success forgets earlier failures: two more do not lock.
+    // ... and a success forgets earlier failures: two more do not lock. Failures through the
+    // email count on the same account: one more by email then locks it.
+    for _ in 0..2 {
+        login(&app, &user.username, "wrong password")
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    assert_eq!(
+        login(&app, &user.username, &user.password).await.status,
+        StatusCode::OK
+    );
+    for _ in 0..2 {
+        login(&app, &user.username, "wrong password")
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    login(
+        &app,
+        &format!("{}@example.com", user.username),
+        "wrong password",
+    )
+    .await
+    .assert_problem(401, "unauthorized");
+    login(&app, &user.username, &user.password)
+        .await
+        .assert_problem(429, "login_locked");
+    let (reply, _) = poll_until_not(StatusCode::TOO_MANY_REQUESTS, || {
+        login(&app, &user.username, &user.password)
+    })
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     for _ in 0..2 {
         login(&app, &user.username, "wrong password")
             .await
