@@ -50,6 +50,23 @@ pub struct CommittedBalance {
     pub at: DateTime<Utc>,
 }
 
+/// What a cache lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Every balance of the user.
+    Hit(Vec<CachedBalance>),
+    /// Not cached: read PostgreSQL, then `fill` with this token.
+    Miss(FillToken),
+    /// The cache cannot be used now: read PostgreSQL, do not fill.
+    Unavailable,
+}
+
+/// The cache epoch a miss saw; a fill under a later epoch is dropped.
+#[derive(Debug)]
+pub struct FillToken {
+    epoch: String,
+}
+
 /// What `/health/ready` reports for the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheHealth {
@@ -137,19 +154,25 @@ pub struct BalanceCache {
     write: Script,
 }
 
-/// Reads a user's hash if complete (nil otherwise). KEYS[1] epoch key; ARGV: prefix, user.
+/// Reads a user's hash: `{epoch, field, value, ...}` when complete, `{epoch}` otherwise. KEYS[1]
+/// epoch key; ARGV: prefix, user.
 const READ_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1]) or '0'
 local key = ARGV[1] .. epoch .. ':' .. ARGV[2]
-if redis.call('HEXISTS', key, '_complete') == 0 then return false end
-return redis.call('HGETALL', key)
+if redis.call('HEXISTS', key, '_complete') == 0 then return {epoch} end
+local fields = redis.call('HGETALL', key)
+table.insert(fields, 1, epoch)
+return fields
 ";
 
 /// Writes fields whose version is newer. KEYS[1] epoch key; ARGV: prefix, ttl, complete-user
-/// (or ''), then (user, currency, value, version) quadruples.
+/// (or ''), expected epoch (or ''), then (user, currency, value, version) quadruples. A fill
+/// names the epoch its miss saw: when the cache was invalidated since, the balances it read
+/// may predate a lost write-through, so it writes nothing.
 const WRITE_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1]) or '0'
-for i = 4, #ARGV, 4 do
+if ARGV[4] ~= '' and ARGV[4] ~= epoch then return 0 end
+for i = 5, #ARGV, 4 do
   local key = ARGV[1] .. epoch .. ':' .. ARGV[i]
   local current = redis.call('HGET', key, ARGV[i + 1])
   local current_version = current and tonumber(string.match(current, '^[^:]*:[^:]*:([^:]*)')) or -1
@@ -290,13 +313,16 @@ impl BalanceCache {
         bumped.is_some()
     }
 
-    /// The user's balances when the cache holds all of them; `None` on a miss, a failure, or
-    /// while the cache is dirty (the caller reads PostgreSQL).
-    pub async fn get(&self, user: UserId) -> Option<Vec<CachedBalance>> {
-        self.pool.as_ref()?;
+    /// The user's balances when the cache holds all of them. On a miss, the token to fill it
+    /// with once the balances are read from PostgreSQL. `Unavailable` when the cache is off,
+    /// failing, or dirty (the caller reads PostgreSQL and does not fill).
+    pub async fn get(&self, user: UserId) -> Lookup {
+        if self.pool.is_none() {
+            return Lookup::Unavailable;
+        }
         if !self.clean_if_dirty().await {
             metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
-            return None;
+            return Lookup::Unavailable;
         }
         let user_text = user.to_string();
         let fields = self
@@ -305,38 +331,55 @@ impl BalanceCache {
                 invocation.arg(PREFIX).arg(&user_text);
                 async move {
                     invocation
-                        .invoke_async::<Option<Vec<String>>>(&mut connection)
+                        .invoke_async::<Vec<String>>(&mut connection)
                         .await
                 }
             })
             .await;
-        let result = match &fields {
-            None => "error",
-            Some(None) => "miss",
-            Some(Some(_)) => "hit",
+        let Some(mut fields) = fields else {
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
+            return Lookup::Unavailable;
         };
-        metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(1);
-        let fields = fields??;
+        let epoch = if fields.is_empty() {
+            "0".to_owned()
+        } else {
+            fields.remove(0)
+        };
+        if fields.is_empty() {
+            metrics::counter!(names::CACHE_REQUESTS, "result" => "miss").increment(1);
+            return Lookup::Miss(FillToken { epoch });
+        }
         let mut balances = Vec::with_capacity(fields.len() / 2);
         for pair in fields.chunks(2) {
-            let [field, value] = pair else { return None };
-            if field == "_complete" {
-                continue;
-            }
-            balances.push(decode(field, value)?);
+            let decoded = match pair {
+                [field, _] if field == "_complete" => continue,
+                [field, value] => decode(field, value),
+                _ => None,
+            };
+            let Some(balance) = decoded else {
+                metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
+                return Lookup::Unavailable;
+            };
+            balances.push(balance);
         }
+        metrics::counter!(names::CACHE_REQUESTS, "result" => "hit").increment(1);
         balances.sort_by_key(|balance| balance.currency);
-        Some(balances)
+        Lookup::Hit(balances)
     }
 
-    /// Stores every balance of `user` as read from PostgreSQL (after a miss, or at warm-up).
-    pub async fn fill(&self, user: UserId, records: &[BalanceRecord]) {
+    /// Stores every balance of `user` as read from PostgreSQL after the miss that gave `token`
+    /// (read them AFTER the miss). Written only if the cache was not invalidated in between.
+    pub async fn fill(&self, user: UserId, records: &[BalanceRecord], token: FillToken) {
         if self.pool.is_none() || self.dirty.load(Ordering::Acquire) {
             return;
         }
         let user_text = user.to_string();
-        let mut args: Vec<String> =
-            vec![PREFIX.to_owned(), self.ttl_s.to_string(), user_text.clone()];
+        let mut args: Vec<String> = vec![
+            PREFIX.to_owned(),
+            self.ttl_s.to_string(),
+            user_text.clone(),
+            token.epoch,
+        ];
         for record in records {
             args.extend([
                 user_text.clone(),
@@ -359,7 +402,12 @@ impl BalanceCache {
         if self.pool.is_none() || balances.is_empty() {
             return;
         }
-        let mut args: Vec<String> = vec![PREFIX.to_owned(), self.ttl_s.to_string(), String::new()];
+        let mut args: Vec<String> = vec![
+            PREFIX.to_owned(),
+            self.ttl_s.to_string(),
+            String::new(),
+            String::new(),
+        ];
         for balance in balances {
             // No path writes `pending` yet (holds live in the balance actors), so it is 0.
             let state = balance.state;

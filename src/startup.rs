@@ -231,8 +231,10 @@ fn spawn_cache_warm_up(
             let client = pool.get().await?;
             let active = store::balances::recently_active_users(&client, i64::from(users)).await?;
             for user in &active {
-                let records = store::balances::for_user(&client, *user, None).await?;
-                cache.fill(*user, &records).await;
+                if let crate::cache::Lookup::Miss(token) = cache.get(*user).await {
+                    let records = store::balances::for_user(&client, *user, None).await?;
+                    cache.fill(*user, &records, token).await;
+                }
             }
             anyhow::Ok(active.len())
         };

@@ -10,6 +10,7 @@ use crate::auth::Principal;
 use base64::Engine;
 
 use super::input::{parse, QueryErrors};
+use crate::cache::Lookup;
 use crate::domain::{AccountKey, Currency};
 use crate::error::ApiError;
 use crate::store;
@@ -331,7 +332,7 @@ pub async fn current(
         .transpose()?;
     // The cache holds all of a user's balances or none; a miss reads them all and fills it.
     let all: Vec<BalanceBody> = match state.cache.get(user).await {
-        Some(cached) => cached
+        Lookup::Hit(cached) => cached
             .into_iter()
             .map(|balance| BalanceBody {
                 currency: balance.currency.code(),
@@ -340,11 +341,13 @@ pub async fn current(
                 updated_at: Some(balance.updated_at),
             })
             .collect(),
-        None => {
+        lookup => {
             let client = state.pool.get().await?;
             let records = store::balances::for_user(&client, user, None).await?;
             drop(client);
-            state.cache.fill(user, &records).await;
+            if let Lookup::Miss(token) = lookup {
+                state.cache.fill(user, &records, token).await;
+            }
             records
                 .into_iter()
                 .map(|record| BalanceBody {
