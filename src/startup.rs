@@ -207,6 +207,8 @@ impl Application {
             tracing::info!(
                 delay_ms = settings.shutdown_delay_ms,
                 timeout_ms = settings.shutdown_timeout_ms,
+                requests_in_flight = state.lifecycle.requests_in_flight(),
+                transactions_in_flight = state.ledger.in_flight(),
                 "shutting down: readiness is now false"
             );
             // The server future runs the server's command loop: keep polling it throughout.
@@ -221,6 +223,11 @@ impl Application {
                 // Sends the command now; the server future carries it out: the listener closes,
                 // started requests finish (actix-web force-closes what is left after its
                 // shutdown timeout).
+                tracing::info!(
+                    requests_in_flight = state.lifecycle.requests_in_flight(),
+                    transactions_in_flight = state.ledger.in_flight(),
+                    "closing the listener"
+                );
                 drop(handle.stop(true));
                 match tokio::time::timeout_at(deadline.into(), &mut server).await {
                     Ok(result) => result.context("the HTTP server failed while stopping")?,
