@@ -79,6 +79,9 @@ pub mod names {
     pub const DB_CONNECTIONS: &str = "tally_db_pool_connections";
     /// Histogram, label `pool`: seconds spent waiting for a pooled connection.
     pub const DB_POOL_WAIT_SECONDS: &str = "tally_db_pool_wait_seconds";
+    /// Counter, labels `pool` and `reason` (`database_down`, `timeout`, `connect`, `closed`):
+    /// requests for a connection that got none.
+    pub const DB_POOL_ERRORS: &str = "tally_db_pool_errors_total";
     /// Gauge: 1 while the health check reaches PostgreSQL, 0 while it does not.
     pub const DATABASE_UP: &str = "tally_database_up";
 
@@ -221,6 +224,10 @@ fn describe() {
         names::DB_POOL_WAIT_SECONDS,
         Unit::Seconds,
         "Time spent waiting for a pooled database connection"
+    );
+    describe_counter!(
+        names::DB_POOL_ERRORS,
+        "Requests for a pooled connection that got none, by pool and reason"
     );
     describe_gauge!(
         names::DATABASE_UP,

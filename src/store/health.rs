@@ -112,22 +112,44 @@ pub enum AcquireError {
 }
 
 /// A connection pool that fails fast while the database is down and records how long callers
-/// wait for a connection (`tally_db_pool_wait_seconds{pool}`). Cheap to clone.
+/// wait for a connection (`tally_db_pool_wait_seconds{pool}`) and why they got none
+/// (`tally_db_pool_errors_total{pool, reason}`). Cheap to clone.
 #[derive(Clone)]
 pub struct DbPool {
     pool: Pool,
     health: DatabaseHealth,
     wait_seconds: metrics::Histogram,
+    errors: PoolErrorCounters,
+}
+
+/// `tally_db_pool_errors_total{pool, reason}`, registered once per pool.
+#[derive(Clone)]
+struct PoolErrorCounters {
+    /// Refused without trying: the health check says the database is down.
+    database_down: metrics::Counter,
+    /// Every connection stayed busy for `database.acquire_timeout_ms`.
+    timeout: metrics::Counter,
+    /// A new connection could not be opened.
+    connect: metrics::Counter,
+    /// The pool is closed (shutdown).
+    closed: metrics::Counter,
 }
 
 impl DbPool {
     /// Wraps `pool`; `name` is the `pool` label of its metrics (`api`, `journal`). The metrics
     /// recorder must be installed first (`telemetry::metrics_handle`).
     pub fn new(pool: Pool, health: DatabaseHealth, name: &'static str) -> DbPool {
+        let errors = |reason: &'static str| metrics::counter!(names::DB_POOL_ERRORS, "pool" => name, "reason" => reason);
         DbPool {
             pool,
             health,
             wait_seconds: metrics::histogram!(names::DB_POOL_WAIT_SECONDS, "pool" => name),
+            errors: PoolErrorCounters {
+                database_down: errors("database_down"),
+                timeout: errors("timeout"),
+                connect: errors("connect"),
+                closed: errors("closed"),
+            },
         }
     }
 
@@ -138,6 +160,7 @@ impl DbPool {
     /// a new one cannot be opened (which also marks the database down).
     pub async fn get(&self) -> Result<deadpool_postgres::Client, AcquireError> {
         if !self.health.is_up() {
+            self.errors.database_down.increment(1);
             return Err(AcquireError::DatabaseDown);
         }
         let started = Instant::now();
@@ -145,7 +168,12 @@ impl DbPool {
         self.wait_seconds.record(started.elapsed().as_secs_f64());
         result.map_err(|error| {
             if cannot_connect(&error) {
+                self.errors.connect.increment(1);
                 self.health.mark_down(&error);
+            } else if matches!(error, PoolError::Closed) {
+                self.errors.closed.increment(1);
+            } else {
+                self.errors.timeout.increment(1);
             }
             AcquireError::Pool(error)
         })
