@@ -97,6 +97,37 @@ pub mod names {
     pub const CACHE_REQUESTS: &str = "tally_cache_requests_total";
     /// Gauge: the Redis circuit breaker, 0 closed, 1 half-open, 2 open.
     pub const CACHE_BREAKER_STATE: &str = "tally_cache_breaker_state";
+
+    /// Every name above: the README's metrics table must list each one (a test checks).
+    pub const ALL: &[&str] = &[
+        TRANSACTIONS,
+        TRANSACTION_FAILURES,
+        TRANSACTION_VOLUME,
+        PIPELINE_REJECTIONS,
+        QUEUE_DEPTH,
+        IN_FLIGHT,
+        QUEUE_CAPACITY,
+        QUEUE_WAIT_SECONDS,
+        BATCH_SIZE,
+        BATCH_COMMIT_SECONDS,
+        BATCHES,
+        BATCH_RETRIES,
+        BALANCE_ACTORS,
+        ACTOR_EVICTIONS,
+        HTTP_REQUESTS,
+        HTTP_DURATION_SECONDS,
+        HTTP_IN_FLIGHT,
+        DB_CONNECTIONS,
+        DB_POOL_WAIT_SECONDS,
+        DB_POOL_ERRORS,
+        DATABASE_UP,
+        BUILD_INFO,
+        RATE_LIMITED,
+        CACHE_REQUESTS,
+        CACHE_BREAKER_STATE,
+    ];
+    /// The names no code emits yet (their features come later).
+    pub const RESERVED: &[&str] = &[RATE_LIMITED, CACHE_REQUESTS, CACHE_BREAKER_STATE];
 }
 
 /// Counter handles of one metric family, keyed by label values: registered with the recorder on
