@@ -192,10 +192,12 @@ impl Application {
         if telemetry.is_some() {
             budget = budget.saturating_sub(SPAN_FLUSH_BUDGET);
         }
+        // An HTTP server that stops by itself (an I/O failure) still gets the pipeline drained;
+        // its error is returned at the end.
+        let mut server_error = None;
         let signalled = tokio::select! {
-            // Stopped without a signal (only an I/O failure does that): still drain.
             result = &mut server => {
-                result.context("the HTTP server failed")?;
+                server_error = result.err();
                 false
             }
             () = stop => true,
@@ -214,7 +216,7 @@ impl Application {
             // The server future runs the server's command loop: keep polling it throughout.
             let still_serving = tokio::select! {
                 result = &mut server => {
-                    result.context("the HTTP server failed")?;
+                    server_error = result.err();
                     false
                 }
                 () = tokio::time::sleep(settings.shutdown_delay()) => true,
@@ -230,7 +232,7 @@ impl Application {
                 );
                 drop(handle.stop(true));
                 match tokio::time::timeout_at(deadline.into(), &mut server).await {
-                    Ok(result) => result.context("the HTTP server failed while stopping")?,
+                    Ok(result) => server_error = result.err(),
                     Err(_) => tracing::warn!("the HTTP server did not stop in time"),
                 }
             }
@@ -260,6 +262,9 @@ impl Application {
         );
         if let Some(telemetry) = telemetry {
             telemetry.shutdown(SPAN_FLUSH_BUDGET);
+        }
+        if let Some(error) = server_error {
+            return Err(error).context("the HTTP server failed");
         }
         anyhow::ensure!(
             unanswered_requests == 0 && unanswered_transactions == 0,
