@@ -1,10 +1,12 @@
 //! A small load driver for a running Tally: registers users, credits them, then runs concurrent
-//! clients doing random transfers (some overdrawing, some repeating an Idempotency-Key) and
-//! prints throughput, latency percentiles, replies by status/code, the average group-commit
-//! batch size from `/metrics`, and the ledger invariants checked by SQL.
+//! clients doing random transfers (some overdrawing, some repeating an Idempotency-Key), with a
+//! few debits and credits mixed in, and prints throughput, latency percentiles, replies by
+//! status/code, the average group-commit batch size from `/metrics`, and the ledger contract
+//! checked by `tally::verify` (what `tally verify` runs).
 //!
 //! ```sh
 //! cargo run --release --example load -- --clients 64 --transfers 20000
+//! cargo run --release --example load -- --clients 16 --duration-s 60   # steady load for a dashboard
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,9 +27,13 @@ struct Args {
     users: usize,
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Total transfer requests across all clients (one in ten is a retry of the previous one).
+    /// Total requests across all clients (one in ten is a retry of the previous one; one in ten
+    /// a debit, one in twenty a credit, the rest transfers).
     #[arg(long, default_value_t = 20_000)]
     transfers: usize,
+    /// Run for this many seconds instead of a number of requests.
+    #[arg(long)]
+    duration_s: Option<u64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Balance reads (GET /balances/current) after the transfers, across all clients, with one
@@ -95,7 +101,13 @@ async fn main() -> anyhow::Result<()> {
 
     let users = Arc::new(users);
     let metrics_before = scrape(&http, &args.base).await?;
-    let per_client = args.transfers / args.clients;
+    let per_client = match args.duration_s {
+        Some(_) => usize::MAX,
+        None => args.transfers / args.clients,
+    };
+    let deadline = args
+        .duration_s
+        .map(|seconds| Instant::now() + Duration::from_secs(seconds));
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|client| {
@@ -103,28 +115,46 @@ async fn main() -> anyhow::Result<()> {
             let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed + client as u64);
             let run = run.clone();
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_client);
+                let mut latencies = Vec::with_capacity(per_client.min(100_000));
                 let mut replies: BTreeMap<String, u64> = BTreeMap::new();
-                let mut previous: Option<(usize, usize, i64, String)> = None;
+                let mut previous: Option<(&str, usize, usize, i64, String)> = None;
                 for n in 0..per_client {
+                    if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                        break;
+                    }
                     // One in ten re-sends the previous request with its key and body: a client retry.
-                    let (from, to, amount, key) = match previous.take() {
+                    let (kind, from, to, amount, key) = match previous.take() {
                         Some(last) if rng.random_ratio(1, 10) => last,
                         _ => {
                             let from = rng.random_range(0..users.len());
                             let to = (from + rng.random_range(1..users.len())) % users.len();
-                            // One transfer in twenty asks for more than any balance holds.
-                            let amount = if rng.random_ratio(1, 20) { 10_000_000 } else { rng.random_range(1..2_000) };
-                            (from, to, amount, format!("{run}-{client}-{n}"))
+                            // One request in twenty asks for more than any balance holds.
+                            let amount = if rng.random_ratio(1, 20) {
+                                10_000_000
+                            } else {
+                                rng.random_range(1..2_000)
+                            };
+                            let kind = match rng.random_range(0..20) {
+                                0 | 1 => "debit",
+                                2 => "credit",
+                                _ => "transfer",
+                            };
+                            (kind, from, to, amount, format!("{run}-{client}-{n}"))
                         }
                     };
-                    previous = Some((from, to, amount, key.clone()));
+                    previous = Some((kind, from, to, amount, key.clone()));
+                    let body = match kind {
+                        "transfer" => {
+                            json!({"to_user_id": users[to].id, "amount": amount, "currency": "USD"})
+                        }
+                        _ => json!({"amount": amount.min(5_000), "currency": "USD"}),
+                    };
                     let sent = Instant::now();
                     let reply = http
-                        .post(format!("{base}/api/v1/transactions/transfer"))
+                        .post(format!("{base}/api/v1/transactions/{kind}"))
                         .bearer_auth(&users[from].token)
                         .header("Idempotency-Key", key)
-                        .json(&json!({"to_user_id": users[to].id, "amount": amount, "currency": "USD"}))
+                        .json(&body)
                         .send()
                         .await;
                     latencies.push(sent.elapsed());
@@ -163,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
     let percentile =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
-        "{} transfer requests, {} clients, {:.2?}: {:.0} requests/s",
+        "{} requests, {} clients, {:.2?}: {:.0} requests/s",
         latencies.len(),
         args.clients,
         elapsed,
@@ -290,38 +320,12 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The ledger contract, checked by `tally::verify` (what `tally verify` runs).
 async fn check_invariants(database_url: &str) -> anyhow::Result<()> {
     let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let checks = [
-        ("sum of balances per currency is 0", "SELECT count(*) FROM (SELECT currency FROM balances GROUP BY currency HAVING sum(amount) <> 0) x"),
-        ("no balance below its overdraft limit", "SELECT count(*) FROM balances WHERE amount - pending < -overdraft_limit"),
-        (
-            "balance = sum(entries.delta)",
-            "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, currency, sum(delta) t FROM entries GROUP BY 1, 2) e USING (user_id, currency) WHERE b.amount <> coalesce(e.t, 0)",
-        ),
-        (
-            "balance_after is the running sum",
-            "SELECT count(*) FROM (SELECT balance_after, sum(delta) OVER (PARTITION BY user_id, currency ORDER BY id) r FROM entries) x WHERE balance_after <> r",
-        ),
-        (
-            "one transaction per idempotency key",
-            "SELECT count(*) FROM (SELECT 1 FROM transactions WHERE idempotency_key IS NOT NULL GROUP BY initiated_by, idempotency_key HAVING count(*) > 1) x",
-        ),
-    ];
-    let mut violated = false;
-    for (name, sql) in checks {
-        let violations: i64 = db.query_one(sql, &[]).await?.get(0);
-        println!(
-            "invariant {name}: {}",
-            if violations == 0 {
-                "holds".to_owned()
-            } else {
-                format!("VIOLATED ({violations})")
-            }
-        );
-        violated |= violations != 0;
-    }
-    anyhow::ensure!(!violated, "ledger invariants violated");
+    let report = tally::verify::verify(&db).await?;
+    print!("{report}");
+    anyhow::ensure!(report.is_clean(), "ledger invariants violated");
     Ok(())
 }

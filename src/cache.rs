@@ -89,8 +89,8 @@ impl CacheHealth {
 
 /// Circuit breaker states, as exported in `tally_cache_breaker_state`.
 const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+const HALF_OPEN: u8 = 1;
+const OPEN: u8 = 2;
 
 /// A lock-free circuit breaker.
 struct Breaker {
@@ -253,7 +253,7 @@ impl BalanceCache {
         }
     }
 
-    /// Breaker state for the gauge: 0 closed, 1 open, 2 half-open.
+    /// Breaker state for the gauge: 0 closed, 1 half-open, 2 open.
     pub fn breaker_state(&self) -> u8 {
         self.breaker.state()
     }

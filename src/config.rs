@@ -22,6 +22,7 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub idempotency: IdempotencySettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub rate_limit: RateLimitSettings,
     pub bootstrap: BootstrapSettings,
     pub redis: RedisSettings,
@@ -64,6 +65,8 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
     /// How long a caller waits for a pooled connection before giving up with 503.
     pub acquire_timeout_ms: u64,
+    /// Period of the database health ping, in milliseconds.
+    pub health_check_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -76,6 +79,13 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     /// Origins allowed by CORS; empty allows none.
     pub cors_allowed_origins: Vec<String>,
+    /// Idle keep-alive connections are closed after this many seconds.
+    pub keep_alive_s: u64,
+    /// How long readiness reports "shutting down" before the listener closes, in milliseconds.
+    pub shutdown_delay_ms: u64,
+    /// The whole graceful shutdown (delay, HTTP drain, pipeline drain, pools) must end within
+    /// this many milliseconds of the signal.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +149,16 @@ pub struct LogSettings {
     pub format: String,
     /// tracing `EnvFilter` directives; `RUST_LOG` wins when set.
     pub filter: String,
+    /// Log one line per HTTP request (target `tally::access`).
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector URL; empty disables span export.
+    pub otlp_endpoint: String,
+    /// `service.name` resource attribute of exported spans.
+    pub service_name: String,
 }
 
 impl Settings {
@@ -215,6 +235,14 @@ impl Settings {
             self.is_development() || !self.auth.jwt_secret.is_empty(),
             "auth.jwt_secret (TALLY__AUTH__JWT_SECRET) is required outside the development profile"
         );
+        anyhow::ensure!(
+            self.http.shutdown_delay_ms < self.http.shutdown_timeout_ms,
+            "http.shutdown_delay_ms must be shorter than http.shutdown_timeout_ms"
+        );
+        anyhow::ensure!(
+            self.database.health_check_interval_ms >= 10,
+            "database.health_check_interval_ms must be at least 10"
+        );
         Ok(())
     }
 }
@@ -222,5 +250,23 @@ impl Settings {
 impl DatabaseSettings {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+impl HttpSettings {
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
     }
 }

@@ -243,6 +243,16 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
+impl From<crate::store::AcquireError> for ApiError {
+    fn from(error: crate::store::AcquireError) -> ApiError {
+        match error {
+            // The health check already logged the outage; one line per request would flood.
+            crate::store::AcquireError::DatabaseDown => ApiError::Unavailable,
+            crate::store::AcquireError::Pool(error) => ApiError::from(error),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> ApiError {
         if crate::store::is_connection_error(&error) {

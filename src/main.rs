@@ -1,6 +1,14 @@
-//! The `tally` binary: `tally serve` (the default) runs the service, `tally migrate` applies the
-//! database migrations and exits.
+//! The `tally` binary: `tally serve` (the default) runs the service; `tally migrate` applies the
+//! database migrations; `tally verify` checks the ledger contract in the database;
+//! `tally healthcheck` asks a running instance whether it is ready (for container health
+//! checks, so the image needs no HTTP client).
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tally::config::Settings;
 use tally::startup::Application;
@@ -25,6 +33,10 @@ enum Command {
     Serve,
     /// Create the database if needed, apply migrations, and exit.
     Migrate,
+    /// Check the ledger contract by SQL against database.url; exit 1 on any violation.
+    Verify,
+    /// GET /health/ready on the local instance (port of http.bind); exit 0 when it is ready.
+    Healthcheck,
     /// Send a CSV or NDJSON file of transactions through the bulk endpoint, exactly once
     /// (safe to re-run after a crash).
     Import {
@@ -68,15 +80,24 @@ enum AdminCommand {
     },
 }
 
+/// Bound on each step of `tally healthcheck`.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[actix_web::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let settings = Settings::load(cli.profile.as_deref())?;
-    tally::telemetry::init_logs(&settings.log);
-    match cli.command.unwrap_or(Command::Serve) {
+    let mut settings = Settings::load(cli.profile.as_deref())?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if !matches!(command, Command::Serve) {
+        // Only the service exports spans.
+        settings.telemetry.otlp_endpoint.clear();
+    }
+    let telemetry = tally::telemetry::init(&settings.log, &settings.telemetry)?;
+    match command {
         Command::Serve => {
             Application::build(settings)
                 .await?
+                .with_telemetry(telemetry)
                 .run_until_stopped()
                 .await?
         }
@@ -129,8 +150,63 @@ async fn main() -> anyhow::Result<()> {
                 println!("admin {username} already exists");
             }
         }
+        Command::Verify => return verify(&settings).await,
+        Command::Healthcheck => return healthcheck(&settings),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one line per check of the ledger contract and every violation found.
+async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let (client, connection) =
+        tokio_postgres::connect(&settings.database.url, tokio_postgres::NoTls)
+            .await
+            .context("connecting to database.url")?;
+    let connection = actix_web::rt::spawn(connection);
+    let report = tally::verify::verify(&client).await?;
+    drop(client);
+    let _ = connection.await;
+    print!("{report}");
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A minimal HTTP/1.1 GET of /health/ready on 127.0.0.1 (or the configured host).
+fn healthcheck(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let mut address: SocketAddr = settings
+        .http
+        .bind
+        .to_socket_addrs()
+        .context("http.bind")?
+        .next()
+        .context("http.bind names no address")?;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = TcpStream::connect_timeout(&address, HEALTHCHECK_TIMEOUT)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+    write!(
+        stream,
+        "GET /health/ready HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    stream
+        .take(64 * 1024)
+        .read_to_string(&mut reply)
+        .context("reading the reply")?;
+    let status_line = reply.lines().next().unwrap_or_default();
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    println!("{status_line} {body}");
+    Ok(if status_line.split_whitespace().nth(1) == Some("200") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The first line of standard input, without its line ending.

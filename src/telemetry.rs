@@ -1,55 +1,162 @@
-//! Logs (tracing, JSON by default) and metrics (the `metrics` facade rendered by
-//! metrics-exporter-prometheus at `GET /metrics`).
+//! Logs, traces and metrics.
+//!
+//! - Logs: `tracing` events as JSON lines (or human-readable), each carrying the spans it
+//!   happened in, so a line logged while serving a request names its `request_id` and
+//!   `trace_id`.
+//! - Traces: every `tracing` span is also an OpenTelemetry span (the layer is always installed,
+//!   so trace ids exist and a W3C `traceparent` is honoured even when nothing is exported).
+//!   With `telemetry.otlp_endpoint` set, spans are exported over OTLP/HTTP by a batch processor
+//!   on its own thread: a missing collector costs failed exports in the background, never a
+//!   failed request.
+//! - Metrics: the `metrics` facade, rendered by metrics-exporter-prometheus at `GET /metrics`.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Context;
+use metrics::{Counter, Label};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogSettings;
+use crate::config::{LogSettings, TelemetrySettings};
 
-/// Metric names. Units are last in the name (Prometheus conventions).
+/// Metric names: the taxonomy SREs build dashboards and alerts on (README "Metrics" lists each
+/// with its type, labels and meaning). Units are last in the name (Prometheus conventions).
 pub mod names {
-    /// Counter, labels `type` and `status` (`completed`, `failed`, `error`).
+    // --- Ledger ---
+    /// Counter, labels `type` and `status` (`completed`, `failed`, `error`): transactions
+    /// answered by the pipeline.
     pub const TRANSACTIONS: &str = "tally_transactions_total";
-    /// Counter, label `reason` (`overloaded`): submissions refused before entering the queue.
+    /// Counter, labels `type` and `reason` (`insufficient_funds`, `unavailable`, `internal`,
+    /// `timeout`): transactions that did not complete, why.
+    pub const TRANSACTION_FAILURES: &str = "tally_transaction_failures_total";
+    /// Counter, labels `type` and `currency`: money moved by completed transactions, in minor
+    /// units of the currency.
+    pub const TRANSACTION_VOLUME: &str = "tally_transaction_volume_minor_total";
+
+    // --- Pipeline ---
+    /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
+    /// refused before entering the queue (503).
     pub const PIPELINE_REJECTIONS: &str = "tally_pipeline_rejections_total";
     /// Gauge: submissions waiting in the queue for a worker.
     pub const QUEUE_DEPTH: &str = "tally_pipeline_queue_depth";
     /// Gauge: submissions admitted and not yet answered.
     pub const IN_FLIGHT: &str = "tally_pipeline_in_flight";
-    /// Gauge: `pipeline.queue_capacity`.
+    /// Gauge: `pipeline.queue_capacity` (the most submissions in flight).
     pub const QUEUE_CAPACITY: &str = "tally_pipeline_queue_capacity";
-    /// Histogram, seconds a submission waited in the queue.
+    /// Histogram, seconds a submission waited in the queue for a worker.
     pub const QUEUE_WAIT_SECONDS: &str = "tally_pipeline_queue_wait_seconds";
-    /// Histogram, transactions per group commit.
+    /// Histogram, transactions per group commit (items per commit).
     pub const BATCH_SIZE: &str = "tally_batch_size";
     /// Histogram, seconds to write and commit one batch.
     pub const BATCH_COMMIT_SECONDS: &str = "tally_batch_commit_duration_seconds";
-    /// Counter: group commits.
+    /// Counter: group commits attempted (one per batch the journal writer took).
     pub const BATCHES: &str = "tally_batches_total";
-    /// Counter: batch re-runs (refused accounts, splits after errors, transient retries).
+    /// Counter, label `reason` (`refused`, `transient`, `split`, `reconnect`): batch re-runs.
     pub const BATCH_RETRIES: &str = "tally_batch_retries_total";
     /// Gauge: live balance actors.
     pub const BALANCE_ACTORS: &str = "tally_balance_actors";
     /// Counter: balance actors retired after being idle.
     pub const ACTOR_EVICTIONS: &str = "tally_balance_actor_evictions_total";
+
+    // --- HTTP (RED per route template) ---
     /// Counter, labels `method`, `route` (the route template) and `status`.
     pub const HTTP_REQUESTS: &str = "tally_http_requests_total";
     /// Histogram, labels `method` and `route`: seconds from request to response.
     pub const HTTP_DURATION_SECONDS: &str = "tally_http_request_duration_seconds";
-    /// Counter, label `scope` (`ip` for `/auth/*`, `user` for the rest): requests refused with
-    /// 429 `rate_limited`.
+    /// Gauge: HTTP requests being handled.
+    pub const HTTP_IN_FLIGHT: &str = "tally_http_requests_in_flight";
+
+    // --- Database ---
+    /// Gauge, labels `pool` (`api`, `journal`) and `state` (`in_use`, `idle`, `max`).
+    pub const DB_CONNECTIONS: &str = "tally_db_pool_connections";
+    /// Histogram, label `pool`: seconds spent waiting for a pooled connection.
+    pub const DB_POOL_WAIT_SECONDS: &str = "tally_db_pool_wait_seconds";
+    /// Counter, labels `pool` and `reason` (`database_down`, `timeout`, `connect`, `closed`):
+    /// requests for a connection that got none.
+    pub const DB_POOL_ERRORS: &str = "tally_db_pool_errors_total";
+    /// Gauge: 1 while the health check reaches PostgreSQL, 0 while it does not.
+    pub const DATABASE_UP: &str = "tally_database_up";
+
+    // --- Process ---
+    /// Gauge, label `version`: always 1.
+    pub const BUILD_INFO: &str = "tally_build_info";
+
+    // --- Edge and cache ---
+    /// Counter, label `scope` (`ip` for `/auth/*`, `user` for the rest of `/api/v1`): requests
+    /// refused with 429 `rate_limited`.
     pub const RATE_LIMITED: &str = "tally_rate_limited_total";
+    /// Counter: logins refused with 429 `login_locked` (too many failures for the account).
+    pub const LOGIN_LOCKOUTS: &str = "tally_login_lockouts_total";
     /// Counter, label `result` (`hit`, `miss`, `error`): balance cache lookups.
     pub const CACHE_REQUESTS: &str = "tally_cache_requests_total";
-    /// Gauge: the cache circuit breaker (0 closed, 1 open, 2 half-open).
+    /// Gauge: the Redis circuit breaker, 0 closed, 1 half-open, 2 open.
     pub const CACHE_BREAKER_STATE: &str = "tally_cache_breaker_state";
-    /// Counter: logins refused because the username is locked after repeated failures.
-    pub const LOGIN_LOCKOUTS: &str = "tally_login_lockouts_total";
-    /// Gauge, label `pool` (`api`, `journal`): database connections in use / idle.
-    pub const DB_CONNECTIONS: &str = "tally_db_pool_connections";
+
+    /// Every name above: the README's metrics table must list each one (a test checks).
+    pub const ALL: &[&str] = &[
+        TRANSACTIONS,
+        TRANSACTION_FAILURES,
+        TRANSACTION_VOLUME,
+        PIPELINE_REJECTIONS,
+        QUEUE_DEPTH,
+        IN_FLIGHT,
+        QUEUE_CAPACITY,
+        QUEUE_WAIT_SECONDS,
+        BATCH_SIZE,
+        BATCH_COMMIT_SECONDS,
+        BATCHES,
+        BATCH_RETRIES,
+        BALANCE_ACTORS,
+        ACTOR_EVICTIONS,
+        HTTP_REQUESTS,
+        HTTP_DURATION_SECONDS,
+        HTTP_IN_FLIGHT,
+        DB_CONNECTIONS,
+        DB_POOL_WAIT_SECONDS,
+        DB_POOL_ERRORS,
+        DATABASE_UP,
+        BUILD_INFO,
+        RATE_LIMITED,
+        LOGIN_LOCKOUTS,
+        CACHE_REQUESTS,
+        CACHE_BREAKER_STATE,
+    ];
+    /// The names no code emits yet (their features come later). Empty since the cache and the
+    /// rate limiter landed; kept so that a future reserved name has a place.
+    pub const RESERVED: &[&str] = &[];
+}
+
+/// Counter handles of one metric family, keyed by label values: registered with the recorder on
+/// first use, then incremented with one atomic add and no registry lookup. Owned by one actor
+/// (the journal writer), so the map needs no lock.
+pub struct CounterFamily<K> {
+    name: &'static str,
+    handles: HashMap<K, Counter>,
+}
+
+impl<K: Hash + Eq + Copy> CounterFamily<K> {
+    pub fn new(name: &'static str) -> CounterFamily<K> {
+        CounterFamily {
+            name,
+            handles: HashMap::new(),
+        }
+    }
+
+    /// The counter for `key`; `labels` names its label values the first time.
+    pub fn get(&mut self, key: K, labels: impl FnOnce(K) -> Vec<Label>) -> &Counter {
+        let name = self.name;
+        self.handles
+            .entry(key)
+            .or_insert_with(|| metrics::counter!(name, labels(key)))
+    }
 }
 
 /// Latency buckets in seconds: 100 µs to 10 s.
@@ -80,6 +187,7 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         Ok(()) => {
             metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
             describe();
+            metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Ok(handle)
         }
         // Another thread won the race; use its handle.
@@ -138,24 +246,174 @@ fn describe() {
         names::DB_CONNECTIONS,
         "Database connections by pool and state"
     );
+    describe_counter!(
+        names::TRANSACTION_FAILURES,
+        "Transactions that did not complete, by type and reason"
+    );
+    describe_counter!(
+        names::TRANSACTION_VOLUME,
+        "Money moved by completed transactions, by type and currency, in minor units"
+    );
+    describe_gauge!(names::HTTP_IN_FLIGHT, "HTTP requests being handled");
+    describe_histogram!(
+        names::DB_POOL_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time spent waiting for a pooled database connection"
+    );
+    describe_counter!(
+        names::DB_POOL_ERRORS,
+        "Requests for a pooled connection that got none, by pool and reason"
+    );
+    describe_gauge!(
+        names::DATABASE_UP,
+        "1 while the database health check succeeds, else 0"
+    );
+    describe_gauge!(names::BUILD_INFO, "Build information; always 1");
+    describe_counter!(
+        names::RATE_LIMITED,
+        "Requests refused with 429 by the rate limiter, by scope"
+    );
+    describe_counter!(
+        names::CACHE_REQUESTS,
+        "Cache lookups by result (hit, miss, error)"
+    );
+    describe_gauge!(
+        names::CACHE_BREAKER_STATE,
+        "Cache circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        names::LOGIN_LOCKOUTS,
+        "Logins refused while the account is locked after repeated failures"
+    );
+}
+
+/// What [`init`] installed that must be flushed before the process exits.
+pub struct TelemetryGuard {
+    tracer_provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl TelemetryGuard {
+    /// Flushes the spans not yet exported and stops the exporter, waiting at most `timeout` (a
+    /// collector that does not answer must not hold the process).
+    pub fn shutdown(self, timeout: Duration) {
+        if !self.exporting {
+            return;
+        }
+        // The SDK's shutdown blocks; run it on a plain thread and wait for it with a bound.
+        let (done, finished) = std::sync::mpsc::channel();
+        let provider = self.tracer_provider;
+        std::thread::spawn(move || {
+            let _ = done.send(provider.shutdown_with_timeout(timeout));
+        });
+        match finished.recv_timeout(timeout + Duration::from_millis(100)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "span export did not shut down cleanly"),
+            Err(_) => tracing::warn!(?timeout, "span export shutdown timed out"),
+        }
+    }
 }
 
 /// Installs the global tracing subscriber: JSON lines (or human-readable with `pretty`) on
-/// stdout, filtered by `RUST_LOG` when set, else by `log.filter`. Safe to call twice; the
-/// second call does nothing.
-pub fn init_logs(settings: &LogSettings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let _ = if settings.format == "pretty" {
-        builder.try_init()
+/// stdout, filtered by `RUST_LOG` when set, else by `log.filter`; the OpenTelemetry layer; and
+/// the W3C trace-context propagator that reads `traceparent`. Call once, at start.
+///
+/// Errors: an invalid `telemetry.otlp_endpoint`, or a subscriber already installed.
+pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(telemetry.service_name.clone())
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    let endpoint = otlp_traces_url(&telemetry.otlp_endpoint);
+    let exporting = endpoint.is_some();
+    if let Some(endpoint) = &endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(OTLP_EXPORT_TIMEOUT)
+            .build()
+            .with_context(|| format!("telemetry.otlp_endpoint {endpoint:?}"))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("tally"))
+        .with_tracked_inactivity(false)
+        .with_threads(false);
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.filter));
+    let (json, pretty) = if log.format == "pretty" {
+        (
+            None,
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stdout)),
+        )
     } else {
-        builder
+        let json = tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_current_span(true)
-            .try_init()
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_writer(std::io::stdout);
+        (Some(json), None)
     };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(pretty)
+        .with(otel)
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    if let Some(endpoint) = endpoint {
+        tracing::info!(%endpoint, "exporting spans over OTLP/HTTP");
+    }
+    Ok(TelemetryGuard {
+        tracer_provider: provider,
+        exporting,
+    })
+}
+
+/// Bound on one OTLP export request.
+const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OTLP/HTTP traces URL for a configured endpoint: `None` when empty; `/v1/traces` appended
+/// when the URL has no path (the collector's base address, as `OTEL_EXPORTER_OTLP_ENDPOINT`).
+fn otlp_traces_url(endpoint: &str) -> Option<String> {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    if endpoint.is_empty() {
+        return None;
+    }
+    let after_scheme = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    Some(if after_scheme.contains('/') {
+        endpoint.to_owned()
+    } else {
+        format!("{endpoint}/v1/traces")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otlp_traces_url;
+
+    #[test]
+    fn otlp_urls_get_the_traces_path_only_when_they_have_none() {
+        assert_eq!(otlp_traces_url(""), None);
+        assert_eq!(otlp_traces_url("  "), None);
+        assert_eq!(
+            otlp_traces_url("http://127.0.0.1:4318").as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(
+            otlp_traces_url("http://jaeger:4318/").as_deref(),
+            Some("http://jaeger:4318/v1/traces")
+        );
+        assert_eq!(
+            otlp_traces_url("http://collector:4318/custom/traces").as_deref(),
+            Some("http://collector:4318/custom/traces")
+        );
+    }
 }

@@ -12,12 +12,12 @@
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture,
 };
-use deadpool_postgres::Pool;
 
 use super::journal::{Append, Hold, Item, JournalWriter};
 use super::{Submission, SubmitError};
 use crate::domain::AccountKey;
 use crate::store::journal::AccountState;
+use crate::store::{AcquireError, DbPool};
 
 /// Reserve the movement's amount and pass it on to the journal writer.
 #[derive(Message)]
@@ -56,7 +56,7 @@ struct Cached {
 
 pub(super) struct BalanceActor {
     account: AccountKey,
-    pool: Pool,
+    pool: DbPool,
     journal: Addr<JournalWriter>,
     /// `None` until loaded, or after a load failed or a commit's outcome became unknown.
     cached: Option<Cached>,
@@ -69,7 +69,7 @@ pub(super) struct BalanceActor {
 impl BalanceActor {
     pub(super) fn new(
         account: AccountKey,
-        pool: Pool,
+        pool: DbPool,
         journal: Addr<JournalWriter>,
     ) -> BalanceActor {
         BalanceActor {
@@ -91,10 +91,11 @@ impl BalanceActor {
     ) {
         let (pool, account) = (self.pool.clone(), self.account);
         let load = async move {
-            let client = pool
-                .get()
-                .await
-                .map_err(|error| tracing::warn!(%error, "balance load: no connection"))?;
+            let client = pool.get().await.map_err(|error| match error {
+                // Already logged when the health check failed; one line per load would flood.
+                AcquireError::DatabaseDown => {}
+                error => tracing::warn!(%error, "balance load: no connection"),
+            })?;
             crate::store::balances::find(&client, account)
                 .await
                 .map_err(|error| tracing::warn!(%error, "balance load failed"))

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
-use deadpool_postgres::Pool;
 
 use super::balance::{BalanceActor, Observe, Retire};
 use super::journal::JournalWriter;
 use super::{PipelineStats, Submission};
 use crate::domain::AccountKey;
 use crate::store::journal::AccountState;
+use crate::store::DbPool;
 
 /// Reserve funds for a movement on its debited account.
 #[derive(Message)]
@@ -40,7 +40,7 @@ pub(super) struct Directory {
     actors: HashMap<AccountKey, Slot>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
-    pool: Pool,
+    pool: DbPool,
     journal: Addr<JournalWriter>,
     idle_timeout: Duration,
     stats: Arc<PipelineStats>,
@@ -49,7 +49,7 @@ pub(super) struct Directory {
 impl Directory {
     pub(super) fn new(
         arbiters: Vec<ArbiterHandle>,
-        pool: Pool,
+        pool: DbPool,
         journal: Addr<JournalWriter>,
         idle_timeout: Duration,
         stats: Arc<PipelineStats>,

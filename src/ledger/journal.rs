@@ -9,9 +9,15 @@
 //!
 //! Failures: a database error that is not a lost connection splits the batch in halves and
 //! retries each, down to single movements, so one bad movement fails alone and never its
-//! batch-mates. Deadlocks and serialization failures are retried as they are. A lost
-//! connection answers the whole batch `Unavailable` (nothing acknowledged) and tells the
-//! balance actors to reload, since a `COMMIT` cut off midway has an unknown outcome.
+//! batch-mates. Deadlocks and serialization failures are retried as they are. A connection lost
+//! before `COMMIT` was sent wrote nothing, so the batch is retried once on a new connection. A
+//! connection lost during `COMMIT` (unknown outcome), a second loss, or no connection at all
+//! answers the rest of the batch `Unavailable` (nothing acknowledged) and tells the balance
+//! actors to reload. While the database health check fails, batches fail at once without
+//! trying to connect.
+//!
+//! Metrics: the writer owns its counter handles (registered on first use), so counting a
+//! settled movement is an atomic add, with no lock and no registry lookup.
 
 use std::collections::{HashSet, VecDeque};
 use std::ops::Range;
@@ -22,7 +28,8 @@ use std::time::{Duration, Instant};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
 };
-use deadpool_postgres::Pool;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::balance::{BalanceActor, Settle};
 use super::directory::{Directory, Observed};
@@ -30,9 +37,12 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, Submission, SubmitError};
 use crate::cache::{BalanceCache, CommittedBalance};
-use crate::domain::{AccountKey, Movement};
-use crate::store::journal::{AccountState, AtomicOutcome, BatchItem, BatchReport, Posting};
-use crate::telemetry::names;
+use crate::domain::{AccountKey, Currency, Movement};
+use crate::store::journal::{
+    AccountState, AtomicOutcome, BatchError, BatchItem, BatchReport, Posting,
+};
+use crate::store::{AcquireError, DbPool};
+use crate::telemetry::{names, CounterFamily};
 
 /// Transient database errors (deadlock, serialization failure) are retried this many times
 /// before the batch is split.
@@ -76,18 +86,85 @@ pub(super) struct JournalSettings {
 }
 
 pub(super) struct JournalWriter {
-    pool: Pool,
+    pool: DbPool,
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
     directory: Addr<Directory>,
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
+    metrics: JournalMetrics,
     buffer: Vec<Item>,
     atomics: VecDeque<AtomicItem>,
     /// Whether the last write was a batch: atomics and batches take turns, so neither starves.
     last_was_batch: bool,
     writing: bool,
     linger_timer: Option<SpawnHandle>,
+}
+
+/// The writer's metric handles.
+struct JournalMetrics {
+    batch_size: metrics::Histogram,
+    commit_seconds: metrics::Histogram,
+    /// By `(type, status)`.
+    transactions: CounterFamily<(&'static str, &'static str)>,
+    /// By `(type, reason)`.
+    failures: CounterFamily<(&'static str, &'static str)>,
+    /// By `(type, currency)`, minor units.
+    volume: CounterFamily<(&'static str, Currency)>,
+}
+
+impl JournalMetrics {
+    fn new() -> JournalMetrics {
+        JournalMetrics {
+            batch_size: metrics::histogram!(names::BATCH_SIZE),
+            commit_seconds: metrics::histogram!(names::BATCH_COMMIT_SECONDS),
+            transactions: CounterFamily::new(names::TRANSACTIONS),
+            failures: CounterFamily::new(names::TRANSACTION_FAILURES),
+            volume: CounterFamily::new(names::TRANSACTION_VOLUME),
+        }
+    }
+
+    fn transaction(&mut self, kind: &'static str, status: &'static str) {
+        self.transactions
+            .get((kind, status), |(kind, status)| {
+                vec![
+                    metrics::Label::new("type", kind),
+                    metrics::Label::new("status", status),
+                ]
+            })
+            .increment(1);
+    }
+
+    fn failure(&mut self, kind: &'static str, reason: &'static str) {
+        self.failures
+            .get((kind, reason), |(kind, reason)| {
+                vec![
+                    metrics::Label::new("type", kind),
+                    metrics::Label::new("reason", reason),
+                ]
+            })
+            .increment(1);
+    }
+
+    fn volume(&mut self, kind: &'static str, currency: Currency, amount_minor: i64) {
+        self.volume
+            .get((kind, currency), |(kind, currency)| {
+                vec![
+                    metrics::Label::new("type", kind),
+                    metrics::Label::new("currency", currency.code()),
+                ]
+            })
+            .increment(amount_minor.unsigned_abs());
+    }
+}
+
+/// Batch re-runs by reason, for [`PipelineStats`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Retries {
+    refused: u64,
+    transient: u64,
+    split: u64,
+    reconnect: u64,
 }
 
 /// What happened to one movement of a written batch.
@@ -98,7 +175,7 @@ enum Written {
 
 impl JournalWriter {
     pub(super) fn new(
-        pool: Pool,
+        pool: DbPool,
         cache: Arc<BalanceCache>,
         directory: Addr<Directory>,
         settings: JournalSettings,
@@ -110,6 +187,7 @@ impl JournalWriter {
             directory,
             settings,
             stats,
+            metrics: JournalMetrics::new(),
             buffer: Vec::with_capacity(settings.batch_size_max),
             atomics: VecDeque::new(),
             last_was_batch: false,
@@ -136,30 +214,46 @@ impl JournalWriter {
         let items: Vec<Item> = self.buffer.drain(..take).collect();
         let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let started = Instant::now();
+        // A root span of its own (a batch serves many traces), linked to the `ledger.submit`
+        // span of every movement it carries. The SDK keeps the first 128 links by default.
+        let span =
+            tracing::info_span!(parent: None, "ledger.commit_batch", batch.size = items.len());
+        for item in &items {
+            span.add_link(item.submission.trace_context.clone());
+        }
         let write = async move {
-            let (written, accounts, retries) = write_batch(&pool, &items).await;
+            let (written, committed, retries) = write_batch(&pool, &items).await;
             // Before any caller is answered, so that every client reads its own writes.
-            cache.write_through(&accounts).await;
-            let accounts = accounts
-                .into_iter()
-                .map(|committed| committed.state)
-                .collect();
+            cache.write_through(&committed).await;
+            let accounts: Vec<AccountState> =
+                committed.into_iter().map(|balance| balance.state).collect();
             (items, written, accounts, retries)
-        };
+        }
+        .instrument(span);
         ctx.spawn(write.into_actor(self).map(
             move |(items, written, accounts, retries), writer, ctx| {
-                metrics::histogram!(names::BATCH_SIZE).record(items.len() as f64);
-                metrics::histogram!(names::BATCH_COMMIT_SECONDS)
-                    .record(started.elapsed().as_secs_f64());
-                writer.stats.batches.fetch_add(1, Ordering::Relaxed);
+                writer.metrics.batch_size.record(items.len() as f64);
                 writer
-                    .stats
+                    .metrics
+                    .commit_seconds
+                    .record(started.elapsed().as_secs_f64());
+                let stats = &writer.stats;
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                stats
                     .batch_items
                     .fetch_add(items.len() as u64, Ordering::Relaxed);
-                writer
-                    .stats
-                    .batch_retries
-                    .fetch_add(u64::from(retries), Ordering::Relaxed);
+                stats
+                    .retries_refused
+                    .fetch_add(retries.refused, Ordering::Relaxed);
+                stats
+                    .retries_transient
+                    .fetch_add(retries.transient, Ordering::Relaxed);
+                stats
+                    .retries_split
+                    .fetch_add(retries.split, Ordering::Relaxed);
+                stats
+                    .retries_reconnect
+                    .fetch_add(retries.reconnect, Ordering::Relaxed);
                 writer.settle(items, written, accounts);
                 writer.writing = false;
                 // What arrived during the commit has waited long enough: write it now.
@@ -173,6 +267,7 @@ impl JournalWriter {
         self.last_was_batch = false;
         let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let started = Instant::now();
+        let span = tracing::info_span!(parent: None, "ledger.commit_atomic", batch.size = atomic.movements.len());
         let write = async move {
             let result = write_atomic(&pool, &atomic.movements).await;
             if let Ok(AtomicOutcome::Committed(report)) = &result {
@@ -187,32 +282,56 @@ impl JournalWriter {
                 cache.write_through(&committed).await;
             }
             (atomic, result)
-        };
-        ctx.spawn(write.into_actor(self).map(move |(atomic, result), writer, ctx| {
-            let reply = match result {
-                Ok(AtomicOutcome::Committed(report)) => {
-                    metrics::histogram!(names::BATCH_SIZE).record(atomic.movements.len() as f64);
-                    metrics::histogram!(names::BATCH_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-                    writer.stats.batches.fetch_add(1, Ordering::Relaxed);
-                    writer.stats.batch_items.fetch_add(atomic.movements.len() as u64, Ordering::Relaxed);
-                    for movement in &atomic.movements {
-                        metrics::counter!(names::TRANSACTIONS, "type" => movement.kind.as_str(), "status" => "completed")
-                            .increment(1);
-                    }
-                    for state in report.accounts {
-                        writer.directory.do_send(Observed(state));
-                    }
-                    let at = report.committed_at;
-                    Ok(AtomicResult::Committed(Recorded { created_at: at, completed_at: Some(at) }))
-                }
-                Ok(AtomicOutcome::InsufficientFunds(failing)) => Ok(AtomicResult::InsufficientFunds(failing)),
-                Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
-                Err(error) => Err(error),
-            };
-            let _ = atomic.reply.send(reply);
-            writer.writing = false;
-            writer.write_next_batch(ctx);
-        }));
+        }
+        .instrument(span);
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(move |(atomic, result), writer, ctx| {
+                    let reply = match result {
+                        Ok(AtomicOutcome::Committed(report)) => {
+                            writer
+                                .metrics
+                                .batch_size
+                                .record(atomic.movements.len() as f64);
+                            writer
+                                .metrics
+                                .commit_seconds
+                                .record(started.elapsed().as_secs_f64());
+                            writer.stats.batches.fetch_add(1, Ordering::Relaxed);
+                            writer
+                                .stats
+                                .batch_items
+                                .fetch_add(atomic.movements.len() as u64, Ordering::Relaxed);
+                            for movement in &atomic.movements {
+                                let kind = movement.kind.as_str();
+                                writer.metrics.transaction(kind, "completed");
+                                writer.metrics.volume(
+                                    kind,
+                                    movement.currency,
+                                    movement.amount.minor(),
+                                );
+                            }
+                            for state in report.accounts {
+                                writer.directory.do_send(Observed(state));
+                            }
+                            let at = report.committed_at;
+                            Ok(AtomicResult::Committed(Recorded {
+                                created_at: at,
+                                completed_at: Some(at),
+                            }))
+                        }
+                        Ok(AtomicOutcome::InsufficientFunds(failing)) => {
+                            Ok(AtomicResult::InsufficientFunds(failing))
+                        }
+                        Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
+                        Err(error) => Err(error),
+                    };
+                    let _ = atomic.reply.send(reply);
+                    writer.writing = false;
+                    writer.write_next_batch(ctx);
+                }),
+        );
     }
 
     /// Settles holds, shares the observed balances, and answers the callers.
@@ -225,14 +344,17 @@ impl JournalWriter {
             let result = match written {
                 Written::Posted(posting, at) => match posting {
                     Posting::Completed => {
-                        metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "completed").increment(1);
+                        self.metrics.transaction(kind, "completed");
+                        self.metrics
+                            .volume(kind, movement.currency, movement.amount.minor());
                         Ok(Outcome::Completed(Recorded {
                             created_at: at,
                             completed_at: Some(at),
                         }))
                     }
                     Posting::InsufficientFunds => {
-                        metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "failed").increment(1);
+                        self.metrics.transaction(kind, "failed");
+                        self.metrics.failure(kind, "insufficient_funds");
                         Ok(Outcome::InsufficientFunds(Recorded {
                             created_at: at,
                             completed_at: None,
@@ -253,8 +375,12 @@ impl JournalWriter {
                     }
                 },
                 Written::Failed(error) => {
-                    metrics::counter!(names::TRANSACTIONS, "type" => kind, "status" => "error")
-                        .increment(1);
+                    self.metrics.transaction(kind, "error");
+                    let reason = match error {
+                        SubmitError::Internal(_) => "internal",
+                        SubmitError::Unavailable | SubmitError::Overloaded => "unavailable",
+                    };
+                    self.metrics.failure(kind, reason);
                     Err(error)
                 }
             };
@@ -283,15 +409,27 @@ impl JournalWriter {
     }
 }
 
+/// How one attempt at writing a range of the batch failed.
+enum Failure {
+    /// No connection: the database is down (health check) or the pool could not provide one.
+    NoConnection(AcquireError),
+    Batch(BatchError),
+}
+
 /// Writes `items`, splitting on errors so that each failure stays with its own movement.
-/// Returns one [`Written`] per item, the final account states, and how many retries it took.
-async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<CommittedBalance>, u32) {
+/// Returns one [`Written`] per item, the final account states, and the re-runs it took.
+async fn write_batch(
+    pool: &DbPool,
+    items: &[Item],
+) -> (Vec<Written>, Vec<CommittedBalance>, Retries) {
     let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
     let mut accounts = Vec::new();
-    let mut retries = 0;
+    let mut retries = Retries::default();
     // Ranges still to write, last popped first; pushed so that earlier movements go first.
-    let mut pending: Vec<(Range<usize>, u32)> = vec![(0..items.len(), 0)];
-    while let Some((range, transient_attempts)) = pending.pop() {
+    // Each carries how many transient retries it had and whether it was already re-run on a
+    // new connection.
+    let mut pending: Vec<(Range<usize>, u32, bool)> = vec![(0..items.len(), 0, false)];
+    while let Some((range, transient_attempts, reconnected)) = pending.pop() {
         let batch: Vec<BatchItem<'_>> = items[range.clone()]
             .iter()
             .map(|item| BatchItem {
@@ -300,22 +438,24 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<Committe
             })
             .collect();
         let result = match pool.get().await {
-            Ok(mut client) => crate::store::journal::commit_batch(&mut client, &batch)
-                .await
-                .map_err(Some),
-            Err(error) => {
-                tracing::warn!(%error, "journal writer: no database connection");
-                Err(None)
+            Ok(mut client) => {
+                let result = crate::store::journal::commit_batch(&mut client, &batch).await;
+                if matches!(&result, Err(error) if error.is_connection_lost()) {
+                    // Never hand a broken connection back to the pool.
+                    drop(deadpool_postgres::Client::take(client));
+                }
+                result.map_err(Failure::Batch)
             }
+            Err(error) => Err(Failure::NoConnection(error)),
         };
-        match result {
+        let error = match result {
             Ok(BatchReport {
                 postings,
                 committed_at,
                 accounts: states,
                 attempts,
             }) => {
-                retries += attempts - 1;
+                retries.refused += u64::from(attempts - 1);
                 for (slot, posting) in written[range].iter_mut().zip(postings) {
                     *slot = Some(Written::Posted(posting, committed_at));
                 }
@@ -323,38 +463,41 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<Committe
                     state,
                     at: committed_at,
                 }));
+                continue;
             }
-            Err(Some(error))
-                if crate::store::is_transient(&error)
-                    && transient_attempts < TRANSIENT_RETRIES_MAX =>
-            {
-                tracing::info!(%error, "journal writer: transient failure, retrying the batch");
-                retries += 1;
-                pending.push((range, transient_attempts + 1));
-            }
-            Err(Some(error)) if !crate::store::is_connection_error(&error) && range.len() > 1 => {
-                tracing::warn!(error = ?error, items = range.len(), "journal writer: batch failed, splitting it");
-                retries += 1;
-                let middle = range.start + range.len() / 2;
-                pending.push((middle..range.end, 0));
-                pending.push((range.start..middle, 0));
-            }
-            Err(Some(error)) if !crate::store::is_connection_error(&error) => {
-                tracing::error!(error = ?error, "journal writer: a movement failed on its own");
-                written[range.start] =
-                    Some(Written::Failed(SubmitError::Internal(error.to_string())));
-            }
-            Err(error) => {
-                // The connection is gone: everything not yet written is answered Unavailable now
-                // rather than queued behind the outage.
-                if let Some(error) = error {
-                    tracing::warn!(%error, "journal writer: database connection lost");
+            Err(Failure::NoConnection(error)) => {
+                if !matches!(error, AcquireError::DatabaseDown) {
+                    tracing::warn!(%error, "journal writer: no database connection");
                 }
-                for slot in written.iter_mut().filter(|slot| slot.is_none()) {
-                    *slot = Some(Written::Failed(SubmitError::Unavailable));
-                }
-                pending.clear();
+                fail_the_rest(&mut written, &mut pending);
+                continue;
             }
+            Err(Failure::Batch(error)) => error,
+        };
+        if error.is_transient() && transient_attempts < TRANSIENT_RETRIES_MAX {
+            tracing::info!(%error, "journal writer: transient failure, retrying the batch");
+            retries.transient += 1;
+            pending.push((range, transient_attempts + 1, reconnected));
+        } else if error.is_outcome_unknown() {
+            tracing::warn!(%error, items = range.len(), "journal writer: connection lost during COMMIT, outcome unknown");
+            fail_the_rest(&mut written, &mut pending);
+        } else if error.is_connection_lost() && !reconnected {
+            // Nothing was written (COMMIT was never sent): run it again on a new connection.
+            tracing::info!(%error, items = range.len(), "journal writer: connection lost before COMMIT, retrying on a new one");
+            retries.reconnect += 1;
+            pending.push((range, transient_attempts, true));
+        } else if error.is_connection_lost() {
+            tracing::warn!(%error, "journal writer: database connection lost again");
+            fail_the_rest(&mut written, &mut pending);
+        } else if range.len() > 1 {
+            tracing::warn!(error = ?error, items = range.len(), "journal writer: batch failed, splitting it");
+            retries.split += 1;
+            let middle = range.start + range.len() / 2;
+            pending.push((middle..range.end, 0, reconnected));
+            pending.push((range.start..middle, 0, reconnected));
+        } else {
+            tracing::error!(error = ?error, "journal writer: a movement failed on its own");
+            written[range.start] = Some(Written::Failed(SubmitError::Internal(error.to_string())));
         }
     }
     let written = written
@@ -364,33 +507,13 @@ async fn write_batch(pool: &Pool, items: &[Item]) -> (Vec<Written>, Vec<Committe
     (written, accounts, retries)
 }
 
-/// Commits an atomic set, retrying transient failures. A lost connection is `Unavailable`; any
-/// other database error fails the set (nothing was written).
-async fn write_atomic(pool: &Pool, movements: &[Movement]) -> Result<AtomicOutcome, SubmitError> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut client = pool.get().await.map_err(|error| {
-            tracing::warn!(%error, "journal writer: no database connection");
-            SubmitError::Unavailable
-        })?;
-        match crate::store::journal::commit_atomic(&mut client, movements).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(error)
-                if crate::store::is_transient(&error) && attempts <= TRANSIENT_RETRIES_MAX =>
-            {
-                tracing::info!(%error, "journal writer: transient failure, retrying the atomic set");
-            }
-            Err(error) if crate::store::is_connection_error(&error) => {
-                tracing::warn!(%error, "journal writer: database connection lost");
-                return Err(SubmitError::Unavailable);
-            }
-            Err(error) => {
-                tracing::error!(error = ?error, "journal writer: an atomic set failed");
-                return Err(SubmitError::Internal(error.to_string()));
-            }
-        }
+/// The database is gone: everything not yet written is answered `Unavailable` now rather than
+/// queued behind the outage.
+fn fail_the_rest(written: &mut [Option<Written>], pending: &mut Vec<(Range<usize>, u32, bool)>) {
+    for slot in written.iter_mut().filter(|slot| slot.is_none()) {
+        *slot = Some(Written::Failed(SubmitError::Unavailable));
     }
+    pending.clear();
 }
 
 impl Actor for JournalWriter {
@@ -414,6 +537,36 @@ impl Handler<Append> for JournalWriter {
                     writer.write_next_batch(ctx);
                 }
             }));
+        }
+    }
+}
+
+/// Commits an atomic set, retrying transient failures (and once on a new connection when the
+/// old one was lost before `COMMIT`). A lost connection is `Unavailable`; any other database
+/// error fails the set (nothing was written).
+async fn write_atomic(pool: &DbPool, movements: &[Movement]) -> Result<AtomicOutcome, SubmitError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut client = pool.get().await.map_err(|error| {
+            tracing::warn!(%error, "journal writer: no database connection");
+            SubmitError::Unavailable
+        })?;
+        match crate::store::journal::commit_atomic(&mut client, movements).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(error)
+                if crate::store::is_transient(&error) && attempts <= TRANSIENT_RETRIES_MAX =>
+            {
+                tracing::info!(%error, "journal writer: transient failure, retrying the atomic set");
+            }
+            Err(error) if crate::store::is_connection_error(&error) => {
+                tracing::warn!(%error, "journal writer: database connection lost");
+                return Err(SubmitError::Unavailable);
+            }
+            Err(error) => {
+                tracing::error!(error = ?error, "journal writer: an atomic set failed");
+                return Err(SubmitError::Internal(error.to_string()));
+            }
         }
     }
 }

@@ -14,25 +14,41 @@
 //! `queue_capacity` transactions are inside the pipeline at any moment and every actor mailbox
 //! behind the queue is bounded by that same number. When no permit is free the caller gets
 //! [`SubmitError::Overloaded`] at once (503 with `Retry-After`).
+//!
+//! Fail fast: while the database health check fails, or once shutdown has begun, a submission
+//! is refused before it takes a permit ([`SubmitError::Unavailable`]), so an outage never
+//! fills the pipeline with work that can only time out.
+//!
+//! Shutdown: [`Ledger::drain`] refuses new submissions and waits until every admitted one has
+//! been answered, which means its batch was committed (or failed) first; it holds all permits
+//! at the end, so nothing can be admitted after it.
+//!
+//! Tracing: each submission runs in a `ledger.submit` span (a child of the HTTP request's
+//! span); a `ledger.queue_wait` span lasts from the queue to a worker; the journal writer's
+//! `ledger.commit_batch` span links to the `ledger.submit` span of every movement it carried.
 
 mod balance;
 mod directory;
 mod journal;
 mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Arbiter, AsyncContext};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use uuid::Uuid;
 
 use crate::cache::BalanceCache;
 use crate::config::PipelineSettings;
 use crate::domain::Movement;
+use crate::store::{DatabaseHealth, DbPool};
+use crate::telemetry::names;
 
 /// How the ledger settled a movement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +106,11 @@ pub(crate) struct Submission {
     movement: Movement,
     reply: oneshot::Sender<Result<Outcome, SubmitError>>,
     enqueued_at: Instant,
+    /// Open from submission until a worker takes it (the trace's view of the queue wait).
+    queue_span: tracing::Span,
+    /// The submitting `ledger.submit` span, which the batch commit span links to (invalid when
+    /// no OpenTelemetry layer is installed, and then no link is made).
+    trace_context: SpanContext,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -107,8 +128,17 @@ pub struct PipelineStats {
     pub actor_evictions: AtomicU64,
     pub batches: AtomicU64,
     pub batch_items: AtomicU64,
-    pub batch_retries: AtomicU64,
+    /// Re-runs because the database refused accounts the caches had accepted.
+    pub retries_refused: AtomicU64,
+    /// Re-runs after a deadlock or serialization failure.
+    pub retries_transient: AtomicU64,
+    /// Halves re-run after a statement error, to isolate the culprit.
+    pub retries_split: AtomicU64,
+    /// Re-runs on a new connection after the old one was lost before `COMMIT`.
+    pub retries_reconnect: AtomicU64,
     pub rejected_overloaded: AtomicU64,
+    pub rejected_database_down: AtomicU64,
+    pub rejected_shutting_down: AtomicU64,
 }
 
 /// The handle request handlers use to submit movements. Cheap to clone.
@@ -120,6 +150,8 @@ pub struct Ledger {
     capacity: usize,
     reply_timeout: Duration,
     stats: Arc<PipelineStats>,
+    health: DatabaseHealth,
+    closing: Arc<AtomicBool>,
 }
 
 impl Ledger {
@@ -127,14 +159,16 @@ impl Ledger {
     /// actors, and one arbiter per core for the balance actors. Must be called inside a running
     /// actix `System`.
     ///
-    /// `pool` serves balance loads; `journal_pool` the group commits; committed balances are
+    /// `pool` serves balance loads; `journal_pool` the group commits. Both fail fast while
+    /// their (shared) database health says the database is down. Committed balances are
     /// written through to `cache` before callers are answered.
     pub fn start(
         settings: &PipelineSettings,
-        pool: Pool,
-        journal_pool: Pool,
+        pool: DbPool,
+        journal_pool: DbPool,
         cache: Arc<BalanceCache>,
     ) -> Ledger {
+        let health = pool.health().clone();
         let stats = Arc::new(PipelineStats::default());
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let balance_arbiters: Vec<_> = (0..cores).map(|_| Arbiter::new().handle()).collect();
@@ -175,6 +209,8 @@ impl Ledger {
             capacity: settings.queue_capacity,
             reply_timeout: Duration::from_millis(settings.reply_timeout_ms),
             stats,
+            health,
+            closing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -184,7 +220,41 @@ impl Ledger {
     /// flight; [`SubmitError::Unavailable`] when the database fails or no answer came within
     /// `reply_timeout_ms` (the movement may still commit later; its idempotency key makes the
     /// retry safe); [`SubmitError::Internal`] when the movement failed alone in the database.
+    /// Also [`SubmitError::Unavailable`] at once while the database is down or after
+    /// [`Ledger::drain`] began.
     pub async fn submit(&self, movement: Movement) -> Result<Outcome, SubmitError> {
+        let span = tracing::info_span!(
+            "ledger.submit",
+            transaction.id = %movement.id,
+            "transaction.type" = movement.kind.as_str(),
+        );
+        let kind = movement.kind.as_str();
+        let result = self.submit_in_span(movement).instrument(span).await;
+        if let Err(SubmitError::Unavailable) = &result {
+            tracing::debug!(kind, "submission refused: ledger unavailable");
+        }
+        result
+    }
+
+    /// Refuses at once while shutting down or while the database is down.
+    fn accepting(&self) -> Result<(), SubmitError> {
+        if self.closing.load(Ordering::Relaxed) {
+            self.stats
+                .rejected_shutting_down
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Unavailable);
+        }
+        if !self.health.is_up() {
+            self.stats
+                .rejected_database_down
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::Unavailable);
+        }
+        Ok(())
+    }
+
+    async fn submit_in_span(&self, movement: Movement) -> Result<Outcome, SubmitError> {
+        self.accepting()?;
         let Ok(permit) = self.admission.clone().try_acquire_owned() else {
             self.stats
                 .rejected_overloaded
@@ -192,10 +262,17 @@ impl Ledger {
             return Err(SubmitError::Overloaded);
         };
         let (reply, answer) = oneshot::channel();
+        let kind = movement.kind.as_str();
         let submission = Submission {
             movement,
             reply,
             enqueued_at: Instant::now(),
+            queue_span: tracing::info_span!("ledger.queue_wait"),
+            trace_context: tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .clone(),
             _permit: permit,
         };
         self.queue
@@ -210,7 +287,11 @@ impl Ledger {
             Ok(Err(_)) => Err(SubmitError::Internal(
                 "the pipeline dropped the submission".into(),
             )),
-            Err(_) => Err(SubmitError::Unavailable),
+            Err(_) => {
+                metrics::counter!(names::TRANSACTION_FAILURES, "type" => kind, "reason" => "timeout")
+                    .increment(1);
+                Err(SubmitError::Unavailable)
+            }
         }
     }
 
@@ -219,6 +300,9 @@ impl Ledger {
     /// when fewer than `movements.len()` permits are free, every answer is `Overloaded`.
     pub async fn submit_many(&self, movements: Vec<Movement>) -> Vec<Result<Outcome, SubmitError>> {
         let count = movements.len();
+        if let Err(error) = self.accepting() {
+            return vec![Err(error); count];
+        }
         let Some(permits) = self.admit(count) else {
             return vec![Err(SubmitError::Overloaded); count];
         };
@@ -231,6 +315,12 @@ impl Ledger {
                     movement,
                     reply,
                     enqueued_at: Instant::now(),
+                    queue_span: tracing::info_span!("ledger.queue_wait"),
+                    trace_context: tracing::Span::current()
+                        .context()
+                        .span()
+                        .span_context()
+                        .clone(),
                     _permit: permit,
                 };
                 let sent = self
@@ -255,6 +345,7 @@ impl Ledger {
         &self,
         movements: Vec<Movement>,
     ) -> Result<AtomicResult, SubmitError> {
+        self.accepting()?;
         let permits = self.admit(movements.len()).ok_or(SubmitError::Overloaded)?;
         let permit = permits.into_iter().reduce(|mut all, permit| {
             all.merge(permit);
@@ -304,6 +395,32 @@ impl Ledger {
             )),
             Err(_) => Err(SubmitError::Unavailable),
         }
+    }
+
+    /// Refuses new submissions, then waits until every admitted one has been answered (its
+    /// batch committed or failed), at most `timeout`.
+    ///
+    /// Errors: the number of submissions still in flight when `timeout` ran out.
+    pub async fn drain(&self, timeout: Duration) -> Result<(), usize> {
+        self.closing.store(true, Ordering::Relaxed);
+        let permits = u32::try_from(self.capacity).expect("queue_capacity fits in u32");
+        // Bound first: the timed-out acquisition must be dropped (returning the permits it had
+        // gathered) before `in_flight` is read.
+        let acquired = tokio::time::timeout(timeout, self.admission.acquire_many(permits)).await;
+        match acquired {
+            Ok(Ok(all)) => {
+                // Keep them: nothing may be admitted after the drain.
+                all.forget();
+                Ok(())
+            }
+            Ok(Err(_)) => unreachable!("the admission semaphore is never closed"),
+            Err(_) => Err(self.in_flight()),
+        }
+    }
+
+    /// Whether the database health check currently succeeds.
+    pub fn database_up(&self) -> bool {
+        self.health.is_up()
     }
 
     /// Movements admitted and not yet answered.

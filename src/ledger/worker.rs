@@ -12,6 +12,8 @@ use super::{queue_wait, Submission};
 pub(super) struct Worker {
     directory: Addr<Directory>,
     journal: Addr<JournalWriter>,
+    /// Registered once: recording is then an atomic update, no registry lookup.
+    queue_wait_seconds: metrics::Histogram,
 }
 
 impl Worker {
@@ -23,7 +25,13 @@ impl Worker {
     ) -> Addr<Worker> {
         Worker::create(|ctx| {
             Worker::add_stream(queue, ctx);
-            Worker { directory, journal }
+            Worker {
+                directory,
+                journal,
+                queue_wait_seconds: metrics::histogram!(
+                    crate::telemetry::names::QUEUE_WAIT_SECONDS
+                ),
+            }
         })
     }
 }
@@ -33,9 +41,14 @@ impl Actor for Worker {
 }
 
 impl StreamHandler<Submission> for Worker {
-    fn handle(&mut self, submission: Submission, _ctx: &mut Context<Self>) {
-        metrics::histogram!(crate::telemetry::names::QUEUE_WAIT_SECONDS)
+    fn handle(&mut self, mut submission: Submission, _ctx: &mut Context<Self>) {
+        self.queue_wait_seconds
             .record(queue_wait(&submission).as_secs_f64());
+        // The wait is over: close its span.
+        drop(std::mem::replace(
+            &mut submission.queue_span,
+            tracing::Span::none(),
+        ));
         debug_assert_ne!(
             submission.movement.from, submission.movement.to,
             "handlers refuse self-transfers"

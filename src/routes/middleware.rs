@@ -64,14 +64,21 @@ pub async fn request_id_layer(
     Ok(response)
 }
 
-/// One JSON log line per request (target `tally::access`): request id, method, route template,
-/// status, duration, client address and the authenticated user when there is one.
+/// One JSON log line per request (target `tally::access`, when `log.access` is on): request id,
+/// method, route template, status, duration, client address and the authenticated user when
+/// there is one. It is logged inside the request's tracing span, so it carries the trace id.
 pub async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let enabled = req
+        .app_data::<web::Data<super::AppState>>()
+        .is_none_or(|state| state.settings.log.access);
     let started = Instant::now();
     let response = next.call(req).await?;
+    if !enabled {
+        return Ok(response);
+    }
     let request = response.request();
     let user_id = request
         .extensions()

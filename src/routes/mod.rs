@@ -16,10 +16,9 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
 use actix_web::{web, HttpResponse, ResponseError};
-use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use uuid::Uuid;
 
@@ -28,19 +27,24 @@ use crate::config::Settings;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::ledger::Ledger;
+use crate::lifecycle::Lifecycle;
+use crate::store::DbPool;
 use crate::telemetry::names;
 
 /// What every handler can reach.
 pub struct AppState {
-    /// Connections for handlers and balance loads.
-    pub pool: Pool,
+    /// Connections for handlers and balance loads. `pool.get()` fails fast while the database
+    /// is down and records the wait in `tally_db_pool_wait_seconds{pool="api"}`.
+    pub pool: DbPool,
     /// The journal writer's connections (only read here, for `/metrics`).
-    pub journal_pool: Pool,
+    pub journal_pool: DbPool,
     pub ledger: Ledger,
     /// The Redis balance cache (disabled when `redis.url` is empty).
     pub cache: std::sync::Arc<crate::cache::BalanceCache>,
     pub settings: Settings,
     pub metrics: PrometheusHandle,
+    /// Draining for shutdown, and the HTTP request counters.
+    pub lifecycle: Lifecycle,
 }
 
 /// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and
@@ -107,16 +111,20 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such resource"))
 }
 
-/// Error handler for the whole app: an error reply that is not already problem+json (actix's
-/// own 404, 405, 413, bad path or query) is replaced by the problem for its status.
+/// Error handler for the whole app: an error reply that is not already JSON (actix's own 404,
+/// 405, 413, bad path or query) is replaced by the problem for its status. JSON replies pass:
+/// problems, and the readiness probe's 503 body.
 pub fn problem_for_plain_errors<B>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_problem = res
+    let is_json = res
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem {
+        .is_some_and(|value| {
+            let value = value.as_bytes();
+            value.starts_with(b"application/problem+json") || value.starts_with(b"application/json")
+        });
+    if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let error = match res.status() {
@@ -163,14 +171,32 @@ pub fn extractor_errors(cfg: &mut web::ServiceConfig) {
 }
 
 /// Middleware: counts requests and records their duration by method, route template (not the
-/// raw path, so ids do not explode the label set) and status.
+/// raw path, so ids do not explode the label set) and status (the access line is
+/// `middleware::access_log`). While the process
+/// drains for shutdown, every response closes its connection, so that keep-alive clients move
+/// on instead of holding the server open.
 pub async fn record_http_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
-    let result = next.call(req).await;
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    if let Some(state) = &state {
+        state.lifecycle.request_started();
+    }
+    let mut result = next.call(req).await;
+    if let Some(state) = &state {
+        state.lifecycle.request_finished();
+        if state.lifecycle.is_draining() {
+            if let Ok(response) = &mut result {
+                response
+                    .response_mut()
+                    .head_mut()
+                    .set_connection_type(ConnectionType::Close);
+            }
+        }
+    }
     let (route, status) = match &result {
         Ok(response) => (
             response
@@ -186,8 +212,9 @@ pub async fn record_http_metrics(
     };
     metrics::counter!(names::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status.as_u16().to_string())
         .increment(1);
+    let elapsed = started.elapsed();
     metrics::histogram!(names::HTTP_DURATION_SECONDS, "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
     result
 }
 

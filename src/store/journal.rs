@@ -73,16 +73,62 @@ pub struct BatchItem<'a> {
     pub alone: bool,
 }
 
+/// Why a batch was not committed. The split matters when the connection is lost: before
+/// `COMMIT` was sent nothing can have been written, so the batch may be retried on a new
+/// connection; once `COMMIT` was sent, a lost connection leaves the outcome unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A statement before `COMMIT` failed (or `BEGIN`, or the rollback of a refused attempt):
+    /// nothing of the batch was written.
+    #[error("batch statement failed: {0}")]
+    BeforeCommit(#[source] tokio_postgres::Error),
+    /// `COMMIT` itself failed. On a lost connection the batch may or may not be committed;
+    /// otherwise the server rolled it back (e.g. a deferred constraint) and nothing was written.
+    #[error("COMMIT failed: {0}")]
+    AtCommit(#[source] tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(error: tokio_postgres::Error) -> BatchError {
+        BatchError::BeforeCommit(error)
+    }
+}
+
+impl BatchError {
+    /// The database error, wherever it happened.
+    pub fn database_error(&self) -> &tokio_postgres::Error {
+        match self {
+            BatchError::BeforeCommit(error) | BatchError::AtCommit(error) => error,
+        }
+    }
+
+    /// The connection (or the server) went away, as opposed to a statement being refused.
+    pub fn is_connection_lost(&self) -> bool {
+        super::is_connection_error(self.database_error())
+    }
+
+    /// `COMMIT` was sent and its answer was lost with the connection: the batch may have been
+    /// committed. Nothing may be acknowledged, and cached balances must be reloaded.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, BatchError::AtCommit(_)) && self.is_connection_lost()
+    }
+
+    /// A deadlock or serialization failure: the same batch may simply be run again.
+    pub fn is_transient(&self) -> bool {
+        super::is_transient(self.database_error())
+    }
+}
+
 /// Writes `items` in one database transaction and commits it.
 ///
-/// Errors: any database error. The transaction is then rolled back and nothing of the batch is
-/// written, except when the error comes from `COMMIT` itself on a lost connection, in which case
-/// the outcome is unknown (the caller must not acknowledge, and idempotency keys make a retry
-/// safe).
+/// Errors: [`BatchError::BeforeCommit`] for any failure before `COMMIT` (the transaction is
+/// rolled back, nothing of the batch is written); [`BatchError::AtCommit`] when `COMMIT` fails
+/// (see [`BatchError::is_outcome_unknown`]: the caller must then not acknowledge, and
+/// idempotency keys make a retry safe).
 pub async fn commit_batch(
     client: &mut Client,
     items: &[BatchItem<'_>],
-) -> Result<BatchReport, tokio_postgres::Error> {
+) -> Result<BatchReport, BatchError> {
     let mut alone: Vec<bool> = items.iter().map(|item| item.alone).collect();
     let mut postings: Vec<Option<Posting>> = vec![None; items.len()];
     mark_duplicates_within_batch(items, &mut postings);
@@ -149,7 +195,7 @@ pub async fn commit_batch(
             "a batch's entries must sum to zero per currency"
         );
         let committed_at = insert_records(&transaction, items, &postings, &entries).await?;
-        transaction.commit().await?;
+        transaction.commit().await.map_err(BatchError::AtCommit)?;
         let postings = resolve_duplicates_within_batch(items, postings);
         return Ok(BatchReport {
             postings,

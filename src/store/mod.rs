@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod balances;
+pub mod health;
 pub mod idempotency;
 pub mod journal;
 pub mod lockout;
@@ -19,6 +20,8 @@ use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
 
+pub use health::{AcquireError, DatabaseHealth, DbPool};
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }
@@ -28,6 +31,8 @@ pub const APP_NAME: &str = "tally";
 /// `application_name` of the journal writer's connections (the group commits). Operators and
 /// the fault tests find the pipeline's backends by it.
 pub const JOURNAL_APP_NAME: &str = "tally-journal";
+/// `application_name` of the health check's connection.
+pub const HEALTH_APP_NAME: &str = "tally-health";
 
 fn pg_config(
     settings: &DatabaseSettings,
@@ -153,14 +158,4 @@ pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
 /// True for errors that a retry of the same transaction can cure (deadlock, serialization).
 pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     matches!(error.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
-}
-
-/// Checks that the database answers (readiness).
-pub async fn ping(pool: &Pool) -> anyhow::Result<()> {
-    let client = pool.get().await.context("no database connection")?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .context("database did not answer")?;
-    Ok(())
 }

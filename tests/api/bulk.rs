@@ -627,13 +627,11 @@ async fn a_ten_thousand_item_bulk_is_committed_in_few_database_transactions() {
         xmins <= (ITEMS / 10) as i64,
         "{xmins} database transactions for {ITEMS} items: not group-committed"
     );
-    assert!(
-        batches <= (ITEMS / 10) as f64,
-        "tally_batches_total grew by {batches} for {ITEMS} items"
-    );
-    assert!(
-        batches >= xmins as f64,
-        "every commit is counted ({batches} < {xmins})"
+    // The metric is informative only here: every app of this test process shares one metrics
+    // registry, and `tally_batches_total` mirrors each app's own atomic counter at scrape time,
+    // so concurrent tests move it. The database's transaction ids above are the exact count.
+    println!(
+        "tally_batches_total moved by {batches} while {xmins} database transactions wrote the bulk"
     );
     assert_eq!(app.balance(&payer, "USD").await, payer_balance);
     for (payee, want) in payees.iter().zip(payee_balances) {

@@ -656,7 +656,7 @@ async fn concurrent_transfers_reconcile_to_the_cent() {
     let started = Instant::now();
     let app = TestApp::spawn().await;
     if std::env::var("TALLY_TEST_LOGS").is_ok() {
-        tally::telemetry::init_logs(&app.settings.log);
+        let _ = tally::telemetry::init(&app.settings.log, &app.settings.telemetry);
     }
     let users = users(&app, "conc", USERS).await;
     let mut auditor = Auditor::default();

@@ -6,22 +6,19 @@
 //! and re-sending every request with its key must apply each exactly once.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use reqwest::StatusCode;
-use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::concurrency::{fund, random_op, reconcile, send, users, Auditor, Op, Outcome};
 use crate::helpers::*;
+use crate::process::Service;
 
 const USERS: usize = 16;
 const CLIENTS: usize = 24;
@@ -31,148 +28,9 @@ const OPS_PER_CLIENT_MAX: usize = 400;
 /// with a 2xx; then the service restarts on the same database.
 const KILL_AFTER_ACKS: [usize; 3] = [300, 120, 450];
 const SEED: u64 = 0x0dea_d009;
-/// Fixed so that access tokens issued by the first process are valid in the second.
-const JWT_SECRET: &str = "crash-test-secret-crash-test-secret!!";
-/// Bound on the service's start (database creation and migrations included).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on retrying a request that got a 5xx after the restart.
 const RETRY_DEADLINE: Duration = Duration::from_secs(20);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-const LOG_LINES_KEPT: usize = 200;
-
-/// A running `tally serve` child process. Dropping it kills the process (also on panic).
-pub(crate) struct Service {
-    child: Child,
-    address: String,
-    port: u16,
-    /// The last `LOG_LINES_KEPT` lines of its stdout and stderr.
-    pub(crate) logs: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Service {
-    /// Starts the binary on `database_url` and waits for its `listening` log line.
-    pub(crate) async fn start(database_url: &str) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
-            .arg("serve")
-            .env("TALLY__DATABASE__URL", database_url)
-            .env("TALLY__DATABASE__POOL_SIZE", "10")
-            .env("TALLY__HTTP__BIND", "127.0.0.1:0")
-            .env("TALLY__HTTP__WORKERS", "2")
-            .env("TALLY__AUTH__JWT_SECRET", JWT_SECRET)
-            // All the test's clients share 127.0.0.1.
-            .env("TALLY__RATE_LIMIT__ENABLED", "false")
-            .env("TALLY__LOG__FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env_remove("TALLY__PROFILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the tally binary starts");
-        let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let (listening, address) = oneshot::channel::<String>();
-        // The pipes are drained until the process dies, so it never blocks on a full pipe.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        spawn_drain(stdout, logs.clone(), Some(listening));
-        spawn_drain(stderr, logs.clone(), None);
-        let address = match tokio::time::timeout(START_TIMEOUT, address).await {
-            Ok(Ok(address)) => address,
-            outcome => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!(
-                    "tally did not report `listening` ({outcome:?}, exit {status:?}); last logs:\n{}",
-                    logs.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
-                );
-            }
-        };
-        let port = address
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {address}"));
-        Service {
-            child,
-            address,
-            port,
-            logs,
-        }
-    }
-
-    /// A harness handle on this process, to reuse the helpers' requests and SQL checks.
-    pub(crate) fn app(&self, database_url: &str) -> TestApp {
-        TestApp {
-            address: format!("http://{}", self.address),
-            port: self.port,
-            database_url: database_url.to_owned(),
-            settings: tally::config::Settings::load(None).expect("settings"),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("http client"),
-        }
-    }
-
-    /// SIGKILL (`Child::kill`), then reap it.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL the service");
-        let status = self.child.wait().expect("reap the service");
-        assert!(!status.success(), "the service was killed, not stopped");
-    }
-
-    fn recent_logs(&self) -> String {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "last logs of tally (port {}):\n{}",
-                self.port,
-                self.recent_logs()
-            );
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `pipe` line by line on a thread until it closes, keeping the last lines; the first
-/// `listening` line's `address` goes to `listening`.
-fn spawn_drain(
-    pipe: impl std::io::Read + Send + 'static,
-    logs: Arc<Mutex<VecDeque<String>>>,
-    mut listening: Option<oneshot::Sender<String>>,
-) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                if event["message"] == "listening" {
-                    if let (Some(sender), Some(address)) =
-                        (listening.take(), event["address"].as_str())
-                    {
-                        let _ = sender.send(address.to_owned());
-                    }
-                }
-            }
-            let mut logs = logs.lock().unwrap();
-            if logs.len() == LOG_LINES_KEPT {
-                logs.pop_front();
-            }
-            logs.push_back(line);
-        }
-    });
-}
 
 /// Runs the load against `service` until `kill_after` requests have been acknowledged, then
 /// SIGKILLs it with requests in flight. The clients first re-send `retry` (requests an earlier

@@ -948,13 +948,10 @@ async fn tokens_that_are_not_yet_valid_are_401() {
 }
 
 /// The access log lines (target `tally::access`) of `service` with `request_id`.
-fn access_lines(service: &crate::crash::Service, request_id: &str) -> Vec<Value> {
+fn access_lines(service: &crate::process::Service, request_id: &str) -> Vec<Value> {
     service
-        .logs
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .recent_events()
+        .into_iter()
         .filter(|event| event["target"] == "tally::access" && event["request_id"] == request_id)
         .collect()
 }
@@ -962,7 +959,7 @@ fn access_lines(service: &crate::crash::Service, request_id: &str) -> Vec<Value>
 #[actix_web::test]
 async fn the_binary_writes_a_json_access_line_per_request() {
     let database_url = test_settings().database.url;
-    let service = crate::crash::Service::start(&database_url).await;
+    let service = crate::process::Service::start(&database_url).await;
     let app = service.app(&database_url);
     let user = app.user("logged").await;
     let credit = app.credit(&user, 100, "USD").await;
@@ -1012,17 +1009,9 @@ async fn the_binary_writes_a_json_access_line_per_request() {
                 break line;
             }
             if Instant::now() > deadline {
-                // Copied out first: a panic while holding the lock would poison it.
-                let logs = service
-                    .logs
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>();
                 panic!(
                     "no access line for {method} {path} ({id}); last lines:\n{}",
-                    logs.join("\n")
+                    service.recent_logs()
                 );
             }
             tokio::time::sleep(POLL_PAUSE).await;

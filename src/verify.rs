@@ -1,0 +1,221 @@
+//! The ledger contract (DESIGN.md section 2), checked by SQL against a live database: what
+//! `tally verify` runs, and what the API tests assert after every workload.
+//!
+//! All checks read one snapshot (a `REPEATABLE READ READ ONLY` transaction), so they hold
+//! exactly on a database that is being written to: every batch commits atomically, and each
+//! invariant holds at every commit.
+
+use std::fmt;
+
+/// How many offending rows a check lists (its count is always complete).
+const EXAMPLES_MAX: i64 = 10;
+
+/// One invariant: its description, and the rows that break it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Short machine-friendly name, e.g. `conservation`.
+    pub name: &'static str,
+    /// What must hold, in words.
+    pub invariant: &'static str,
+    /// How many rows break it (0 when it holds).
+    pub violations: i64,
+    /// Up to 10 of them, described.
+    pub examples: Vec<String>,
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// Completed transactions in the snapshot.
+    pub completed_transactions: i64,
+}
+
+impl Report {
+    /// No check found a violation.
+    pub fn is_clean(&self) -> bool {
+        self.checks.iter().all(|check| check.violations == 0)
+    }
+
+    /// The checks that found violations.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|check| check.violations > 0)
+    }
+}
+
+impl fmt::Display for Report {
+    /// One line per check (`ok` or `FAIL` with the count), the examples indented under it,
+    /// then a summary line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for check in &self.checks {
+            if check.violations == 0 {
+                writeln!(f, "ok    {:<16} {}", check.name, check.invariant)?;
+            } else {
+                writeln!(
+                    f,
+                    "FAIL  {:<16} {} ({} violations)",
+                    check.name, check.invariant, check.violations
+                )?;
+                for example in &check.examples {
+                    writeln!(f, "        {example}")?;
+                }
+            }
+        }
+        let failed = self.failures().count();
+        if failed == 0 {
+            writeln!(
+                f,
+                "ledger verified: {} checks hold over {} completed transactions",
+                self.checks.len(),
+                self.completed_transactions
+            )
+        } else {
+            writeln!(
+                f,
+                "ledger INVALID: {failed} of {} checks failed",
+                self.checks.len()
+            )
+        }
+    }
+}
+
+/// `(name, invariant, query)`: each query returns one text column describing each offending
+/// row, with the total in a second column (`count(*) OVER ()`).
+const CHECKS: &[(&str, &str, &str)] = &[
+    (
+        "conservation",
+        "the balances of each currency, system included, sum to zero (invariant 1)",
+        "SELECT format('%s: balances sum to %s', currency, sum(amount))
+         FROM balances GROUP BY currency HAVING sum(amount) <> 0",
+    ),
+    (
+        "double_entry",
+        "every completed transaction has exactly two entries, -amount from its source and \
+         +amount to its destination; other transactions have none (invariant 1)",
+        "SELECT format('transaction %s (%s, %s %s): %s entries summing to %s',
+                       t.id, t.status, t.amount, t.currency, count(e.id), coalesce(sum(e.delta), 0))
+         FROM transactions t LEFT JOIN entries e ON e.transaction_id = t.id
+         GROUP BY t.id
+         HAVING CASE WHEN t.status = 'completed' THEN
+                    count(e.id) <> 2
+                    OR count(e.id) FILTER (WHERE e.user_id = t.from_user_id
+                                             AND e.currency = t.currency AND e.delta = -t.amount) <> 1
+                    OR count(e.id) FILTER (WHERE e.user_id = t.to_user_id
+                                             AND e.currency = t.currency AND e.delta = t.amount) <> 1
+                ELSE count(e.id) <> 0 END",
+    ),
+    (
+        "no_overdraft",
+        "no balance is below its overdraft limit (invariant 2)",
+        "SELECT format('%s %s: amount %s, pending %s, overdraft limit %s',
+                       user_id, currency, amount, pending, overdraft_limit)
+         FROM balances WHERE amount - pending < -overdraft_limit",
+    ),
+    (
+        "entry_limit",
+        "no entry's balance_after went below its account's overdraft limit (invariant 2)",
+        "SELECT format('entry %s of %s %s: balance_after %s, overdraft limit %s',
+                       e.id, e.user_id, e.currency, e.balance_after, b.overdraft_limit)
+         FROM entries e JOIN balances b USING (user_id, currency)
+         WHERE e.balance_after < -b.overdraft_limit",
+    ),
+    (
+        "entries_sum",
+        "every balance equals the sum of its entries (invariant 5)",
+        "SELECT format('%s %s: balance %s, entries sum to %s',
+                       user_id, currency, b.amount, coalesce(e.total, 0))
+         FROM balances b
+         LEFT JOIN (SELECT user_id, currency, sum(delta) AS total FROM entries GROUP BY 1, 2) e
+           USING (user_id, currency)
+         WHERE b.amount <> coalesce(e.total, 0)",
+    ),
+    (
+        "running_sums",
+        "each entry's balance_after is the running sum of its account's deltas in commit \
+         order (invariant 5)",
+        "SELECT format('entry %s of %s %s: balance_after %s, running sum %s',
+                       id, user_id, currency, balance_after, running)
+         FROM (SELECT id, user_id, currency, balance_after,
+                      sum(delta) OVER (PARTITION BY user_id, currency ORDER BY id) AS running
+               FROM entries) r
+         WHERE balance_after <> running",
+    ),
+    (
+        "event_replay",
+        "replaying the completed-transaction events rebuilds every balance (invariant 5)",
+        "SELECT format('%s %s: balance %s, events replay to %s',
+                       user_id, currency, coalesce(b.amount, 0), coalesce(r.total, 0))
+         FROM balances b
+         FULL JOIN (
+             SELECT (entry->>'user_id')::uuid AS user_id, entry->>'currency' AS currency,
+                    sum((entry->>'delta')::bigint) AS total
+             FROM events, jsonb_array_elements(payload->'entries') AS entry
+             WHERE type = 'transaction.completed'
+             GROUP BY 1, 2) r USING (user_id, currency)
+         WHERE coalesce(b.amount, 0) <> coalesce(r.total, 0)",
+    ),
+    (
+        "idempotency",
+        "every idempotency key names a transaction of the same user and key, and each key \
+         made one transaction (invariant 4)",
+        "SELECT format('key %s of user %s: %s', k.key, k.user_id,
+                       CASE WHEN t.id IS NULL THEN 'no transaction'
+                            ELSE 'names transaction ' || t.id || ' of another user or key' END)
+         FROM idempotency_keys k LEFT JOIN transactions t ON t.id = k.transaction_id
+         WHERE t.id IS NULL OR t.initiated_by <> k.user_id
+            OR t.idempotency_key IS DISTINCT FROM k.key
+         UNION ALL
+         SELECT format('key %s of user %s made %s transactions', idempotency_key, initiated_by, count(*))
+         FROM transactions WHERE idempotency_key IS NOT NULL
+         GROUP BY initiated_by, idempotency_key HAVING count(*) > 1",
+    ),
+];
+
+/// Runs every check on one snapshot of the database `client` is connected to.
+///
+/// Errors: a query failed (the database is unreachable, or its schema is not Tally's).
+pub async fn verify(client: &tokio_postgres::Client) -> Result<Report, tokio_postgres::Error> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let report = run_checks(client).await;
+    // Read-only: ending it either way changes nothing.
+    let end = client
+        .batch_execute(if report.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await;
+    let report = report?;
+    end?;
+    Ok(report)
+}
+
+async fn run_checks(client: &tokio_postgres::Client) -> Result<Report, tokio_postgres::Error> {
+    let mut checks = Vec::with_capacity(CHECKS.len());
+    for &(name, invariant, query) in CHECKS {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT detail, count(*) OVER () FROM ({query}) AS violations(detail) \
+                     LIMIT {EXAMPLES_MAX}"
+                ),
+                &[],
+            )
+            .await?;
+        checks.push(Check {
+            name,
+            invariant,
+            violations: rows.first().map_or(0, |row| row.get(1)),
+            examples: rows.iter().map(|row| row.get(0)).collect(),
+        });
+    }
+    let completed_transactions = client
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE status = 'completed'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(Report {
+        checks,
+        completed_transactions,
+    })
+}
