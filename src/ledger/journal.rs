@@ -325,6 +325,9 @@ impl JournalWriter {
                             Ok(AtomicResult::InsufficientFunds(failing))
                         }
                         Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
+                        Ok(AtomicOutcome::InactiveParties(parties)) => {
+                            Ok(AtomicResult::InactiveParties(parties))
+                        }
                         Err(error) => Err(error),
                     };
                     let _ = atomic.reply.send(reply);
@@ -359,6 +362,10 @@ impl JournalWriter {
                             created_at: at,
                             completed_at: None,
                         }))
+                    }
+                    Posting::InactiveParty { user } => {
+                        self.metrics.failure(kind, "inactive_party");
+                        Ok(Outcome::InactiveParty { user })
                     }
                     Posting::Duplicate {
                         transaction_id,

@@ -64,6 +64,8 @@ pub enum Outcome {
         transaction_id: Uuid,
         same_request: bool,
     },
+    /// `user` (a party or the initiator) is unknown or deleted: nothing was applied or recorded.
+    InactiveParty { user: crate::domain::UserId },
 }
 
 /// How the ledger settled a set of movements submitted all or nothing.
@@ -76,6 +78,8 @@ pub enum AtomicResult {
     InsufficientFunds(Vec<usize>),
     /// Their idempotency keys were used before: the set was applied by an earlier request.
     Duplicate,
+    /// None applied: these movements (index, user) name an unknown or deleted user.
+    InactiveParties(Vec<(usize, crate::domain::UserId)>),
 }
 
 /// Timestamps of a transaction the journal wrote.

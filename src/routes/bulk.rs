@@ -295,6 +295,16 @@ fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpe
     let to_user_id = fields
         .optional("to_user_id", parse::uuid)
         .map(UserId::from_uuid);
+    // The system account is every credit's and debit's counterparty, never a party by name.
+    for (name, value) in [
+        ("user_id", user_id),
+        ("from_user_id", from_user_id),
+        ("to_user_id", to_user_id),
+    ] {
+        if value.is_some_and(UserId::is_system) {
+            fields.error(name, "no such user");
+        }
+    }
     match kind {
         Some(TransactionKind::Transfer) => {
             if user_id.is_some() {
@@ -560,6 +570,12 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                 result.index = index;
                 result
             }
+            Ok(Outcome::InactiveParty { user }) => BulkResult {
+                index,
+                status: "error",
+                transaction: None,
+                error: Some(super::transactions::inactive_party(movement, user).problem()),
+            },
             Ok(Outcome::Duplicate {
                 same_request: false,
                 ..
@@ -639,6 +655,19 @@ async fn atomic(
                 serde_json::to_value(results).map_err(|error| ApiError::Internal(error.into()))?;
             Err(ApiError::BulkFailed { results })
         }
+        AtomicResult::InactiveParties(parties) => Err(ApiError::Validation(
+            parties
+                .into_iter()
+                .map(|(index, user)| {
+                    let field = super::transactions::inactive_party(&movements[index], user);
+                    let name = match &field {
+                        ApiError::Validation(errors) => errors[0].field.clone(),
+                        _ => "initiator".to_owned(),
+                    };
+                    FieldError::new(format!("transactions[{index}].{name}"), "no such user")
+                })
+                .collect(),
+        )),
         AtomicResult::Duplicate => match replay_if_applied(state, principal, &movements).await? {
             Some(response) => Ok(response),
             None => Err(ApiError::IdempotencyKeyReused),

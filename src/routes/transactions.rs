@@ -133,8 +133,7 @@ pub async fn credit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement =
-        parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await?;
+    let movement = parse_system_movement(principal, TransactionKind::Credit, body, &req)?;
     submit_system_movement(&state, &req, movement).await
 }
 
@@ -162,8 +161,7 @@ pub async fn debit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement =
-        parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await?;
+    let movement = parse_system_movement(principal, TransactionKind::Debit, body, &req)?;
     submit_system_movement(&state, &req, movement).await
 }
 
@@ -202,14 +200,14 @@ pub async fn transfer(
     if to == Some(principal.user.as_uuid()) {
         fields.error("to_user_id", "must be another user than the sender");
     }
+    // The system account is every credit's and debit's counterparty, never a party by name.
+    if to.is_some_and(|to| UserId::from_uuid(to).is_system()) {
+        fields.error("to_user_id", "no such user");
+    }
     fields.finish()?;
     let to = to.expect("finish() refuses missing fields");
-    let client = state.pool.get().await?;
-    ensure_active_caller(&client, principal).await?;
-    if store::users::find_active(&client, to).await?.is_none() {
-        return Err(ApiError::field("to_user_id", "no such user"));
-    }
-    drop(client);
+    // Whether the recipient (and the caller) exist and are active is checked in the group
+    // commit (`store::journal::lock_parties`), not with a query per request.
     let movement = Movement {
         id: Uuid::now_v7(),
         kind: TransactionKind::Transfer,
@@ -267,8 +265,7 @@ async fn submit_system_movement(
 }
 
 /// Parses a credit or debit: the account is the caller's own, or `user_id` for an admin.
-async fn parse_system_movement(
-    state: &AppState,
+fn parse_system_movement(
     principal: Principal,
     kind: TransactionKind,
     body: JsonObject,
@@ -281,21 +278,15 @@ async fn parse_system_movement(
     let user_id = fields.optional("user_id", parse::uuid);
     let description = fields.optional("description", parse::text(Description::parse));
     let reference = fields.optional("reference", parse::text(Reference::parse));
+    if user_id.is_some_and(|user| UserId::from_uuid(user).is_system()) {
+        fields.error("user_id", "no such user");
+    }
     fields.finish()?;
-    let client = state.pool.get().await?;
-    ensure_active_caller(&client, principal).await?;
+    // The account's owner (and the caller) are checked in the group commit.
     let account = match user_id.map(UserId::from_uuid) {
         None => principal.user,
         Some(user) if user == principal.user => user,
-        Some(user) if principal.is_admin() => {
-            if store::users::find_active(&client, user.as_uuid())
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::field("user_id", "no such user"));
-            }
-            user
-        }
+        Some(user) if principal.is_admin() => user,
         Some(_) => {
             return Err(ApiError::Forbidden(
                 "only an admin may move money on another user's account",
@@ -319,20 +310,6 @@ async fn parse_system_movement(
         idempotency: None,
     };
     Ok(with_claim(movement, idempotency))
-}
-
-/// Errors: 401 when the token's user does not exist (any more) or is deleted: a signed token
-/// outlives its user, and money must never move on (or be initiated by) a missing account.
-async fn ensure_active_caller(
-    client: &deadpool_postgres::Client,
-    principal: Principal,
-) -> Result<(), ApiError> {
-    match store::users::find_active(client, principal.user.as_uuid()).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::Unauthorized(
-            "the user of this access token no longer exists",
-        )),
-    }
 }
 
 pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -359,20 +336,9 @@ fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
 
 /// Answers from a stored key when there is one, else submits to the pipeline.
 async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
-    if let Some(claim) = &movement.idempotency {
-        // The connection is returned before `replay` takes one: a handler never holds two, so
-        // a full pool can never deadlock handlers against each other.
-        let stored = {
-            let client = state.pool.get().await?;
-            store::idempotency::find(&client, movement.initiated_by, &claim.key).await?
-        };
-        if let Some(stored) = stored {
-            if stored.request_hash[..] != claim.request_hash[..] {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            return replay(state, stored.transaction_id).await;
-        }
-    }
+    // No lookup here: the journal writer checks the parties (share-locked, in the batch) and
+    // claims the idempotency key in the same commit, so the request costs the database nothing
+    // outside its group commit; a repeated key comes back as `Duplicate` and is replayed.
     let outcome = state
         .ledger
         .submit(movement.clone())
@@ -401,7 +367,22 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
             same_request: false,
             ..
         } => Err(ApiError::IdempotencyKeyReused),
+        Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
     }
+}
+
+/// The problem for a movement naming an unknown or deleted user: 401 when it is the caller
+/// (a token outlives its user), else 422 naming the field that carried the user.
+pub(crate) fn inactive_party(movement: &Movement, user: UserId) -> ApiError {
+    if user == movement.initiated_by {
+        return ApiError::Unauthorized("the user of this access token no longer exists");
+    }
+    let field = if movement.kind == TransactionKind::Transfer && user == movement.to {
+        "to_user_id"
+    } else {
+        "user_id"
+    };
+    ApiError::field(field, "no such user")
 }
 
 /// The reply the first request with this key got, rebuilt from its transaction.

@@ -39,6 +39,10 @@ pub enum Posting {
         transaction_id: Uuid,
         request_hash: Vec<u8>,
     },
+    /// A party (sender, recipient or initiator) is unknown or deleted: nothing was written.
+    /// Checked in the batch, with the users' rows share-locked, so a user deleted concurrently
+    /// can never receive money (the delete locks the same row for update).
+    InactiveParty { user: UserId },
 }
 
 /// An account's balance as the database returned it after this batch.
@@ -138,6 +142,7 @@ pub async fn commit_batch(
         attempts += 1;
         let transaction = client.transaction().await?;
         let mut attempt_postings = postings.clone();
+        lock_parties(&transaction, items, &mut attempt_postings).await?;
         claim_idempotency_keys(&transaction, items, &mut attempt_postings).await?;
 
         let grouped: Vec<usize> = (0..items.len())
@@ -204,6 +209,60 @@ pub async fn commit_batch(
             attempts,
         });
     }
+}
+
+/// Share-locks the users the undecided movements name (in id order, `system` excluded: it is
+/// never deleted and every credit names it) and marks the movements with an unknown or deleted
+/// party. One statement per batch: the handlers need not look users up per request.
+async fn lock_parties(
+    transaction: &Transaction<'_>,
+    items: &[BatchItem<'_>],
+    postings: &mut [Option<Posting>],
+) -> Result<(), tokio_postgres::Error> {
+    let mut wanted: Vec<Uuid> = (0..items.len())
+        .filter(|&i| postings[i].is_none())
+        .flat_map(|i| {
+            let movement = items[i].movement;
+            [movement.from, movement.to, movement.initiated_by]
+        })
+        .filter(|user| !user.is_system())
+        .map(UserId::as_uuid)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "SELECT id FROM users
+             WHERE id = ANY($1) AND deleted_at IS NULL AND role <> 'system'
+             ORDER BY id
+             FOR SHARE",
+        )
+        .await?;
+    let active: std::collections::HashSet<Uuid> = transaction
+        .query(&statement, &[&wanted])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if active.len() == wanted.len() {
+        return Ok(());
+    }
+    for (i, item) in items.iter().enumerate() {
+        if postings[i].is_some() {
+            continue;
+        }
+        let movement = item.movement;
+        let inactive = [movement.initiated_by, movement.from, movement.to]
+            .into_iter()
+            .find(|user| !user.is_system() && !active.contains(&user.as_uuid()));
+        if let Some(user) = inactive {
+            postings[i] = Some(Posting::InactiveParty { user });
+        }
+    }
+    Ok(())
 }
 
 /// A later movement of the batch with the same `(initiated_by, key)` as an earlier one is a
@@ -591,7 +650,7 @@ async fn insert_records(
     entries: &EntryRows,
 ) -> Result<DateTime<Utc>, tokio_postgres::Error> {
     let written: Vec<usize> = (0..items.len())
-        .filter(|&i| !matches!(postings[i], Posting::Duplicate { .. }))
+        .filter(|&i| matches!(postings[i], Posting::Completed | Posting::InsufficientFunds))
         .collect();
     let now_statement = transaction.prepare_cached("SELECT now()").await?;
     if written.is_empty() {
@@ -614,7 +673,9 @@ async fn insert_records(
         let (status, reason) = match postings[i] {
             Posting::Completed => (TransactionStatus::Completed, None),
             Posting::InsufficientFunds => (TransactionStatus::Failed, Some("insufficient_funds")),
-            Posting::Duplicate { .. } => unreachable!("duplicates are filtered out above"),
+            Posting::Duplicate { .. } | Posting::InactiveParty { .. } => {
+                unreachable!("only completed and failed transactions are written")
+            }
         };
         ids.push(movement.id);
         kinds.push(movement.kind.as_str());
@@ -711,6 +772,8 @@ pub enum AtomicOutcome {
     /// The movements' idempotency keys were claimed before: the whole set was applied by an
     /// earlier request (keys are claimed all together or not at all). Nothing was written.
     Duplicate,
+    /// Nothing was applied: these movements (index, user) name an unknown or deleted user.
+    InactiveParties(Vec<(usize, UserId)>),
 }
 
 /// Applies `movements` all or nothing, in their order, in one database transaction: the bulk
@@ -732,6 +795,19 @@ pub async fn commit_atomic(
         .collect();
     let transaction = client.transaction().await?;
     let mut postings: Vec<Option<Posting>> = vec![None; items.len()];
+    lock_parties(&transaction, &items, &mut postings).await?;
+    let inactive: Vec<(usize, UserId)> = postings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, posting)| match posting {
+            Some(Posting::InactiveParty { user }) => Some((i, *user)),
+            _ => None,
+        })
+        .collect();
+    if !inactive.is_empty() {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::InactiveParties(inactive));
+    }
     mark_duplicates_within_batch(&items, &mut postings);
     claim_idempotency_keys(&transaction, &items, &mut postings).await?;
     if postings.iter().any(Option::is_some) {

@@ -372,12 +372,19 @@ async fn postgres_down_under_load_gives_fast_503s_and_tally_recovers_when_it_ret
             .and_then(|line| line.rsplit(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
     };
-    // Handlers reach the database (caller lookup) before the ledger, so the pool refuses first.
-    let refused_down = sample("tally_db_pool_errors_total{pool=\"api\",reason=\"database_down\"}");
-    assert!(
-        refused_down > 0.0,
-        "no connection was refused as database_down"
-    );
+    // Money requests go straight to the ledger (the parties are checked in the group commit),
+    // which refuses at once while the health flag is down; reads refuse at the pool.
+    let refused_down = sample("tally_pipeline_rejections_total{reason=\"database_down\"}")
+        + metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(
+                    "tally_db_pool_errors_total{pool=\"api\",reason=\"database_down\"}",
+                )
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    assert!(refused_down > 0.0, "nothing was refused as database_down");
     assert_eq!(sample("tally_database_up "), 1.0);
 
     // Re-send what failed, with the same keys: each is decided now, exactly once.
