@@ -39,6 +39,10 @@ use crate::telemetry::TelemetryGuard;
 const JOURNAL_POOL_SIZE: usize = 2;
 /// How often the rate limiters forget clients whose buckets are full again.
 const RATE_LIMITER_CLEANUP_PERIOD: Duration = Duration::from_secs(60);
+/// How often the histograms' recorded samples are folded into their buckets. The Prometheus
+/// recorder keeps every sample until then (metrics-exporter-prometheus `run_upkeep`): without
+/// it, memory grows with every request between scrapes.
+const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 /// How often expired idempotency keys are swept.
 const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 /// Time kept for flushing spans at the end of a shutdown, when spans are exported.
@@ -121,6 +125,7 @@ impl Application {
             ),
             spawn_idempotency_sweeper(pool.inner().clone(), settings.idempotency.retention_hours),
             spawn_rate_limiter_cleanup(limiters.get_ref().clone()),
+            spawn_metrics_upkeep(metrics.clone()),
             spawn_cache_warm_up(
                 pool.inner().clone(),
                 cache.clone(),
@@ -444,6 +449,20 @@ fn spawn_cache_warm_up(
         match warmed.await {
             Ok(count) => tracing::info!(users = count, "balance cache warmed up"),
             Err(error) => tracing::warn!(error = ?error, "balance cache warm-up failed"),
+        }
+    })
+}
+
+/// Folds recorded histogram samples into buckets every `METRICS_UPKEEP_PERIOD`, so memory stays
+/// flat however long it is between scrapes.
+fn spawn_metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_PERIOD);
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
         }
     })
 }
