@@ -129,6 +129,8 @@ pub struct PipelineSettings {
     pub batch_size_max: usize,
     /// How long the journal writer lingers for more work before committing, in microseconds.
     pub batch_linger_us: u64,
+    /// Batches committed at once, each on its own connection (1 = strictly one after another).
+    pub commit_concurrency: usize,
     /// Idle time after which a balance actor is stopped, in milliseconds.
     pub actor_idle_timeout_ms: u64,
     /// Longest a caller waits for its commit before it is told 503, in milliseconds.
@@ -222,6 +224,14 @@ impl Settings {
         anyhow::ensure!(
             self.pipeline.batch_size_max >= 1,
             "pipeline.batch_size_max must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=8).contains(&self.pipeline.commit_concurrency),
+            "pipeline.commit_concurrency must be from 1 to 8"
+        );
+        anyhow::ensure!(
+            self.database.pool_size >= self.pipeline.commit_concurrency + 2,
+            "database.pool_size must exceed pipeline.commit_concurrency + 1 (the journal writer's connections)"
         );
         anyhow::ensure!(
             self.http.body_limit_bytes >= 1024,

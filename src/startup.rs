@@ -34,9 +34,6 @@ use crate::routes::{self, AppState};
 use crate::store::{self, DatabaseHealth, DbPool};
 use crate::telemetry::TelemetryGuard;
 
-/// Connections reserved for the journal writer: it uses one at a time; the second lets it
-/// reconnect while a dead connection is being recycled.
-const JOURNAL_POOL_SIZE: usize = 2;
 /// How often the rate limiters forget clients whose buckets are full again.
 const RATE_LIMITER_CLEANUP_PERIOD: Duration = Duration::from_secs(60);
 /// How often the histograms' recorded samples are folded into their buckets. The Prometheus
@@ -75,10 +72,13 @@ impl Application {
         let metrics = crate::telemetry::metrics_handle()?;
         store::prepare_database(&settings.database).await?;
         let health = DatabaseHealth::new();
+        // One connection per concurrent commit, plus one to reconnect with while a dead
+        // connection is being recycled.
+        let journal_pool_size = settings.pipeline.commit_concurrency + 1;
         let api_pool_size = settings
             .database
             .pool_size
-            .saturating_sub(JOURNAL_POOL_SIZE)
+            .saturating_sub(journal_pool_size)
             .max(1);
         let pool = DbPool::new(
             store::pool(&settings.database, store::APP_NAME, api_pool_size)?,
@@ -89,7 +89,7 @@ impl Application {
             store::pool(
                 &settings.database,
                 store::JOURNAL_APP_NAME,
-                JOURNAL_POOL_SIZE,
+                journal_pool_size,
             )?,
             health.clone(),
             "journal",

@@ -3,9 +3,13 @@
 //! the database returned, and answers every caller. One fsync serves the whole batch.
 //!
 //! Batching: a batch is written when it reaches `batch_size_max`, or `batch_linger_us` after
-//! its first movement arrived. Only one batch is being committed at a time; whatever arrives
-//! meanwhile forms the next batch, which is written as soon as the current one is done, so the
-//! batch size grows with the load by itself.
+//! its first movement arrived. Up to `pipeline.commit_concurrency` batches are committed at once,
+//! each on its own connection (while one waits for its fsync, the next is already written);
+//! whatever arrives while all are busy forms the next batch, written as soon as one is done, so
+//! the batch size grows with the load by itself. Overlapping batches stay correct because each
+//! locks the balance rows it touches in key order before writing entries: two batches that share
+//! an account are serialized by that row lock (entry ids still grow in commit order for each
+//! account), and the versions the database returns keep the actors' caches in order.
 //!
 //! Failures: a database error that is not a lost connection splits the batch in halves and
 //! retries each, down to single movements, so one bad movement fails alone and never its
@@ -83,6 +87,8 @@ pub(super) struct AppendAtomic(pub AtomicItem);
 pub(super) struct JournalSettings {
     pub batch_size_max: usize,
     pub linger: Duration,
+    /// Batches (or atomic sets) being committed at once, each on its own connection.
+    pub commit_concurrency: usize,
 }
 
 pub(super) struct JournalWriter {
@@ -97,7 +103,8 @@ pub(super) struct JournalWriter {
     atomics: VecDeque<AtomicItem>,
     /// Whether the last write was a batch: atomics and batches take turns, so neither starves.
     last_was_batch: bool,
-    writing: bool,
+    /// Batches and atomic sets being committed now (at most `commit_concurrency`).
+    in_flight: usize,
     linger_timer: Option<SpawnHandle>,
 }
 
@@ -191,12 +198,15 @@ impl JournalWriter {
             buffer: Vec::with_capacity(settings.batch_size_max),
             atomics: VecDeque::new(),
             last_was_batch: false,
-            writing: false,
+            in_flight: 0,
             linger_timer: None,
         }
     }
 
     fn write_next_batch(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight >= self.settings.commit_concurrency {
+            return;
+        }
         if let Some(timer) = self.linger_timer.take() {
             ctx.cancel_future(timer);
         }
@@ -208,7 +218,7 @@ impl JournalWriter {
         if self.buffer.is_empty() {
             return;
         }
-        self.writing = true;
+        self.in_flight += 1;
         self.last_was_batch = true;
         let take = self.buffer.len().min(self.settings.batch_size_max);
         let items: Vec<Item> = self.buffer.drain(..take).collect();
@@ -255,7 +265,7 @@ impl JournalWriter {
                     .retries_reconnect
                     .fetch_add(retries.reconnect, Ordering::Relaxed);
                 writer.settle(items, written, accounts);
-                writer.writing = false;
+                writer.in_flight -= 1;
                 // What arrived during the commit has waited long enough: write it now.
                 writer.write_next_batch(ctx);
             },
@@ -263,7 +273,7 @@ impl JournalWriter {
     }
 
     fn write_atomic(&mut self, atomic: AtomicItem, ctx: &mut Context<Self>) {
-        self.writing = true;
+        self.in_flight += 1;
         self.last_was_batch = false;
         let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let started = Instant::now();
@@ -331,7 +341,7 @@ impl JournalWriter {
                         Err(error) => Err(error),
                     };
                     let _ = atomic.reply.send(reply);
-                    writer.writing = false;
+                    writer.in_flight -= 1;
                     writer.write_next_batch(ctx);
                 }),
         );
@@ -532,7 +542,7 @@ impl Handler<Append> for JournalWriter {
 
     fn handle(&mut self, Append(item): Append, ctx: &mut Context<Self>) {
         self.buffer.push(item);
-        if self.writing {
+        if self.in_flight >= self.settings.commit_concurrency {
             return;
         }
         if self.buffer.len() >= self.settings.batch_size_max {
@@ -540,9 +550,7 @@ impl Handler<Append> for JournalWriter {
         } else if self.linger_timer.is_none() {
             self.linger_timer = Some(ctx.run_later(self.settings.linger, |writer, ctx| {
                 writer.linger_timer = None;
-                if !writer.writing {
-                    writer.write_next_batch(ctx);
-                }
+                writer.write_next_batch(ctx);
             }));
         }
     }
@@ -583,8 +591,6 @@ impl Handler<AppendAtomic> for JournalWriter {
 
     fn handle(&mut self, AppendAtomic(atomic): AppendAtomic, ctx: &mut Context<Self>) {
         self.atomics.push_back(atomic);
-        if !self.writing {
-            self.write_next_batch(ctx);
-        }
+        self.write_next_batch(ctx);
     }
 }

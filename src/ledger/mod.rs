@@ -182,6 +182,7 @@ impl Ledger {
         let journal_settings = journal::JournalSettings {
             batch_size_max: settings.batch_size_max,
             linger: Duration::from_micros(settings.batch_linger_us),
+            commit_concurrency: settings.commit_concurrency,
         };
         let journal_stats = stats.clone();
         let journal =
