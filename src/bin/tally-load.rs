@@ -147,6 +147,9 @@ struct Report {
     /// Transactions acknowledged with a 2xx.
     acknowledged: usize,
     contract: Vec<(String, bool)>,
+    /// Resident set size of the Tally process after the run, in MiB (`compare` only: it
+    /// started that process).
+    rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -279,6 +282,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         replies: total.replies,
         acknowledged: total.acknowledged.len(),
         contract,
+        rss_mib: None,
     })
 }
 
@@ -563,6 +567,21 @@ struct Service {
     database_url: String,
 }
 
+impl Service {
+    /// VmRSS of the process, MiB, from /proc (Linux).
+    fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -685,7 +704,8 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             seed: 42,
             json: false,
         };
-        let report = run(&run_args).await?;
+        let mut report = run(&run_args).await?;
+        report.rss_mib = service.rss_mib();
         print_report(&report);
         rows.push(report);
         drop(service);
@@ -713,12 +733,12 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let uniform = rows[0].transactions_per_s;
     let mut table = String::new();
     table.push_str(&format!(
-        "| workload | clients | requests/s | transactions/s | p50 ms | p99 ms | p99.9 ms | vs pgbench TPC-B |\n|---|---|---|---|---|---|---|---|\n| pgbench TPC-B (scale {}) | {} | | {pgbench_tps:.0} | | | | 1.00 |\n",
+        "| workload | clients | requests/s | transactions/s | p50 ms | p99 ms | p99.9 ms | vs pgbench TPC-B | Tally RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n| pgbench TPC-B (scale {}) | {} | | {pgbench_tps:.0} | | | | 1.00 | |\n",
         args.scale, args.clients
     ));
     for report in &rows {
         table.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
             serde_json::to_value(report.workload)?
                 .as_str()
                 .unwrap_or_default(),
@@ -728,7 +748,10 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             report.latency_ms.p50,
             report.latency_ms.p99,
             report.latency_ms.p999,
-            report.transactions_per_s / pgbench_tps
+            report.transactions_per_s / pgbench_tps,
+            report
+                .rss_mib
+                .map_or_else(String::new, |rss| format!("{rss:.0}"))
         ));
     }
     table.push_str(&format!(
