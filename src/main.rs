@@ -85,6 +85,7 @@ const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    return_large_allocations_to_the_os();
     let cli = Cli::parse();
     let mut settings = Settings::load(cli.profile.as_deref())?;
     let command = cli.command.unwrap_or(Command::Serve);
@@ -214,4 +215,16 @@ fn read_password() -> anyhow::Result<String> {
     let mut password = String::new();
     std::io::stdin().read_line(&mut password)?;
     Ok(password.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// glibc raises its mmap threshold after large blocks are freed, so argon2id's 19 MiB blocks end
+/// up in per-thread heaps that are never returned to the OS: the resident size then grows with
+/// every thread that ever hashed a password (2.4 GB seen after 400 registrations). A fixed
+/// threshold keeps every allocation of 1 MiB or more in its own mapping, unmapped when freed.
+fn return_large_allocations_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
 }

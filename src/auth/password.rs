@@ -14,8 +14,22 @@ pub enum PasswordError {
     Join,
 }
 
+/// Hashes computed at once, at most: one per core. Each takes 19 MiB and tens of milliseconds of
+/// CPU, so a burst of registrations or logins queues here instead of taking every core and
+/// hundreds of megabytes.
+fn hashing_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from))
+    })
+}
+
 /// The PHC string (`$argon2id$v=19$...`) of `password` with a fresh random salt.
 pub async fn hash_password(password: Password) -> Result<String, PasswordError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|_| PasswordError::Join)?;
     tokio::task::spawn_blocking(move || {
         Argon2::default()
             .hash_password(password.expose().as_bytes())
@@ -32,6 +46,10 @@ pub async fn verify_password(
     password: String,
     phc_hash: Option<String>,
 ) -> Result<bool, PasswordError> {
+    let _slot = hashing_slots()
+        .acquire()
+        .await
+        .map_err(|_| PasswordError::Join)?;
     tokio::task::spawn_blocking(move || {
         let known = phc_hash.is_some();
         let hash = phc_hash.unwrap_or_else(|| dummy_hash().to_owned());
