@@ -12,7 +12,9 @@
 //! (open after `breaker_failures` consecutive failures, one probe after `breaker_cooldown_ms`).
 //! A write-through that fails or is skipped leaves the cache possibly stale, so the cache is
 //! marked dirty: reads bypass it until `INCR tally:cache:epoch` succeeds, which moves every
-//! reader and writer to fresh, empty keys. Redis down or slow never fails a request; it only
+//! reader and writer to fresh, empty keys. A process also starts dirty: a predecessor killed
+//! between a commit and its write-through leaves an older balance behind, which must never be
+//! served after the restart. Redis down or slow never fails a request; it only
 //! costs a PostgreSQL read and makes `/health/ready` report `degraded`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -216,7 +218,10 @@ impl BalanceCache {
                 cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
                 clock: Instant::now(),
             },
-            dirty: AtomicBool::new(false),
+            // A new process starts dirty: a predecessor killed between a commit and its
+            // write-through may have left an older balance in Redis, so the first use bumps
+            // the epoch and nothing written before this start is ever read.
+            dirty: AtomicBool::new(true),
             ttl_s: settings.ttl_s.max(1),
             timeout,
             read: Script::new(READ_SCRIPT),
