@@ -301,7 +301,8 @@ impl Ledger {
     }
 
     /// Submits many movements that succeed or fail each on its own (they share group commits
-    /// with everything else in the pipeline). Answers in input order. All are admitted or none:
+    /// with everything else in the pipeline; they go to the journal writer in one message and
+    /// take no holds, the database's conditional update deciding each). Answers in input order. All are admitted or none:
     /// when fewer than `movements.len()` permits are free, every answer is `Overloaded`.
     pub async fn submit_many(&self, movements: Vec<Movement>) -> Vec<Result<Outcome, SubmitError>> {
         let count = movements.len();
@@ -311,16 +312,20 @@ impl Ledger {
         let Some(permits) = self.admit(count) else {
             return vec![Err(SubmitError::Overloaded); count];
         };
-        let answers: Vec<_> = movements
+        // Straight to the journal writer, in one message: no hold is taken, the database's
+        // conditional update decides each movement (see `journal::AppendMany`).
+        let mut answers = Vec::with_capacity(count);
+        let items: Vec<journal::Item> = movements
             .into_iter()
             .zip(permits)
             .map(|(movement, permit)| {
                 let (reply, answer) = oneshot::channel();
+                answers.push(answer);
                 let submission = Submission {
                     movement,
                     reply,
                     enqueued_at: Instant::now(),
-                    queue_span: tracing::info_span!("ledger.queue_wait"),
+                    queue_span: tracing::Span::none(),
                     trace_context: tracing::Span::current()
                         .context()
                         .span()
@@ -328,17 +333,15 @@ impl Ledger {
                         .clone(),
                     _permit: permit,
                 };
-                let sent = self
-                    .queue
-                    .try_send(submission)
-                    .map_err(|_| SubmitError::Unavailable);
-                (sent, answer)
+                journal::Item {
+                    submission,
+                    hold: None,
+                    alone: false,
+                }
             })
             .collect();
-        let waits = answers.into_iter().map(|(sent, answer)| async move {
-            sent?;
-            self.await_answer(answer).await
-        });
+        self.journal.do_send(journal::AppendMany(items));
+        let waits = answers.into_iter().map(|answer| self.await_answer(answer));
         futures_util::future::join_all(waits).await
     }
 
