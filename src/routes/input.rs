@@ -60,43 +60,41 @@ fn read_object(
     payload: &mut Payload,
     limit: usize,
 ) -> LocalBoxFuture<'static, Result<Map<String, Value>, ApiError>> {
-    {
-        let content_type = req.content_type().to_ascii_lowercase();
-        let is_json = content_type == "application/json" || content_type.ends_with("+json");
-        let declared_length = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok());
-        let mut payload = payload.take();
-        Box::pin(async move {
-            if !is_json {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-            if declared_length.is_some_and(|length| length > limit) {
+    let content_type = req.content_type().to_ascii_lowercase();
+    let is_json = content_type == "application/json" || content_type.ends_with("+json");
+    let declared_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        if declared_length.is_some_and(|length| length > limit) {
+            return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|error| {
+                ApiError::MalformedRequest(format!("the body could not be read: {error}"))
+            })?;
+            if body.len() + chunk.len() > limit {
                 return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
             }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|error| {
-                    ApiError::MalformedRequest(format!("the body could not be read: {error}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(ApiError::PayloadTooLarge { limit_bytes: limit });
-                }
-                body.extend_from_slice(&chunk);
-            }
-            match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(map)) => Ok(map),
-                Ok(_) => Err(ApiError::MalformedRequest(
-                    "the body must be a JSON object".into(),
-                )),
-                Err(error) => Err(ApiError::MalformedRequest(format!(
-                    "the body is not valid JSON: {error}"
-                ))),
-            }
-        })
-    }
+            body.extend_from_slice(&chunk);
+        }
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(ApiError::MalformedRequest(
+                "the body must be a JSON object".into(),
+            )),
+            Err(error) => Err(ApiError::MalformedRequest(format!(
+                "the body is not valid JSON: {error}"
+            ))),
+        }
+    })
 }
 
 /// Takes fields out of a JSON object one by one, collecting every error; `finish` reports them

@@ -4,30 +4,13 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::domain::{IdempotencyKey, UserId};
+use crate::domain::UserId;
 
 /// A key's stored response: the first request's hash and the transaction it produced.
 #[derive(Debug, Clone)]
 pub struct StoredKey {
     pub request_hash: Vec<u8>,
     pub transaction_id: Uuid,
-}
-
-pub async fn find(
-    client: &impl GenericClient,
-    user: UserId,
-    key: &IdempotencyKey,
-) -> Result<Option<StoredKey>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT request_hash, transaction_id FROM idempotency_keys WHERE user_id = $1 AND key = $2",
-            &[&user.as_uuid(), &key.as_str()],
-        )
-        .await?;
-    Ok(row.map(|row| StoredKey {
-        request_hash: row.get(0),
-        transaction_id: row.get(1),
-    }))
 }
 
 /// Forgets keys older than `retention_hours`; returns how many. After this a repeated key is a
