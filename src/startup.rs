@@ -86,11 +86,7 @@ impl Application {
             "api",
         );
         let journal_pool = DbPool::new(
-            store::pool(
-                &settings.database,
-                store::JOURNAL_APP_NAME,
-                journal_pool_size,
-            )?,
+            store::journal_pool(&settings.database, journal_pool_size)?,
             health.clone(),
             "journal",
         );
