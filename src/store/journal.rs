@@ -2,17 +2,19 @@
 //! section 5). Statement order inside the transaction is what keeps invariants 2, 5 and 6 across
 //! any number of Tally processes:
 //!
-//! 1. claim the batch's idempotency keys (`ON CONFLICT DO NOTHING`: a key someone already
-//!    committed makes its movement a duplicate, applied nothing);
-//! 2. make sure every touched balance row exists;
-//! 3. lock the touched balance rows in `(user_id, currency)` order, then apply each account's
-//!    summed delta with one conditional `UPDATE` (`amount - pending + min_prefix >=
-//!    -overdraft_limit`, where `min_prefix` is the lowest running sum of the account's deltas in
-//!    batch order, so no entry's `balance_after` dips below the limit either). Accounts missing
-//!    from `RETURNING` were refused by the database: the transaction is rolled back and the
-//!    movements debiting them are re-run alone, so they never fail their batch-mates;
-//! 4. movements marked to run alone are applied one by one (debit side conditionally first);
-//! 5. insert transactions and their events, and the entries, whose `balance_after` is derived
+//! 1. share-lock the parties (users) and claim the batch's idempotency keys (`ON CONFLICT DO
+//!    NOTHING`: a key someone already committed makes its movement a duplicate, applied
+//!    nothing);
+//! 2. apply each account's summed delta with one conditional `UPDATE` that visits the balance
+//!    rows in `(user_id, currency)` order, so it locks them in that order (`amount - pending +
+//!    min_prefix >= -overdraft_limit`, where `min_prefix` is the lowest running sum of the
+//!    account's deltas in batch order, so no entry's `balance_after` dips below the limit
+//!    either). Accounts missing from `RETURNING` have no row yet or were refused: missing rows
+//!    are created and those accounts tried once more. Accounts still missing were refused by
+//!    the database: the transaction is rolled back and the movements debiting them are re-run
+//!    alone, so they never fail their batch-mates;
+//! 3. movements marked to run alone are applied one by one (debit side conditionally first);
+//! 4. insert transactions and their events, and the entries, whose `balance_after` is derived
 //!    from the amounts the database returned, in the order the deltas were applied. Entry ids
 //!    therefore grow in commit order for each account: the row lock is held until commit.
 
@@ -152,12 +154,22 @@ pub async fn commit_batch(
             .filter(|&i| attempt_postings[i].is_none() && alone[i])
             .collect();
         let plan = DeltaPlan::build(items, &grouped);
-        ensure_balance_rows(&transaction, items, grouped.iter().chain(&single).copied()).await?;
 
+        // The grouped movements' transactions are written as completed before any balance row
+        // is locked, in the same round trip as the update: if the database refuses an account,
+        // the attempt is rolled back anyway, and the row locks are held only from the update
+        // to the commit.
         let mut entries = EntryRows::default();
         let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
+        let mut committed_at = None;
         if !plan.accounts.is_empty() {
-            let returned = apply_plan(&transaction, &plan).await?;
+            for &i in &grouped {
+                attempt_postings[i] = Some(Posting::Completed);
+            }
+            let (written_at, returned) = tokio::try_join!(
+                insert_transactions(&transaction, items, &grouped, &attempt_postings),
+                apply_plan(&transaction, &plan)
+            )?;
             let refused: Vec<AccountKey> = plan
                 .accounts
                 .keys()
@@ -181,25 +193,33 @@ pub async fn commit_batch(
                 entries.push_account(items, *account, deltas, state.amount);
                 states.insert(*account, state);
             }
-            for &i in &grouped {
-                attempt_postings[i] = Some(Posting::Completed);
+            committed_at = written_at;
+        }
+        if !single.is_empty() {
+            ensure_balance_rows(&transaction, items, single.iter().copied()).await?;
+            for &i in &single {
+                let posting =
+                    apply_alone(&transaction, items[i].movement, &mut entries, &mut states)
+                        .await?;
+                attempt_postings[i] = Some(posting);
             }
+            let written_at =
+                insert_transactions(&transaction, items, &single, &attempt_postings).await?;
+            committed_at = committed_at.or(written_at);
         }
-        for &i in &single {
-            let posting =
-                apply_alone(&transaction, items[i].movement, &mut entries, &mut states).await?;
-            attempt_postings[i] = Some(posting);
-        }
-
-        let postings: Vec<Posting> = attempt_postings
-            .into_iter()
-            .map(|posting| posting.expect("every movement of the batch has been decided"))
-            .collect();
         debug_assert!(
             entries.sums_to_zero_per_currency(),
             "a batch's entries must sum to zero per currency"
         );
-        let committed_at = insert_records(&transaction, items, &postings, &entries).await?;
+        insert_entries(&transaction, &entries).await?;
+        let committed_at = match committed_at {
+            Some(at) => at,
+            None => transaction_time(&transaction).await?,
+        };
+        let postings: Vec<Posting> = attempt_postings
+            .into_iter()
+            .map(|posting| posting.expect("every movement of the batch has been decided"))
+            .collect();
         transaction.commit().await.map_err(BatchError::AtCommit)?;
         let postings = resolve_duplicates_within_batch(items, postings);
         return Ok(BatchReport {
@@ -449,22 +469,17 @@ fn sum_and_min_prefix(deltas: &[(usize, i64)]) -> (i64, i64) {
     (sum, min_prefix)
 }
 
-async fn ensure_balance_rows(
+/// Creates the balance rows of `accounts` that do not exist yet (zero, with the default
+/// overdraft limit; unlimited for the `system` account, the other side of every credit).
+async fn insert_missing_balances(
     transaction: &Transaction<'_>,
-    items: &[BatchItem<'_>],
-    indices: impl Iterator<Item = usize>,
+    accounts: &[AccountKey],
 ) -> Result<(), tokio_postgres::Error> {
-    let mut accounts: Vec<AccountKey> = indices
-        .flat_map(|i| [items[i].movement.debited(), items[i].movement.credited()])
-        .collect();
-    accounts.sort();
-    accounts.dedup();
     if accounts.is_empty() {
         return Ok(());
     }
     let users: Vec<Uuid> = accounts.iter().map(|a| a.user.as_uuid()).collect();
     let currencies: Vec<&str> = accounts.iter().map(|a| a.currency.code()).collect();
-    // The system account may go without limit below zero: it is the other side of every credit.
     let statement = transaction
         .prepare_cached(
             "INSERT INTO balances (user_id, currency, overdraft_limit)
@@ -482,32 +497,65 @@ async fn ensure_balance_rows(
     Ok(())
 }
 
+/// The balance rows every movement of `indices` touches, created where missing.
+async fn ensure_balance_rows(
+    transaction: &Transaction<'_>,
+    items: &[BatchItem<'_>],
+    indices: impl Iterator<Item = usize>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut accounts: Vec<AccountKey> = indices
+        .flat_map(|i| [items[i].movement.debited(), items[i].movement.credited()])
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    insert_missing_balances(transaction, &accounts).await
+}
+
+/// Applies each account's summed delta with one conditional `UPDATE` and returns the state of
+/// every account it changed. The update takes the row locks, in the plan's key order (the
+/// journal connections only plan nested loops over the `unnest`, so rows are visited in array
+/// order): concurrent batches of this or another process lock in the same order and never
+/// deadlock over existing rows.
+///
+/// An account missing from the result was either refused by the balance check or has no row
+/// yet (its first movement). Only then are the missing rows created and those accounts tried
+/// once more; what is still missing was refused. In the steady state this is one statement.
 async fn apply_plan(
     transaction: &Transaction<'_>,
     plan: &DeltaPlan,
 ) -> Result<HashMap<AccountKey, AccountState>, tokio_postgres::Error> {
-    let mut users = Vec::with_capacity(plan.accounts.len());
-    let mut currencies = Vec::with_capacity(plan.accounts.len());
-    let mut sums = Vec::with_capacity(plan.accounts.len());
-    let mut min_prefixes = Vec::with_capacity(plan.accounts.len());
-    for (account, deltas) in &plan.accounts {
-        let (sum, min_prefix) = sum_and_min_prefix(deltas);
+    let all: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    let mut returned = update_balances(transaction, plan, &all).await?;
+    let absent: Vec<AccountKey> = all
+        .into_iter()
+        .filter(|account| !returned.contains_key(account))
+        .collect();
+    if !absent.is_empty() {
+        insert_missing_balances(transaction, &absent).await?;
+        returned.extend(update_balances(transaction, plan, &absent).await?);
+    }
+    Ok(returned)
+}
+
+/// The conditional `UPDATE` of `accounts` (in key order, all in `plan`): `amount - pending +
+/// min_prefix >= -overdraft_limit`, where `min_prefix` is the lowest running sum of the
+/// account's deltas in batch order, so no entry's `balance_after` dips below the limit.
+async fn update_balances(
+    transaction: &Transaction<'_>,
+    plan: &DeltaPlan,
+    accounts: &[AccountKey],
+) -> Result<HashMap<AccountKey, AccountState>, tokio_postgres::Error> {
+    let mut users = Vec::with_capacity(accounts.len());
+    let mut currencies = Vec::with_capacity(accounts.len());
+    let mut sums = Vec::with_capacity(accounts.len());
+    let mut min_prefixes = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let (sum, min_prefix) = sum_and_min_prefix(&plan.accounts[account]);
         users.push(account.user.as_uuid());
         currencies.push(account.currency.code());
         sums.push(sum);
         min_prefixes.push(min_prefix);
     }
-    // Row locks first, in a fixed order, so that concurrent batches (of this or another
-    // process) never deadlock; then the conditional update. Sent together (pipelined).
-    let lock = transaction
-        .prepare_cached(
-            "SELECT 1 FROM balances b
-             JOIN unnest($1::uuid[], $2::text[]) AS d(user_id, currency)
-               ON b.user_id = d.user_id AND b.currency = d.currency
-             ORDER BY b.user_id, b.currency
-             FOR UPDATE OF b",
-        )
-        .await?;
     let update = transaction
         .prepare_cached(
             "UPDATE balances b
@@ -518,12 +566,9 @@ async fn apply_plan(
              RETURNING b.user_id, b.currency, b.amount, b.version",
         )
         .await?;
-    let lock_params: [&(dyn ToSql + Sync); 2] = [&users, &currencies];
-    let update_params: [&(dyn ToSql + Sync); 4] = [&users, &currencies, &sums, &min_prefixes];
-    let (_, rows) = tokio::try_join!(
-        transaction.query(&lock, &lock_params),
-        transaction.query(&update, &update_params)
-    )?;
+    let rows = transaction
+        .query(&update, &[&users, &currencies, &sums, &min_prefixes])
+        .await?;
     Ok(rows.iter().map(account_state).collect())
 }
 
@@ -643,18 +688,35 @@ impl EntryRows {
     }
 }
 
-async fn insert_records(
+/// The transaction timestamp (`now()`), for a batch that wrote no transaction.
+async fn transaction_time(
+    transaction: &Transaction<'_>,
+) -> Result<DateTime<Utc>, tokio_postgres::Error> {
+    let statement = transaction.prepare_cached("SELECT now()").await?;
+    Ok(transaction.query_one(&statement, &[]).await?.get(0))
+}
+
+/// Writes the transactions (and their events) of the movements `indices` whose posting is
+/// completed or failed; duplicates and movements with an inactive party write nothing. Returns
+/// their `created_at` (the transaction timestamp), or `None` when nothing was written.
+async fn insert_transactions(
     transaction: &Transaction<'_>,
     items: &[BatchItem<'_>],
-    postings: &[Posting],
-    entries: &EntryRows,
-) -> Result<DateTime<Utc>, tokio_postgres::Error> {
-    let written: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(postings[i], Posting::Completed | Posting::InsufficientFunds))
+    indices: &[usize],
+    postings: &[Option<Posting>],
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let written: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|&i| {
+            matches!(
+                postings[i],
+                Some(Posting::Completed | Posting::InsufficientFunds)
+            )
+        })
         .collect();
-    let now_statement = transaction.prepare_cached("SELECT now()").await?;
     if written.is_empty() {
-        return Ok(transaction.query_one(&now_statement, &[]).await?.get(0));
+        return Ok(None);
     }
     let mut ids = Vec::with_capacity(written.len());
     let mut kinds = Vec::with_capacity(written.len());
@@ -671,11 +733,11 @@ async fn insert_records(
     for &i in &written {
         let movement = items[i].movement;
         let (status, reason) = match postings[i] {
-            Posting::Completed => (TransactionStatus::Completed, None),
-            Posting::InsufficientFunds => (TransactionStatus::Failed, Some("insufficient_funds")),
-            Posting::Duplicate { .. } | Posting::InactiveParty { .. } => {
-                unreachable!("only completed and failed transactions are written")
+            Some(Posting::Completed) => (TransactionStatus::Completed, None),
+            Some(Posting::InsufficientFunds) => {
+                (TransactionStatus::Failed, Some("insufficient_funds"))
             }
+            _ => unreachable!("only completed and failed transactions are written"),
         };
         ids.push(movement.id);
         kinds.push(movement.kind.as_str());
@@ -724,12 +786,6 @@ async fn insert_records(
              RETURNING created_at",
         )
         .await?;
-    let insert_entries = transaction
-        .prepare_cached(
-            "INSERT INTO entries (transaction_id, user_id, currency, delta, balance_after)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[])",
-        )
-        .await?;
     let record_params: [&(dyn ToSql + Sync); 12] = [
         &ids,
         &kinds,
@@ -744,21 +800,33 @@ async fn insert_records(
         &initiators,
         &keys,
     ];
-    let entry_params: [&(dyn ToSql + Sync); 5] = [
+    let rows = transaction.query(&records, &record_params).await?;
+    Ok(Some(rows[0].get(0)))
+}
+
+/// Writes the entries (one `INSERT ... SELECT FROM unnest`).
+async fn insert_entries(
+    transaction: &Transaction<'_>,
+    entries: &EntryRows,
+) -> Result<(), tokio_postgres::Error> {
+    if entries.deltas.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO entries (transaction_id, user_id, currency, delta, balance_after)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[])",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 5] = [
         &entries.transaction_ids,
         &entries.users,
         &entries.currencies,
         &entries.deltas,
         &entries.balances_after,
     ];
-    let records_future = transaction.query(&records, &record_params);
-    let rows = if entries.deltas.is_empty() {
-        records_future.await?
-    } else {
-        let entries_future = transaction.execute(&insert_entries, &entry_params);
-        tokio::try_join!(records_future, entries_future)?.0
-    };
-    Ok(rows[0].get(0))
+    transaction.execute(&statement, &params).await?;
+    Ok(())
 }
 
 /// What an atomic commit decided.
@@ -833,13 +901,17 @@ pub async fn commit_atomic(
         entries.push_account(&items, *account, deltas, state.amount);
         states.push(state);
     }
-    let postings = vec![Posting::Completed; items.len()];
     debug_assert!(
         entries.sums_to_zero_per_currency(),
         "an atomic set's entries must sum to zero per currency"
     );
-    let committed_at = insert_records(&transaction, &items, &postings, &entries).await?;
+    let completed = vec![Some(Posting::Completed); items.len()];
+    let committed_at = insert_transactions(&transaction, &items, &all, &completed)
+        .await?
+        .expect("an atomic set writes at least one transaction");
+    insert_entries(&transaction, &entries).await?;
     transaction.commit().await?;
+    let postings = vec![Posting::Completed; items.len()];
     Ok(AtomicOutcome::Committed(BatchReport {
         postings,
         committed_at,
