@@ -105,6 +105,24 @@ const CHECKS: &[(&str, &str, &str)] = &[
                 ELSE count(e.id) <> 0 END",
     ),
     (
+        "references",
+        "every entry belongs to an existing transaction and balance row, and every party of a \
+         transaction is a user (the group commit writes them together; see migration V4)",
+        "SELECT format('entry %s names transaction %s, which does not exist', e.id, e.transaction_id)
+         FROM entries e LEFT JOIN transactions t ON t.id = e.transaction_id
+         WHERE t.id IS NULL
+         UNION ALL
+         SELECT format('entry %s is on %s %s, which has no balance row', e.id, e.user_id, e.currency)
+         FROM entries e LEFT JOIN balances b USING (user_id, currency)
+         WHERE b.user_id IS NULL
+         UNION ALL
+         SELECT format('transaction %s names user %s, who does not exist', t.id, p.user_id)
+         FROM transactions t
+         CROSS JOIN LATERAL (VALUES (t.from_user_id), (t.to_user_id), (t.initiated_by)) AS p(user_id)
+         LEFT JOIN users u ON u.id = p.user_id
+         WHERE u.id IS NULL",
+    ),
+    (
         "no_overdraft",
         "no balance is below its overdraft limit (invariant 2)",
         "SELECT format('%s %s: amount %s, pending %s, overdraft limit %s',

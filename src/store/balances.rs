@@ -74,7 +74,9 @@ pub struct ChangeRecord {
 }
 
 /// Up to `limit` changes of `account` with `from <= at < to`, oldest first, after entry
-/// `after` (keyset on the entry id, which grows in commit order for each account).
+/// `after`. Ordered and paged on `(created_at, id)` with `entries_account_time_idx`: for one
+/// account that is commit order, the order of entry ids (entries are stamped under the
+/// account's row lock). An `after` that is not an entry of `account` gives no rows.
 pub async fn changes(
     client: &impl GenericClient,
     account: AccountKey,
@@ -88,8 +90,10 @@ pub async fn changes(
             "SELECT id, transaction_id, delta, balance_after, created_at FROM entries
              WHERE user_id = $1 AND currency = $2
                AND ($3::timestamptz IS NULL OR created_at >= $3) AND ($4::timestamptz IS NULL OR created_at < $4)
-               AND ($5::bigint IS NULL OR id > $5)
-             ORDER BY id LIMIT $6",
+               AND ($5::bigint IS NULL OR (created_at, id) > (
+                       SELECT c.created_at, c.id FROM entries c
+                       WHERE c.id = $5 AND c.user_id = $1 AND c.currency = $2))
+             ORDER BY created_at, id LIMIT $6",
             &[&account.user.as_uuid(), &account.currency.code(), &from, &to, &after, &limit],
         )
         .await?;
