@@ -10,6 +10,12 @@
 //!   `tally` binary next to this one, on a fresh database); prints each figure and the ratios,
 //!   and can write them into BENCHMARKS.md.
 //!
+//! - `tally-load touch --accounts N`: the memory benchmark. Registers enough users to have N
+//!   accounts over every currency Tally accepts, funds them with admin bulks, then debits one
+//!   minor unit from each account once (a reservation on each account's balance actor), and
+//!   reports the live balance actors, the actors evicted, and (with `--pid`) Tally's resident
+//!   size.
+//!
 //! Workloads: `transfer-uniform` (random transfers among `--accounts` accounts),
 //! `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
 //! posting `--bulk-items`-item independent bulks), `read-mix` (80% balance and history reads,
@@ -41,6 +47,10 @@ const CURRENCIES: [&str; 25] = [
 const FUNDING: i64 = 1_000_000_000;
 /// Registrations and logins in flight during setup.
 const SETUP_CONCURRENCY: usize = 16;
+/// The admin (username, password) `compare` bootstraps in the Tally it starts.
+const BENCH_ADMIN: (&str, &str) = ("bench-admin", "bench admin password");
+/// Items per funding bulk of `touch` (Tally's default `bulk.max_items`).
+const BULK_ITEMS_MAX: usize = 10_000;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +68,8 @@ enum Cmd {
     Run(RunArgs),
     /// pgbench TPC-B and every Tally workload in one run, with ratios.
     Compare(CompareArgs),
+    /// Touch N distinct accounts once each (through their balance actors), then report memory.
+    Touch(TouchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -100,6 +112,57 @@ struct RunArgs {
     json: bool,
 }
 
+#[derive(clap::Args, Clone)]
+struct TouchArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    /// Where the contract check reads the ledger (the service's database).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/tally")]
+    database_url: String,
+    /// Distinct accounts (user, currency) to touch.
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: usize,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// An admin of that Tally: it funds the accounts and debits them (`user_id`).
+    #[arg(long)]
+    admin_username: String,
+    #[arg(long)]
+    admin_password: String,
+    /// Tally's process id, to report its resident size.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print the result as one JSON line too.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `touch` measured.
+#[derive(Debug, Serialize)]
+struct TouchReport {
+    accounts: usize,
+    users: usize,
+    currencies: usize,
+    /// Seconds spent registering and funding.
+    setup_s: f64,
+    /// Seconds spent debiting every account once.
+    touch_s: f64,
+    /// Debits per second.
+    throughput: f64,
+    latency_ms: Latency,
+    replies: BTreeMap<String, u64>,
+    acknowledged: usize,
+    /// `tally_balance_actors` after the last debit.
+    actors_alive: Option<f64>,
+    /// `tally_balance_actor_evictions_total` after the last debit.
+    actors_evicted: Option<f64>,
+    /// Tally's VmRSS after the last debit, MiB.
+    rss_mib: Option<f64>,
+    /// The highest VmRSS seen while touching (sampled every second), MiB.
+    rss_peak_mib: Option<f64>,
+    contract: Vec<(String, bool)>,
+}
+
 #[derive(clap::Args)]
 struct CompareArgs {
     /// PostgreSQL server (no database name) for pgbench and the Tally it starts.
@@ -121,6 +184,9 @@ struct CompareArgs {
     /// The `tally` binary; default: next to this one.
     #[arg(long)]
     tally: Option<PathBuf>,
+    /// Accounts the memory benchmark touches (`touch`); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_accounts: usize,
 }
 
 /// A registered, logged-in user.
@@ -177,6 +243,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Compare(args) => compare(&args).await,
+        Cmd::Touch(args) => {
+            let report = touch(&args).await?;
+            print_touch_report(&report);
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            anyhow::ensure!(
+                report.contract.iter().all(|(_, held)| *held),
+                "the ledger contract is violated"
+            );
+            Ok(())
+        }
     }
 }
 
@@ -507,6 +585,224 @@ async fn create_users(
     Ok(users)
 }
 
+/// Every currency Tally accepts (ISO 4217 with minor units), in code order.
+fn all_currencies() -> Vec<&'static str> {
+    let mut codes = Vec::new();
+    for a in b'A'..=b'Z' {
+        for b in b'A'..=b'Z' {
+            for c in b'A'..=b'Z' {
+                let code = [a, b, c];
+                let code = std::str::from_utf8(&code).expect("ASCII");
+                if let Ok(currency) = tally::domain::Currency::parse(code) {
+                    codes.push(currency.code());
+                }
+            }
+        }
+    }
+    codes
+}
+
+/// VmRSS of process `pid`, MiB, from /proc (Linux).
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A sample's value from Prometheus text (`name value` lines without labels).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let base = args.base.as_str();
+    let login: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": args.admin_username, "password": args.admin_password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let admin = login["access_token"]
+        .as_str()
+        .with_context(|| format!("admin login: {login}"))?
+        .to_owned();
+    let currencies = all_currencies();
+    let currencies = &currencies[..currencies.len().min(args.accounts.max(1))];
+    let user_count = args.accounts.div_ceil(currencies.len());
+
+    let setup = Instant::now();
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut users: Vec<String> = Vec::with_capacity(user_count);
+    let indices: Vec<usize> = (0..user_count).collect();
+    for chunk in indices.chunks(SETUP_CONCURRENCY * 4) {
+        let created = futures_util::future::join_all(chunk.iter().map(|i| {
+            let (http, name) = (&http, format!("tc{run}u{i}"));
+            async move {
+                let body = json!({"username": name, "email": format!("{name}@example.com"), "password": "load-password"});
+                let user: Value = http.post(format!("{base}/api/v1/auth/register")).json(&body).send().await?.json().await?;
+                anyhow::Ok(user["id"].as_str().with_context(|| format!("register: {user}"))?.to_owned())
+            }
+        }))
+        .await;
+        for id in created {
+            users.push(id?);
+        }
+    }
+    // Account k is (user k / currencies, currency k % currencies).
+    let account = |k: usize| (&users[k / currencies.len()], currencies[k % currencies.len()]);
+    let funding: Vec<usize> = (0..args.accounts).collect();
+    for chunk in funding.chunks(BULK_ITEMS_MAX) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|&k| {
+                let (user, currency) = account(k);
+                json!({"type": "credit", "user_id": user, "amount": 100, "currency": currency})
+            })
+            .collect();
+        let reply = http
+            .post(format!("{base}/api/v1/transactions/bulk"))
+            .bearer_auth(&admin)
+            .json(&json!({"mode": "atomic", "transactions": items}))
+            .send()
+            .await?;
+        if !reply.status().is_success() {
+            bail!("funding failed: {}", reply.text().await.unwrap_or_default());
+        }
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+    eprintln!(
+        "setup: {} users x {} currencies registered and funded in {setup_s:.1} s",
+        users.len(),
+        currencies.len()
+    );
+
+    // Every account debited once, each by whichever client takes the next index.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let users = Arc::new(users);
+    let currencies: Arc<Vec<&'static str>> = Arc::new(currencies.to_vec());
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = args.pid.map(|pid| {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticks.tick().await;
+                if let Some(rss) = rss_mib(pid) {
+                    peak.fetch_max(rss as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    });
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (http, base, admin) = (http.clone(), args.base.clone(), admin.clone());
+            let (next, users, currencies, total) =
+                (next.clone(), users.clone(), currencies.clone(), args.accounts);
+            tokio::spawn(async move {
+                let mut worker = Worker::new(client);
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= total {
+                        break;
+                    }
+                    let request = Request {
+                        get: false,
+                        path: "/api/v1/transactions/debit".into(),
+                        token: &admin,
+                        body: Some(json!({"user_id": users[k / currencies.len()], "amount": 1,
+                                          "currency": currencies[k % currencies.len()]})),
+                    };
+                    worker.send(&http, &base, request, Instant::now()).await;
+                }
+                worker
+            })
+        })
+        .collect();
+    let mut total = Worker::new(usize::MAX);
+    for task in tasks {
+        total.merge(task.await?)?;
+    }
+    let touch_s = started.elapsed().as_secs_f64();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    let rss = args.pid.and_then(rss_mib);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let contract = check_contract(&args.database_url, &total.acknowledged).await?;
+    let quantile = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    Ok(TouchReport {
+        accounts: args.accounts,
+        users: users.len(),
+        currencies: currencies.len(),
+        setup_s,
+        touch_s,
+        throughput: total.latency.len() as f64 / touch_s,
+        latency_ms: Latency {
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+            p999: quantile(0.999),
+            max: total.latency.max() as f64 / 1000.0,
+        },
+        replies: total.replies,
+        acknowledged: total.acknowledged.len(),
+        actors_alive: metric(&metrics, "tally_balance_actors"),
+        actors_evicted: metric(&metrics, "tally_balance_actor_evictions_total"),
+        rss_mib: rss,
+        rss_peak_mib: args.pid.map(|_| peak.max(rss.unwrap_or(0.0))),
+        contract,
+    })
+}
+
+fn print_touch_report(report: &TouchReport) {
+    println!(
+        "touch: {} accounts ({} users x {} currencies) set up in {:.1} s, each debited once in {:.1} s ({:.0} requests/s)",
+        report.accounts, report.users, report.currencies, report.setup_s, report.touch_s, report.throughput
+    );
+    let l = &report.latency_ms;
+    println!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    for (label, count) in &report.replies {
+        println!("  {label}: {count}");
+    }
+    let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
+    println!(
+        "  balance actors alive: {}, evicted: {}; Tally RSS: {} MiB (peak {} MiB)",
+        show(report.actors_alive),
+        show(report.actors_evicted),
+        show(report.rss_mib),
+        show(report.rss_peak_mib)
+    );
+    for (check, held) in &report.contract {
+        println!(
+            "  contract: {check}: {}",
+            if *held { "holds" } else { "VIOLATED" }
+        );
+    }
+}
+
 /// The ledger contract by SQL: conservation, no overdraft, balance = sum of entries, and every
 /// acknowledged transaction present and completed.
 async fn check_contract(
@@ -570,15 +866,7 @@ struct Service {
 impl Service {
     /// VmRSS of the process, MiB, from /proc (Linux).
     fn rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        rss_mib(self.child.id())
     }
 }
 
@@ -600,6 +888,9 @@ async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> 
         .env("TALLY__HTTP__BIND", format!("127.0.0.1:{port}"))
         .env("TALLY__RATE_LIMIT__ENABLED", "false")
         .env("TALLY__LOG__FILTER", "warn")
+        .env("TALLY__BOOTSTRAP__ADMIN_USERNAME", BENCH_ADMIN.0)
+        .env("TALLY__BOOTSTRAP__ADMIN_EMAIL", format!("{}@example.com", BENCH_ADMIN.0))
+        .env("TALLY__BOOTSTRAP__ADMIN_PASSWORD", BENCH_ADMIN.1)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -730,6 +1021,26 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     print_report(&paced);
     drop(service);
 
+    let touched = if args.memory_accounts > 0 {
+        let service = start_tally(&binary, &args.server).await?;
+        let report = touch(&TouchArgs {
+            base: service.base.clone(),
+            database_url: service.database_url.clone(),
+            accounts: args.memory_accounts,
+            clients: args.clients,
+            admin_username: BENCH_ADMIN.0.to_owned(),
+            admin_password: BENCH_ADMIN.1.to_owned(),
+            pid: Some(service.child.id()),
+            json: false,
+        })
+        .await?;
+        print_touch_report(&report);
+        drop(service);
+        Some(report)
+    } else {
+        None
+    };
+
     let uniform = rows[0].transactions_per_s;
     let mut table = String::new();
     table.push_str(&format!(
@@ -763,6 +1074,22 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         paced.throughput,
         paced.latency_ms.p99
     ));
+    if let Some(touched) = &touched {
+        table.push_str(&format!(
+            "\nMemory: {} distinct accounts ({} users x {} currencies) each debited once through its balance actor \
+             ({:.0} requests/s, p99 {:.2} ms): Tally RSS {:.0} MiB after the last debit, peak {:.0} MiB; \
+             {:.0} balance actors alive, {:.0} evicted when idle.\n",
+            touched.accounts,
+            touched.users,
+            touched.currencies,
+            touched.throughput,
+            touched.latency_ms.p99,
+            touched.rss_mib.unwrap_or(f64::NAN),
+            touched.rss_peak_mib.unwrap_or(f64::NAN),
+            touched.actors_alive.unwrap_or(f64::NAN),
+            touched.actors_evicted.unwrap_or(f64::NAN),
+        ));
+    }
     println!("\n{table}");
     if let Some(path) = &args.write {
         let text =

@@ -61,3 +61,42 @@ async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes
         }
     }
 }
+
+#[actix_web::test]
+async fn the_memory_benchmark_touches_every_account_once_and_reports_the_actors() {
+    let (app, _admin) = TestApp::spawn_with_admin(|_| {}).await;
+    let (address, database_url) = (app.address.clone(), app.database_url.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tally-load"))
+            .args(["touch", "--base", &address, "--database-url", &database_url])
+            .args(["--accounts", "400", "--clients", "4"])
+            .args(["--admin-username", ADMIN_USERNAME, "--admin-password", ADMIN_PASSWORD])
+            .args(["--pid", &std::process::id().to_string(), "--json"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("tally-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = stdout
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON report in {stdout}"));
+    // 400 accounts over every accepted currency: 3 users; each account debited exactly once.
+    assert_eq!(report["accounts"], 400, "{report}");
+    assert_eq!(report["acknowledged"], 400, "{report}");
+    assert_eq!(report["replies"]["201"], 400, "{report}");
+    // The test app runs in this process, next to other tests' apps that share its metrics
+    // recorder: the figures are read, but their values are not this app's alone.
+    assert!(report["actors_alive"].is_number(), "{report}");
+    assert!(report["actors_evicted"].is_number(), "{report}");
+    assert!(report["rss_mib"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    for check in report["contract"].as_array().expect("contract checks") {
+        assert_eq!(check[1], true, "{check}");
+    }
+}
