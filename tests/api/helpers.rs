@@ -22,7 +22,8 @@ pub fn test_settings() -> Settings {
     let mut settings = Settings::load(None).expect("default settings load");
     let database = format!("tally_test_{}", Uuid::new_v4().simple());
     settings.database.url = format!("{}/{}", database_server(), database);
-    settings.database.pool_size = 6;
+    // The journal writer takes commit_concurrency + 1 (5) of them; the handlers get 3.
+    settings.database.pool_size = 8;
     settings.http.bind = "127.0.0.1:0".to_owned();
     settings.http.workers = 2;
     settings.auth.jwt_secret = "test-secret-test-secret-test-secret!".to_owned();
