@@ -171,4 +171,34 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     let report = tally::verify::verify(&db).await.expect("verify");
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(failed, ["double_entry", "entries_sum"], "{report}");
+
+    // References the database no longer enforces (migration V4): an entry of a transaction that
+    // does not exist, on an account without a balance row, and a transaction naming no user.
+    db.execute(
+        "INSERT INTO entries (transaction_id, user_id, currency, delta, balance_after)
+         VALUES (gen_random_uuid(), $1, 'EUR', 1, 1)",
+        &[&alice.id],
+    )
+    .await
+    .expect("insert an orphan entry");
+    db.execute(
+        "UPDATE transactions SET initiated_by = gen_random_uuid()
+         WHERE id = (SELECT min(id::text)::uuid FROM transactions)",
+        &[],
+    )
+    .await
+    .expect("point a transaction at no user");
+    let report = tally::verify::verify(&db).await.expect("verify");
+    let references = report
+        .checks
+        .iter()
+        .find(|check| check.name == "references")
+        .expect("the references check runs");
+    assert_eq!(references.violations, 3, "{report}");
+    for expected in ["which does not exist", "which has no balance row", "who does not exist"] {
+        assert!(
+            references.examples.iter().any(|example| example.contains(expected)),
+            "{expected}: {report}"
+        );
+    }
 }
