@@ -110,6 +110,44 @@ impl Reply {
     }
 }
 
+impl Drop for TestApp {
+    /// Drops the test's database, so that test runs do not pile databases up on the server.
+    /// `WITH (FORCE)` ends the app's own connections (the app stops with the test's runtime
+    /// anyway). Best effort, on a thread of its own because `drop` cannot wait on the test's
+    /// runtime: a server that is already gone leaves nothing to clean.
+    fn drop(&mut self) {
+        let url = self.database_url.clone();
+        let _ = std::thread::spawn(move || drop_database(&url)).join();
+    }
+}
+
+fn drop_database(url: &str) {
+    let Ok(mut config) = url.parse::<tokio_postgres::Config>() else {
+        return;
+    };
+    let Some(name) = config.get_dbname().map(str::to_owned) else {
+        return;
+    };
+    config
+        .dbname("postgres")
+        .connect_timeout(std::time::Duration::from_secs(2));
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async move {
+        if let Ok((client, connection)) = config.connect(tokio_postgres::NoTls).await {
+            tokio::spawn(connection);
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+                .await;
+        }
+    });
+}
+
 static USER_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// The admin that [`TestApp::spawn_with_admin`] bootstraps through `[bootstrap]`.
