@@ -662,7 +662,12 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
         }
     }
     // Account k is (user k / currencies, currency k % currencies).
-    let account = |k: usize| (&users[k / currencies.len()], currencies[k % currencies.len()]);
+    let account = |k: usize| {
+        (
+            &users[k / currencies.len()],
+            currencies[k % currencies.len()],
+        )
+    };
     let funding: Vec<usize> = (0..args.accounts).collect();
     for chunk in funding.chunks(BULK_ITEMS_MAX) {
         let items: Vec<Value> = chunk
@@ -710,8 +715,12 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
     let tasks: Vec<_> = (0..args.clients)
         .map(|client| {
             let (http, base, admin) = (http.clone(), args.base.clone(), admin.clone());
-            let (next, users, currencies, total) =
-                (next.clone(), users.clone(), currencies.clone(), args.accounts);
+            let (next, users, currencies, total) = (
+                next.clone(),
+                users.clone(),
+                currencies.clone(),
+                args.accounts,
+            );
             tokio::spawn(async move {
                 let mut worker = Worker::new(client);
                 loop {
@@ -889,7 +898,10 @@ async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> 
         .env("TALLY__RATE_LIMIT__ENABLED", "false")
         .env("TALLY__LOG__FILTER", "warn")
         .env("TALLY__BOOTSTRAP__ADMIN_USERNAME", BENCH_ADMIN.0)
-        .env("TALLY__BOOTSTRAP__ADMIN_EMAIL", format!("{}@example.com", BENCH_ADMIN.0))
+        .env(
+            "TALLY__BOOTSTRAP__ADMIN_EMAIL",
+            format!("{}@example.com", BENCH_ADMIN.0),
+        )
         .env("TALLY__BOOTSTRAP__ADMIN_PASSWORD", BENCH_ADMIN.1)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -199,8 +199,7 @@ pub async fn commit_batch(
             ensure_balance_rows(&transaction, items, single.iter().copied()).await?;
             for &i in &single {
                 let posting =
-                    apply_alone(&transaction, items[i].movement, &mut entries, &mut states)
-                        .await?;
+                    apply_alone(&transaction, items[i].movement, &mut entries, &mut states).await?;
                 attempt_postings[i] = Some(posting);
             }
             let written_at =

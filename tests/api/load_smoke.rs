@@ -70,7 +70,12 @@ async fn the_memory_benchmark_touches_every_account_once_and_reports_the_actors(
         Command::new(env!("CARGO_BIN_EXE_tally-load"))
             .args(["touch", "--base", &address, "--database-url", &database_url])
             .args(["--accounts", "400", "--clients", "4"])
-            .args(["--admin-username", ADMIN_USERNAME, "--admin-password", ADMIN_PASSWORD])
+            .args([
+                "--admin-username",
+                ADMIN_USERNAME,
+                "--admin-password",
+                ADMIN_PASSWORD,
+            ])
             .args(["--pid", &std::process::id().to_string(), "--json"])
             .output()
     })

@@ -195,9 +195,16 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
         .find(|check| check.name == "references")
         .expect("the references check runs");
     assert_eq!(references.violations, 3, "{report}");
-    for expected in ["which does not exist", "which has no balance row", "who does not exist"] {
+    for expected in [
+        "which does not exist",
+        "which has no balance row",
+        "who does not exist",
+    ] {
         assert!(
-            references.examples.iter().any(|example| example.contains(expected)),
+            references
+                .examples
+                .iter()
+                .any(|example| example.contains(expected)),
             "{expected}: {report}"
         );
     }
