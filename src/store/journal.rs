@@ -523,7 +523,8 @@ async fn apply_plan(
     transaction: &Transaction<'_>,
     plan: &DeltaPlan,
 ) -> Result<HashMap<AccountKey, AccountState>, tokio_postgres::Error> {
-    let all: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    let mut all: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    in_lock_order(&mut all);
     let mut returned = update_balances(transaction, plan, &all).await?;
     let absent: Vec<AccountKey> = all
         .into_iter()
@@ -536,7 +537,15 @@ async fn apply_plan(
     Ok(returned)
 }
 
-/// The conditional `UPDATE` of `accounts` (in key order, all in `plan`): `amount - pending +
+/// The order in which every statement of the journal locks balance rows: the primary key's
+/// order in the database (`user_id`, then the currency code), so that batches and atomic sets
+/// of any number of processes never wait on each other in a cycle. `AccountKey`'s own `Ord`
+/// cannot serve: it compares currencies by their position in the ISO table, not by code.
+fn in_lock_order(accounts: &mut [AccountKey]) {
+    accounts.sort_by_key(|account| (account.user.as_uuid(), account.currency.code()));
+}
+
+/// The conditional `UPDATE` of `accounts` (in lock order, all in `plan`): `amount - pending +
 /// min_prefix >= -overdraft_limit`, where `min_prefix` is the lowest running sum of the
 /// account's deltas in batch order, so no entry's `balance_after` dips below the limit.
 async fn update_balances(
@@ -882,7 +891,6 @@ pub async fn commit_atomic(
         return Ok(AtomicOutcome::Duplicate);
     }
     let all: Vec<usize> = (0..items.len()).collect();
-    ensure_balance_rows(&transaction, &items, all.iter().copied()).await?;
     let plan = DeltaPlan::build(&items, &all);
     let failing = check_sequence(&transaction, &items, &plan).await?;
     if !failing.is_empty() {
@@ -928,40 +936,17 @@ async fn check_sequence(
     items: &[BatchItem<'_>],
     plan: &DeltaPlan,
 ) -> Result<Vec<usize>, tokio_postgres::Error> {
-    let users: Vec<Uuid> = plan
-        .accounts
-        .keys()
-        .map(|account| account.user.as_uuid())
+    let accounts: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    let mut room = lock_balances(transaction, &accounts).await?;
+    let missing: Vec<AccountKey> = accounts
+        .into_iter()
+        .filter(|account| !room.contains_key(account))
         .collect();
-    let currencies: Vec<&str> = plan
-        .accounts
-        .keys()
-        .map(|account| account.currency.code())
-        .collect();
-    let statement = transaction
-        .prepare_cached(
-            "SELECT b.user_id, b.currency, b.amount - b.pending, b.overdraft_limit FROM balances b
-             JOIN unnest($1::uuid[], $2::text[]) AS d(user_id, currency)
-               ON b.user_id = d.user_id AND b.currency = d.currency
-             ORDER BY b.user_id, b.currency
-             FOR UPDATE OF b",
-        )
-        .await?;
-    let mut room: HashMap<AccountKey, i128> = HashMap::new();
-    for row in transaction
-        .query(&statement, &[&users, &currencies])
-        .await?
-    {
-        let account = AccountKey {
-            user: UserId::from_uuid(row.get(0)),
-            currency: Currency::parse(row.get(1))
-                .expect("balances.currency holds only codes Tally wrote"),
-        };
-        // Settled balance plus the overdraft limit: what may still be debited.
-        room.insert(
-            account,
-            i128::from(row.get::<_, i64>(2)) + i128::from(row.get::<_, i64>(3)),
-        );
+    if !missing.is_empty() {
+        // First movements of these accounts: create their rows, then lock them as well (another
+        // process may have created some in between).
+        insert_missing_balances(transaction, &missing).await?;
+        room.extend(lock_balances(transaction, &missing).await?);
     }
     let mut failing = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -975,4 +960,39 @@ async fn check_sequence(
         *room.entry(item.movement.credited()).or_default() += amount;
     }
     Ok(failing)
+}
+
+/// Locks the existing balance rows of `accounts` (`FOR UPDATE`, in lock order) and returns what
+/// each may still be debited: settled balance plus overdraft limit.
+async fn lock_balances(
+    transaction: &Transaction<'_>,
+    accounts: &[AccountKey],
+) -> Result<HashMap<AccountKey, i128>, tokio_postgres::Error> {
+    let users: Vec<Uuid> = accounts.iter().map(|a| a.user.as_uuid()).collect();
+    let currencies: Vec<&str> = accounts.iter().map(|a| a.currency.code()).collect();
+    let statement = transaction
+        .prepare_cached(
+            "SELECT b.user_id, b.currency, b.amount - b.pending, b.overdraft_limit FROM balances b
+             JOIN unnest($1::uuid[], $2::text[]) AS d(user_id, currency)
+               ON b.user_id = d.user_id AND b.currency = d.currency
+             ORDER BY b.user_id, b.currency
+             FOR UPDATE OF b",
+        )
+        .await?;
+    let mut room = HashMap::with_capacity(accounts.len());
+    for row in transaction
+        .query(&statement, &[&users, &currencies])
+        .await?
+    {
+        let account = AccountKey {
+            user: UserId::from_uuid(row.get(0)),
+            currency: Currency::parse(row.get(1))
+                .expect("balances.currency holds only codes Tally wrote"),
+        };
+        room.insert(
+            account,
+            i128::from(row.get::<_, i64>(2)) + i128::from(row.get::<_, i64>(3)),
+        );
+    }
+    Ok(room)
 }
