@@ -227,35 +227,51 @@ struct Latency {
     max: f64,
 }
 
+impl Latency {
+    /// Milliseconds, from a histogram of microseconds.
+    fn from_micros(histogram: &Histogram<u64>) -> Latency {
+        let quantile = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Latency {
+            p50: quantile(0.50),
+            p90: quantile(0.90),
+            p99: quantile(0.99),
+            p999: quantile(0.999),
+            max: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => {
             let report = run(&args).await?;
-            print_report(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-            anyhow::ensure!(
-                report.contract.iter().all(|(_, held)| *held),
-                "the ledger contract is violated"
-            );
-            Ok(())
+            finish(&report, print_report, args.json, &report.contract)
         }
         Cmd::Compare(args) => compare(&args).await,
         Cmd::Touch(args) => {
             let report = touch(&args).await?;
-            print_touch_report(&report);
-            if args.json {
-                println!("{}", serde_json::to_string(&report)?);
-            }
-            anyhow::ensure!(
-                report.contract.iter().all(|(_, held)| *held),
-                "the ledger contract is violated"
-            );
-            Ok(())
+            finish(&report, print_touch_report, args.json, &report.contract)
         }
     }
+}
+
+/// Prints `report` (and one JSON line with `--json`), then fails when the contract check did.
+fn finish<R: Serialize>(
+    report: &R,
+    print: fn(&R),
+    json: bool,
+    contract: &[(String, bool)],
+) -> anyhow::Result<()> {
+    print(report);
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    }
+    anyhow::ensure!(
+        contract.iter().all(|(_, held)| *held),
+        "the ledger contract is violated"
+    );
+    Ok(())
 }
 
 fn print_report(report: &Report) {
@@ -268,20 +284,8 @@ fn print_report(report: &Report) {
         report.throughput,
         report.transactions_per_s
     );
-    let l = &report.latency_ms;
-    println!(
-        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
-    for (label, count) in &report.replies {
-        println!("  {label}: {count}");
-    }
-    for (check, held) in &report.contract {
-        println!(
-            "  contract: {check}: {}",
-            if *held { "holds" } else { "VIOLATED" }
-        );
-    }
+    print_latency_and_replies(&report.latency_ms, &report.replies);
+    print_contract(&report.contract);
 }
 
 async fn run(args: &RunArgs) -> anyhow::Result<Report> {
@@ -342,7 +346,6 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let contract = check_contract(&args.database_url, &total.acknowledged).await?;
-    let quantile = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         workload: args.workload,
         clients,
@@ -350,13 +353,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         requests: total.latency.len(),
         throughput: total.latency.len() as f64 / elapsed,
         transactions_per_s: total.acknowledged.len() as f64 / elapsed,
-        latency_ms: Latency {
-            p50: quantile(0.50),
-            p90: quantile(0.90),
-            p99: quantile(0.99),
-            p999: quantile(0.999),
-            max: total.latency.max() as f64 / 1000.0,
-        },
+        latency_ms: Latency::from_micros(&total.latency),
         replies: total.replies,
         acknowledged: total.acknowledged.len(),
         contract,
@@ -757,7 +754,6 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
         .text()
         .await?;
     let contract = check_contract(&args.database_url, &total.acknowledged).await?;
-    let quantile = |q: f64| total.latency.value_at_quantile(q) as f64 / 1000.0;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed) as f64;
     Ok(TouchReport {
         accounts: args.accounts,
@@ -766,13 +762,7 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
         setup_s,
         touch_s,
         throughput: total.latency.len() as f64 / touch_s,
-        latency_ms: Latency {
-            p50: quantile(0.50),
-            p90: quantile(0.90),
-            p99: quantile(0.99),
-            p999: quantile(0.999),
-            max: total.latency.max() as f64 / 1000.0,
-        },
+        latency_ms: Latency::from_micros(&total.latency),
         replies: total.replies,
         acknowledged: total.acknowledged.len(),
         actors_alive: metric(&metrics, "tally_balance_actors"),
@@ -783,19 +773,31 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
     })
 }
 
+fn print_latency_and_replies(l: &Latency, replies: &BTreeMap<String, u64>) {
+    println!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    for (label, count) in replies {
+        println!("  {label}: {count}");
+    }
+}
+
+fn print_contract(contract: &[(String, bool)]) {
+    for (check, held) in contract {
+        println!(
+            "  contract: {check}: {}",
+            if *held { "holds" } else { "VIOLATED" }
+        );
+    }
+}
+
 fn print_touch_report(report: &TouchReport) {
     println!(
         "touch: {} accounts ({} users x {} currencies) set up in {:.1} s, each debited once in {:.1} s ({:.0} requests/s)",
         report.accounts, report.users, report.currencies, report.setup_s, report.touch_s, report.throughput
     );
-    let l = &report.latency_ms;
-    println!(
-        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
-    for (label, count) in &report.replies {
-        println!("  {label}: {count}");
-    }
+    print_latency_and_replies(&report.latency_ms, &report.replies);
     let show = |value: Option<f64>| value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"));
     println!(
         "  balance actors alive: {}, evicted: {}; Tally RSS: {} MiB (peak {} MiB)",
@@ -804,12 +806,7 @@ fn print_touch_report(report: &TouchReport) {
         show(report.rss_mib),
         show(report.rss_peak_mib)
     );
-    for (check, held) in &report.contract {
-        println!(
-            "  contract: {check}: {}",
-            if *held { "holds" } else { "VIOLATED" }
-        );
-    }
+    print_contract(&report.contract);
 }
 
 /// The ledger contract by SQL: conservation, no overdraft, balance = sum of entries, and every
