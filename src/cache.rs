@@ -26,9 +26,9 @@ use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
 
 use crate::config::RedisSettings;
+use crate::domain::AccountState;
 use crate::domain::{Currency, UserId};
 use crate::store::balances::BalanceRecord;
-use crate::store::journal::AccountState;
 use crate::telemetry::names;
 
 const EPOCH_KEY: &str = "tally:cache:epoch";

@@ -27,6 +27,57 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub redis: RedisSettings,
     pub bulk: BulkSettings,
+    pub ledger: LedgerSettings,
+}
+
+/// The bounds of invariant 7 (DESIGN.md section 2), in minor units of each currency.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerSettings {
+    /// Highest balance any account may hold.
+    pub balance_max_minor: i64,
+    /// Most money that may be issued in a currency (credits minus debits, i.e. the negated
+    /// `system` balance).
+    pub supply_max_minor: i64,
+    /// Per-currency overrides of both, keyed by ISO 4217 code:
+    /// `[ledger.currencies.JPY] balance_max_minor = ..., supply_max_minor = ...`.
+    #[serde(default)]
+    pub currencies: std::collections::BTreeMap<String, CurrencyBoundsSettings>,
+}
+
+/// One currency's overrides in `[ledger.currencies.<CODE>]`; a missing key keeps the default.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CurrencyBoundsSettings {
+    pub balance_max_minor: Option<i64>,
+    pub supply_max_minor: Option<i64>,
+}
+
+impl LedgerSettings {
+    /// The validated bounds.
+    ///
+    /// Errors: an unknown currency code, or bounds [`crate::domain::Bounds::new`] refuses.
+    pub fn bounds(&self) -> anyhow::Result<crate::domain::Bounds> {
+        use crate::domain::{Currency, CurrencyBounds};
+        let default = CurrencyBounds {
+            balance_max_minor: self.balance_max_minor,
+            supply_max_minor: self.supply_max_minor,
+        };
+        let mut overrides = std::collections::BTreeMap::new();
+        for (code, bounds) in &self.currencies {
+            // Environment variables arrive lower-cased (TALLY__LEDGER__CURRENCIES__JPY__...).
+            let currency = Currency::parse(&code.to_ascii_uppercase())
+                .map_err(|error| anyhow::anyhow!("ledger.currencies.{code}: {error}"))?;
+            overrides.insert(
+                currency,
+                CurrencyBounds {
+                    balance_max_minor: bounds
+                        .balance_max_minor
+                        .unwrap_or(default.balance_max_minor),
+                    supply_max_minor: bounds.supply_max_minor.unwrap_or(default.supply_max_minor),
+                },
+            );
+        }
+        Ok(crate::domain::Bounds::new(default, overrides)?)
+    }
 }
 
 /// `POST /transactions/bulk` limits.
@@ -252,6 +303,16 @@ impl Settings {
         anyhow::ensure!(
             self.database.health_check_interval_ms >= 10,
             "database.health_check_interval_ms must be at least 10"
+        );
+        self.ledger.bounds()?;
+        // The deltas of one group commit statement must stay inside ±MONEY_BOUND_MINOR, so that
+        // no sum in it can overflow 64 bits (invariant 7; see domain::rules).
+        let batch_max = crate::domain::MONEY_BOUND_MINOR / crate::domain::Amount::MAX_MINOR;
+        anyhow::ensure!(
+            self.pipeline.batch_size_max <= usize::try_from(batch_max).unwrap_or(usize::MAX),
+            "pipeline.batch_size_max must be at most {batch_max}: a batch of that many largest \
+             amounts ({} minor units each) must stay within 2^61 minor units",
+            crate::domain::Amount::MAX_MINOR
         );
         Ok(())
     }

@@ -60,6 +60,15 @@ pub enum ApiError {
     /// 422 `insufficient_funds`: recorded as the `failed` transaction `transaction_id`.
     #[error("the source account's available balance is lower than the amount")]
     InsufficientFunds { transaction_id: Uuid },
+    /// 422 `limit_exceeded`: a bound of invariant 7 (or, later, a configured limit) would be
+    /// crossed. `detail` is what the client is shown beside the code (`limit: {kind, currency,
+    /// value, window_s?}`, `used`, `requested`, `remaining`, minor units), as stored on the
+    /// failed transaction `transaction_id` (none in an atomic bulk, which records nothing).
+    #[error("the movement would exceed a limit")]
+    LimitExceeded {
+        transaction_id: Option<Uuid>,
+        detail: serde_json::Value,
+    },
     /// 422 `bulk_failed`: an atomic bulk of which some item failed, so none was applied;
     /// `results` says which item failed and why (the others are `not_applied`).
     #[error("an item of the atomic bulk failed, so none was applied")]
@@ -109,6 +118,20 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub results: Option<serde_json::Value>,
+    /// With `limit_exceeded`: the limit crossed, `{kind, currency, value, window_s?}` (`kind`
+    /// is `balance_max` or `supply` for the bounds of invariant 7).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub limit: Option<serde_json::Value>,
+    /// With `limit_exceeded`: what the limit had counted before this movement, minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<i64>,
+    /// With `limit_exceeded`: what this movement asked for, minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested: Option<i64>,
+    /// With `limit_exceeded`: what the limit still allows, minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
 }
 
 impl ApiError {
@@ -125,6 +148,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict { code, .. } => code,
             ApiError::InsufficientFunds { .. } => "insufficient_funds",
+            ApiError::LimitExceeded { .. } => "limit_exceeded",
             ApiError::BulkFailed { .. } => "bulk_failed",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -147,6 +171,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::Conflict { .. } => "Conflict",
             ApiError::InsufficientFunds { .. } => "Insufficient funds",
+            ApiError::LimitExceeded { .. } => "Limit exceeded",
             ApiError::BulkFailed { .. } => "Bulk failed",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
             ApiError::RateLimited { .. } => "Too many requests",
@@ -160,6 +185,11 @@ impl ApiError {
     /// The problem+json body of this error (also embedded per item in bulk results).
     pub fn problem(&self) -> Problem {
         let code = self.code();
+        let limit_detail = match self {
+            ApiError::LimitExceeded { detail, .. } => Some(detail),
+            _ => None,
+        };
+        let figure = |name: &str| limit_detail.and_then(|detail| detail[name].as_i64());
         Problem {
             kind: format!("urn:tally:problem:{code}"),
             title: self.title(),
@@ -172,12 +202,47 @@ impl ApiError {
             },
             transaction_id: match self {
                 ApiError::InsufficientFunds { transaction_id } => Some(*transaction_id),
+                ApiError::LimitExceeded { transaction_id, .. } => *transaction_id,
                 _ => None,
             },
             results: match self {
                 ApiError::BulkFailed { results } => Some(results.clone()),
                 _ => None,
             },
+            limit: limit_detail.map(|detail| detail["limit"].clone()),
+            used: figure("used"),
+            requested: figure("requested"),
+            remaining: figure("remaining"),
+        }
+    }
+
+    /// The problem of a movement a posting rule refused, recorded as `transaction_id` (none
+    /// when nothing was recorded).
+    pub fn refused(refusal: &crate::domain::Refusal, transaction_id: Option<Uuid>) -> ApiError {
+        match refusal {
+            crate::domain::Refusal::InsufficientFunds => ApiError::InsufficientFunds {
+                transaction_id: transaction_id.unwrap_or_default(),
+            },
+            crate::domain::Refusal::LimitExceeded(_) => ApiError::LimitExceeded {
+                transaction_id,
+                detail: crate::store::journal::failure_detail(refusal).unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The problem a stored failed transaction was answered with (for idempotent replays):
+    /// from its `failure_reason` and `failure_detail`.
+    pub fn recorded_failure(
+        transaction_id: Uuid,
+        reason: Option<&str>,
+        detail: Option<&serde_json::Value>,
+    ) -> ApiError {
+        match reason {
+            Some("limit_exceeded") => ApiError::LimitExceeded {
+                transaction_id: Some(transaction_id),
+                detail: detail.cloned().unwrap_or_default(),
+            },
+            _ => ApiError::InsufficientFunds { transaction_id },
         }
     }
 
@@ -193,6 +258,7 @@ impl ResponseError for ApiError {
             ApiError::MalformedRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_)
             | ApiError::InsufficientFunds { .. }
+            | ApiError::LimitExceeded { .. }
             | ApiError::BulkFailed { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
@@ -94,6 +95,7 @@ impl Application {
         let cache = crate::cache::BalanceCache::new(&settings.redis)?;
         let ledger = Ledger::start(
             &settings.pipeline,
+            Arc::new(settings.ledger.bounds()?),
             pool.clone(),
             journal_pool.clone(),
             cache.clone(),

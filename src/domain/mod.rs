@@ -3,11 +3,16 @@
 
 mod money;
 mod movement;
+mod rules;
 mod transaction;
 mod user;
 
 pub use money::{Amount, AmountError, Currency, CurrencyError};
-pub use movement::{AccountKey, IdempotencyClaim, Movement};
+pub use movement::{AccountKey, AccountState, Authority, IdempotencyClaim, Movement};
+pub use rules::{
+    check_sequence, Bounds, BoundsError, CurrencyBounds, LimitBreach, LimitKind, Limits, Prefixes,
+    Refusal, Snapshot, MONEY_BOUND_MINOR,
+};
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,
 };

@@ -13,6 +13,28 @@ pub struct AccountKey {
     pub currency: Currency,
 }
 
+/// An account's balance as a commit left it: what the database returned under the row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountState {
+    pub account: AccountKey,
+    /// Minor units.
+    pub amount: i64,
+    /// `balances.version`: larger is newer.
+    pub version: i64,
+}
+
+/// What the initiator's right to a movement rests on. The handler decides it from the request
+/// and the access token; the group commit checks it again against the initiator's role as it
+/// is at the commit (the user row is share-locked there), so a demoted or deleted admin's token
+/// moves nobody's money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// The initiator owns the account the movement takes from (or, for a credit, gives to).
+    Owner,
+    /// The initiator acts on another user's account as an admin.
+    Admin,
+}
+
 /// The key a request carried and the SHA-256 of the request it identifies (invariant 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyClaim {
@@ -35,6 +57,8 @@ pub struct Movement {
     pub reference: Option<Reference>,
     /// The authenticated user who asked for it; idempotency keys are scoped to this user.
     pub initiated_by: UserId,
+    /// Re-checked in the commit: see [`Authority`].
+    pub authority: Authority,
     pub idempotency: Option<IdempotencyClaim>,
 }
 
@@ -106,6 +130,7 @@ mod tests {
             description: description.map(|d| Description::parse(d).unwrap()),
             reference: None,
             initiated_by: user,
+            authority: Authority::Owner,
             idempotency: None,
         }
     }

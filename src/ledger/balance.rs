@@ -1,7 +1,8 @@
 //! Balance actors: one per account (user, currency). Each serializes the reservations on its
 //! account: it knows the committed amount (from the database), the overdraft limit, and the
-//! holds of movements that are on their way to the journal writer, so
-//! `available = amount - pending + overdraft_limit - held`.
+//! holds of movements that are on their way to the journal writer, and admits a reservation
+//! with the posting rule of `domain::rules` (the fast path of invariant 8), counting its
+//! outstanding holds as pending.
 //!
 //! The cache is a fast path, never the arbiter (invariant 6). A movement the cache cannot cover
 //! is not rejected here: it goes to the journal writer marked `alone`, and the database's
@@ -15,8 +16,7 @@ use actix::{
 
 use super::journal::{Append, Hold, Item, JournalWriter};
 use super::{Submission, SubmitError};
-use crate::domain::AccountKey;
-use crate::store::journal::AccountState;
+use crate::domain::{AccountKey, AccountState, Bounds, Limits, Snapshot};
 use crate::store::{AcquireError, DbPool};
 
 /// Reserve the movement's amount and pass it on to the journal writer.
@@ -56,6 +56,7 @@ struct Cached {
 
 pub(super) struct BalanceActor {
     account: AccountKey,
+    bounds: std::sync::Arc<Bounds>,
     pool: DbPool,
     journal: Addr<JournalWriter>,
     /// `None` until loaded, or after a load failed or a commit's outcome became unknown.
@@ -69,11 +70,13 @@ pub(super) struct BalanceActor {
 impl BalanceActor {
     pub(super) fn new(
         account: AccountKey,
+        bounds: std::sync::Arc<Bounds>,
         pool: DbPool,
         journal: Addr<JournalWriter>,
     ) -> BalanceActor {
         BalanceActor {
             account,
+            bounds,
             pool,
             journal,
             cached: None,
@@ -128,11 +131,13 @@ impl BalanceActor {
             return;
         };
         let amount = submission.movement.amount.minor();
-        // i128: the limit of a generous account may be near i64::MAX.
-        let available = i128::from(cached.amount) - i128::from(cached.pending)
-            + i128::from(cached.overdraft_limit)
-            - i128::from(self.held);
-        if i128::from(amount) <= available {
+        let limits: Limits = self.bounds.limits(self.account, cached.overdraft_limit);
+        let snapshot = Snapshot {
+            amount: cached.amount,
+            // Outstanding holds count as pending: they are on their way to being debited.
+            pending: cached.pending.saturating_add(self.held),
+        };
+        if limits.admit(snapshot, -amount).is_ok() {
             self.held += amount;
             self.holds += 1;
             let hold = Hold {

@@ -17,8 +17,7 @@ use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message}
 use super::balance::{BalanceActor, Observe, Retire};
 use super::journal::JournalWriter;
 use super::{PipelineStats, Submission};
-use crate::domain::AccountKey;
-use crate::store::journal::AccountState;
+use crate::domain::{AccountKey, AccountState, Bounds};
 use crate::store::DbPool;
 
 /// Reserve funds for a movement on its debited account.
@@ -42,6 +41,7 @@ pub(super) struct Directory {
     next_arbiter: usize,
     pool: DbPool,
     journal: Addr<JournalWriter>,
+    bounds: Arc<Bounds>,
     idle_timeout: Duration,
     stats: Arc<PipelineStats>,
 }
@@ -51,6 +51,7 @@ impl Directory {
         arbiters: Vec<ArbiterHandle>,
         pool: DbPool,
         journal: Addr<JournalWriter>,
+        bounds: Arc<Bounds>,
         idle_timeout: Duration,
         stats: Arc<PipelineStats>,
     ) -> Directory {
@@ -64,6 +65,7 @@ impl Directory {
             next_arbiter: 0,
             pool,
             journal,
+            bounds,
             idle_timeout,
             stats,
         }
@@ -84,8 +86,9 @@ impl Directory {
             let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
             self.next_arbiter = self.next_arbiter.wrapping_add(1);
             let (pool, journal) = (self.pool.clone(), self.journal.clone());
+            let bounds = self.bounds.clone();
             let actor = BalanceActor::start_in_arbiter(arbiter, move |_| {
-                BalanceActor::new(account, pool, journal)
+                BalanceActor::new(account, bounds, pool, journal)
             });
             self.stats.balance_actors.fetch_add(1, Ordering::Relaxed);
             self.actors.insert(

@@ -41,10 +41,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, Submission, SubmitError};
 use crate::cache::{BalanceCache, CommittedBalance};
-use crate::domain::{AccountKey, Currency, Movement};
-use crate::store::journal::{
-    AccountState, AtomicOutcome, BatchError, BatchItem, BatchReport, Posting,
-};
+use crate::domain::{AccountKey, AccountState, Bounds, Currency, Movement};
+use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
 use crate::store::{AcquireError, DbPool};
 use crate::telemetry::{names, CounterFamily};
 
@@ -100,6 +98,7 @@ pub(super) struct JournalSettings {
 
 pub(super) struct JournalWriter {
     pool: DbPool,
+    bounds: Arc<Bounds>,
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
     directory: Addr<Directory>,
@@ -190,6 +189,7 @@ enum Written {
 impl JournalWriter {
     pub(super) fn new(
         pool: DbPool,
+        bounds: Arc<Bounds>,
         cache: Arc<BalanceCache>,
         directory: Addr<Directory>,
         settings: JournalSettings,
@@ -197,6 +197,7 @@ impl JournalWriter {
     ) -> JournalWriter {
         JournalWriter {
             pool,
+            bounds,
             cache,
             directory,
             settings,
@@ -229,7 +230,7 @@ impl JournalWriter {
         self.last_was_batch = true;
         let take = self.buffer.len().min(self.settings.batch_size_max);
         let items: Vec<Item> = self.buffer.drain(..take).collect();
-        let (pool, cache) = (self.pool.clone(), self.cache.clone());
+        let (pool, cache, bounds) = (self.pool.clone(), self.cache.clone(), self.bounds.clone());
         let started = Instant::now();
         // A root span of its own (a batch serves many traces), linked to the `ledger.submit`
         // span of every movement it carries. The SDK keeps the first 128 links by default.
@@ -239,7 +240,7 @@ impl JournalWriter {
             span.add_link(item.submission.trace_context.clone());
         }
         let write = async move {
-            let (written, committed, retries) = write_batch(&pool, &items).await;
+            let (written, committed, retries) = write_batch(&pool, &bounds, &items).await;
             // Before any caller is answered, so that every client reads its own writes.
             cache.write_through(&committed).await;
             let accounts: Vec<AccountState> =
@@ -273,6 +274,7 @@ impl JournalWriter {
                     .fetch_add(retries.reconnect, Ordering::Relaxed);
                 writer.settle(items, written, accounts);
                 writer.in_flight -= 1;
+                writer.stats.journal_heartbeat();
                 // What arrived during the commit has waited long enough: write it now.
                 writer.write_next_batch(ctx);
             },
@@ -282,11 +284,11 @@ impl JournalWriter {
     fn write_atomic(&mut self, atomic: AtomicItem, ctx: &mut Context<Self>) {
         self.in_flight += 1;
         self.last_was_batch = false;
-        let (pool, cache) = (self.pool.clone(), self.cache.clone());
+        let (pool, cache, bounds) = (self.pool.clone(), self.cache.clone(), self.bounds.clone());
         let started = Instant::now();
         let span = tracing::info_span!(parent: None, "ledger.commit_atomic", batch.size = atomic.movements.len());
         let write = async move {
-            let result = write_atomic(&pool, &atomic.movements).await;
+            let result = write_atomic(&pool, &bounds, &atomic.movements).await;
             if let Ok(AtomicOutcome::Committed(report)) = &result {
                 let committed: Vec<CommittedBalance> = report
                     .accounts
@@ -338,9 +340,8 @@ impl JournalWriter {
                                 completed_at: Some(at),
                             }))
                         }
-                        Ok(AtomicOutcome::InsufficientFunds(failing)) => {
-                            Ok(AtomicResult::InsufficientFunds(failing))
-                        }
+                        Ok(AtomicOutcome::Refused(refused)) => Ok(AtomicResult::Refused(refused)),
+                        Ok(AtomicOutcome::Forbidden(items)) => Ok(AtomicResult::Forbidden(items)),
                         Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
                         Ok(AtomicOutcome::InactiveParties(parties)) => {
                             Ok(AtomicResult::InactiveParties(parties))
@@ -349,6 +350,7 @@ impl JournalWriter {
                     };
                     let _ = atomic.reply.send(reply);
                     writer.in_flight -= 1;
+                    writer.stats.journal_heartbeat();
                     writer.write_next_batch(ctx);
                 }),
         );
@@ -372,13 +374,20 @@ impl JournalWriter {
                             completed_at: Some(at),
                         }))
                     }
-                    Posting::InsufficientFunds => {
+                    Posting::Refused(refusal) => {
                         self.metrics.transaction(kind, "failed");
-                        self.metrics.failure(kind, "insufficient_funds");
-                        Ok(Outcome::InsufficientFunds(Recorded {
-                            created_at: at,
-                            completed_at: None,
-                        }))
+                        self.metrics.failure(kind, refusal.reason());
+                        Ok(Outcome::Refused(
+                            refusal,
+                            Recorded {
+                                created_at: at,
+                                completed_at: None,
+                            },
+                        ))
+                    }
+                    Posting::Forbidden => {
+                        self.metrics.failure(kind, "forbidden");
+                        Ok(Outcome::Forbidden)
                     }
                     Posting::InactiveParty { user } => {
                         self.metrics.failure(kind, "inactive_party");
@@ -444,6 +453,7 @@ enum Failure {
 /// Returns one [`Written`] per item, the final account states, and the re-runs it took.
 async fn write_batch(
     pool: &DbPool,
+    bounds: &Bounds,
     items: &[Item],
 ) -> (Vec<Written>, Vec<CommittedBalance>, Retries) {
     let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
@@ -463,7 +473,7 @@ async fn write_batch(
             .collect();
         let result = match pool.get().await {
             Ok(mut client) => {
-                let result = crate::store::journal::commit_batch(&mut client, &batch).await;
+                let result = crate::store::journal::commit_batch(&mut client, &batch, bounds).await;
                 if matches!(&result, Err(error) if error.is_connection_lost()) {
                     // Never hand a broken connection back to the pool.
                     drop(deadpool_postgres::Client::take(client));
@@ -502,6 +512,13 @@ async fn write_batch(
             tracing::info!(%error, "journal writer: transient failure, retrying the batch");
             retries.transient += 1;
             pending.push((range, transient_attempts + 1, reconnected));
+        } else if error.is_timeout() {
+            // Waiting longer will not help this batch: answer 503 now (nothing was written;
+            // the idempotency key makes the retry safe).
+            tracing::warn!(error = ?error, items = range.len(), "journal writer: batch timed out");
+            for slot in &mut written[range] {
+                *slot = Some(Written::Failed(SubmitError::Unavailable));
+            }
         } else if error.is_outcome_unknown() {
             tracing::warn!(%error, items = range.len(), "journal writer: connection lost during COMMIT, outcome unknown");
             fail_the_rest(&mut written, &mut pending);
@@ -521,7 +538,9 @@ async fn write_batch(
             pending.push((range.start..middle, 0, reconnected));
         } else {
             tracing::error!(error = ?error, "journal writer: a movement failed on its own");
-            written[range.start] = Some(Written::Failed(SubmitError::Internal(error.to_string())));
+            written[range.start] = Some(Written::Failed(SubmitError::Internal(Arc::new(
+                anyhow::Error::new(error).context("a movement failed on its own"),
+            ))));
         }
     }
     let written = written
@@ -540,8 +559,19 @@ fn fail_the_rest(written: &mut [Option<Written>], pending: &mut Vec<(Range<usize
     pending.clear();
 }
 
+/// How often an idle writer reports that it is alive (for readiness).
+const IDLE_HEARTBEAT: Duration = Duration::from_millis(500);
+
 impl Actor for JournalWriter {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(IDLE_HEARTBEAT, |writer, _| {
+            if writer.in_flight == 0 {
+                writer.stats.journal_heartbeat();
+            }
+        });
+    }
 }
 
 impl JournalWriter {
@@ -596,7 +626,11 @@ impl Handler<Append> for JournalWriter {
 /// Commits an atomic set, retrying transient failures (and once on a new connection when the
 /// old one was lost before `COMMIT`). A lost connection is `Unavailable`; any other database
 /// error fails the set (nothing was written).
-async fn write_atomic(pool: &DbPool, movements: &[Movement]) -> Result<AtomicOutcome, SubmitError> {
+async fn write_atomic(
+    pool: &DbPool,
+    bounds: &Bounds,
+    movements: &[Movement],
+) -> Result<AtomicOutcome, SubmitError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -604,20 +638,25 @@ async fn write_atomic(pool: &DbPool, movements: &[Movement]) -> Result<AtomicOut
             tracing::warn!(%error, "journal writer: no database connection");
             SubmitError::Unavailable
         })?;
-        match crate::store::journal::commit_atomic(&mut client, movements).await {
+        let result = crate::store::journal::commit_atomic(&mut client, movements, bounds).await;
+        if matches!(&result, Err(error) if error.is_connection_lost()) {
+            // Never hand a broken connection back to the pool.
+            drop(deadpool_postgres::Client::take(client));
+        }
+        match result {
             Ok(outcome) => return Ok(outcome),
-            Err(error)
-                if crate::store::is_transient(&error) && attempts <= TRANSIENT_RETRIES_MAX =>
-            {
-                tracing::info!(%error, "journal writer: transient failure, retrying the atomic set");
+            Err(error) if error.is_transient() && attempts <= TRANSIENT_RETRIES_MAX => {
+                tracing::info!(error = ?error, "journal writer: transient failure, retrying the atomic set");
             }
-            Err(error) if crate::store::is_connection_error(&error) => {
-                tracing::warn!(%error, "journal writer: database connection lost");
+            Err(error) if error.is_connection_lost() || error.is_timeout() => {
+                tracing::warn!(error = ?error, "journal writer: atomic set not committed");
                 return Err(SubmitError::Unavailable);
             }
             Err(error) => {
                 tracing::error!(error = ?error, "journal writer: an atomic set failed");
-                return Err(SubmitError::Internal(error.to_string()));
+                return Err(SubmitError::Internal(Arc::new(
+                    anyhow::Error::new(error).context("an atomic set failed"),
+                )));
             }
         }
     }

@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use crate::cache::BalanceCache;
 use crate::config::PipelineSettings;
-use crate::domain::Movement;
+use crate::domain::{Bounds, Movement, Refusal};
 use crate::store::{DatabaseHealth, DbPool};
 use crate::telemetry::names;
 
@@ -55,9 +55,8 @@ use crate::telemetry::names;
 pub enum Outcome {
     /// Committed: the transaction is `completed` and its entries are written.
     Completed(Recorded),
-    /// Committed as a `failed` transaction: the debited account's balance (with its overdraft
-    /// limit) was lower than the amount.
-    InsufficientFunds(Recorded),
+    /// Committed as a `failed` transaction: a posting rule refused it (`domain::rules`).
+    Refused(Refusal, Recorded),
     /// The idempotency key was used before: nothing was applied. `same_request` tells whether
     /// the first request had the same body (then the caller replays `transaction_id`'s result).
     Duplicate {
@@ -66,6 +65,9 @@ pub enum Outcome {
     },
     /// `user` (a party or the initiator) is unknown or deleted: nothing was applied or recorded.
     InactiveParty { user: crate::domain::UserId },
+    /// The movement relied on the initiator being an admin, and at the commit the initiator no
+    /// longer was: nothing was applied or recorded.
+    Forbidden,
 }
 
 /// How the ledger settled a set of movements submitted all or nothing.
@@ -73,13 +75,15 @@ pub enum Outcome {
 pub enum AtomicResult {
     /// All applied in one commit.
     Committed(Recorded),
-    /// None applied: the movements at these indices did not fit their debited account's
-    /// balance (with its overdraft limit) at their turn in the sequence.
-    InsufficientFunds(Vec<usize>),
+    /// None applied or recorded: the movements at these indices would break a posting rule at
+    /// their turn in the sequence.
+    Refused(Vec<(usize, Refusal)>),
     /// Their idempotency keys were used before: the set was applied by an earlier request.
     Duplicate,
     /// None applied: these movements (index, user) name an unknown or deleted user.
     InactiveParties(Vec<(usize, crate::domain::UserId)>),
+    /// None applied: the initiator is no longer an admin and these movements relied on it.
+    Forbidden(Vec<usize>),
 }
 
 /// Timestamps of a transaction the journal wrote.
@@ -91,7 +95,7 @@ pub struct Recorded {
 
 /// Why a movement got no outcome. None of these acknowledges anything: a retry with the same
 /// idempotency key is always safe.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
     /// The pipeline is full (503 `overloaded`).
     #[error("the submission queue is full")]
@@ -99,9 +103,10 @@ pub enum SubmitError {
     /// The database is unreachable or the commit did not finish in time (503).
     #[error("the ledger database is unavailable")]
     Unavailable,
-    /// The movement failed on its own in the database for an unexpected reason (500).
-    #[error("internal ledger error: {0}")]
-    Internal(String),
+    /// The movement failed on its own in the database for an unexpected reason (500). The
+    /// cause chain is kept for the log.
+    #[error("internal ledger error")]
+    Internal(#[source] Arc<anyhow::Error>),
 }
 
 /// A movement on its way through the pipeline, with the channel its caller waits on and the
@@ -143,6 +148,29 @@ pub struct PipelineStats {
     pub rejected_overloaded: AtomicU64,
     pub rejected_database_down: AtomicU64,
     pub rejected_shutting_down: AtomicU64,
+    /// When the journal writer last showed progress (a commit finished, or it was idle), in
+    /// milliseconds of the process's monotonic clock ([`monotonic_ms`]).
+    pub journal_heartbeat_ms: AtomicU64,
+}
+
+/// Milliseconds since the first call in this process, from the monotonic clock.
+pub fn monotonic_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl PipelineStats {
+    /// The journal writer is making progress now.
+    pub(crate) fn journal_heartbeat(&self) {
+        self.journal_heartbeat_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the journal writer last showed progress.
+    pub fn journal_silent_for(&self) -> Duration {
+        let last = self.journal_heartbeat_ms.load(Ordering::Relaxed);
+        Duration::from_millis(monotonic_ms().saturating_sub(last))
+    }
 }
 
 /// The handle request handlers use to submit movements. Cheap to clone.
@@ -156,6 +184,9 @@ pub struct Ledger {
     stats: Arc<PipelineStats>,
     health: DatabaseHealth,
     closing: Arc<AtomicBool>,
+    /// With work in flight and no commit finished for this long, the journal writer counts as
+    /// stuck (`pipeline.reply_timeout_ms`: its callers have given up by then).
+    journal_stuck_after: Duration,
 }
 
 impl Ledger {
@@ -168,12 +199,14 @@ impl Ledger {
     /// written through to `cache` before callers are answered.
     pub fn start(
         settings: &PipelineSettings,
+        bounds: Arc<Bounds>,
         pool: DbPool,
         journal_pool: DbPool,
         cache: Arc<BalanceCache>,
     ) -> Ledger {
         let health = pool.health().clone();
         let stats = Arc::new(PipelineStats::default());
+        stats.journal_heartbeat();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let balance_arbiters: Vec<_> = (0..cores).map(|_| Arbiter::new().handle()).collect();
 
@@ -185,10 +218,12 @@ impl Ledger {
             commit_concurrency: settings.commit_concurrency,
         };
         let journal_stats = stats.clone();
+        let journal_bounds = bounds.clone();
         let journal =
             journal::JournalWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                 journal::JournalWriter::new(
                     journal_pool,
+                    journal_bounds,
                     cache,
                     directory_address,
                     journal_settings,
@@ -199,6 +234,7 @@ impl Ledger {
             balance_arbiters,
             pool,
             journal.clone(),
+            bounds,
             Duration::from_millis(settings.actor_idle_timeout_ms),
             stats.clone(),
         ));
@@ -216,6 +252,7 @@ impl Ledger {
             stats,
             health,
             closing: Arc::new(AtomicBool::new(false)),
+            journal_stuck_after: Duration::from_millis(settings.reply_timeout_ms),
         }
     }
 
@@ -289,9 +326,9 @@ impl Ledger {
             })?;
         match tokio::time::timeout(self.reply_timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SubmitError::Internal(
-                "the pipeline dropped the submission".into(),
-            )),
+            Ok(Err(_)) => Err(SubmitError::Internal(Arc::new(anyhow::anyhow!(
+                "the pipeline dropped the submission"
+            )))),
             Err(_) => {
                 metrics::counter!(names::TRANSACTION_FAILURES, "type" => kind, "reason" => "timeout")
                     .increment(1);
@@ -398,9 +435,9 @@ impl Ledger {
     ) -> Result<T, SubmitError> {
         match tokio::time::timeout(self.reply_timeout, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SubmitError::Internal(
-                "the pipeline dropped the submission".into(),
-            )),
+            Ok(Err(_)) => Err(SubmitError::Internal(Arc::new(anyhow::anyhow!(
+                "the pipeline dropped the submission"
+            )))),
             Err(_) => Err(SubmitError::Unavailable),
         }
     }
@@ -424,6 +461,13 @@ impl Ledger {
             Ok(Err(_)) => unreachable!("the admission semaphore is never closed"),
             Err(_) => Err(self.in_flight()),
         }
+    }
+
+    /// Whether the journal writer is alive and not stuck: its actor runs, and it finished a
+    /// commit (or had nothing to do) within `pipeline.reply_timeout_ms`. Readiness is false
+    /// otherwise, since nothing submitted could be committed.
+    pub fn journal_healthy(&self) -> bool {
+        self.journal.connected() && self.stats.journal_silent_for() < self.journal_stuck_after
     }
 
     /// Whether the database health check currently succeeds.

@@ -28,7 +28,7 @@ use super::transactions::{idempotency_key, TransactionBody};
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::{
-    Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind,
+    Authority, Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind,
     TransactionStatus, UserId, SYSTEM_USER_ID,
 };
 use crate::error::{ApiError, FieldError, Problem};
@@ -65,6 +65,8 @@ struct ItemSpec {
     currency: crate::domain::Currency,
     description: Option<Description>,
     reference: Option<Reference>,
+    /// `Admin` when the item moves another user's money (re-checked in the commit).
+    authority: Authority,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -139,18 +141,15 @@ pub async fn bulk(
     for (index, item) in items.into_iter().enumerate() {
         match parse_item(index, item, principal) {
             Ok(spec) => specs.push(spec),
-            Err(ItemError::Fields(mut item_errors)) => errors.append(&mut item_errors),
-            Err(ItemError::Forbidden) => {
-                return Err(ApiError::Forbidden(
-                    "only an admin may move money on other users' accounts",
-                ));
-            }
+            Err(mut item_errors) => errors.append(&mut item_errors),
         }
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    check_parties(&state, principal, &specs).await?;
+    // The token's role decides here; the commit checks the initiator's role again.
+    let forbidden =
+        !principal.is_admin() && specs.iter().any(|spec| spec.authority == Authority::Admin);
 
     let mut movements: Vec<Movement> = specs
         .into_iter()
@@ -164,6 +163,7 @@ pub async fn bulk(
             description: spec.description,
             reference: spec.reference,
             initiated_by: principal.user,
+            authority: spec.authority,
             idempotency: None,
         })
         .collect();
@@ -196,10 +196,28 @@ pub async fn bulk(
         }
     }
 
-    if key.is_some() {
-        if let Some(replay) = replay_if_applied(&state, principal, &movements).await? {
-            return Ok(replay);
-        }
+    // The key decides first (invariant 4): a bulk applied before is answered from its stored
+    // results whatever changed since (a party deleted, the caller's role).
+    let stored = if key.is_some() {
+        replay_if_applied(&state, principal, &movements).await?
+    } else {
+        Stored::None
+    };
+    let stored_some = match stored {
+        Stored::All(replay) => return Ok(replay),
+        Stored::Some => true,
+        Stored::None => false,
+    };
+    if forbidden {
+        return Err(ApiError::Forbidden(
+            "only an admin may move money on other users' accounts",
+        ));
+    }
+    // Unknown or deleted parties fail the request as a whole before anything is submitted,
+    // unless some items were applied before under this key: then each item is settled in the
+    // commit (the applied ones replayed, the others checked there).
+    if !stored_some {
+        check_parties(&state, principal, &movements).await?;
     }
     // Admin actions on other users' money are audited: one record per bulk, listing them.
     let on_behalf: Vec<Value> = movements
@@ -243,30 +261,27 @@ pub async fn bulk(
     result
 }
 
-enum ItemError {
-    Fields(Vec<FieldError>),
-    Forbidden,
-}
-
-fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpec, ItemError> {
+fn parse_item(
+    index: usize,
+    item: Value,
+    principal: Principal,
+) -> Result<ItemSpec, Vec<FieldError>> {
     let prefix = |errors: Vec<FieldError>| {
-        ItemError::Fields(
-            errors
-                .into_iter()
-                .map(|error| {
-                    FieldError::new(
-                        format!("transactions[{index}].{}", error.field),
-                        error.message,
-                    )
-                })
-                .collect(),
-        )
+        errors
+            .into_iter()
+            .map(|error| {
+                FieldError::new(
+                    format!("transactions[{index}].{}", error.field),
+                    error.message,
+                )
+            })
+            .collect()
     };
     let Value::Object(object) = item else {
-        return Err(ItemError::Fields(vec![FieldError::new(
+        return Err(vec![FieldError::new(
             format!("transactions[{index}]"),
             "must be an object",
-        )]));
+        )]);
     };
     let mut fields = Fields::new(JsonObject(object));
     let kind = fields.required(
@@ -328,7 +343,7 @@ fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpe
     }
     fields.finish().map_err(|error| match error {
         ApiError::Validation(errors) => prefix(errors),
-        _ => ItemError::Fields(Vec::new()),
+        _ => Vec::new(),
     })?;
     let kind = kind.expect("finish() refuses missing fields");
     let (from, to) = match kind {
@@ -344,9 +359,11 @@ fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpe
     } else {
         from
     };
-    if owner != principal.user && !principal.is_admin() {
-        return Err(ItemError::Forbidden);
-    }
+    let authority = if owner == principal.user {
+        Authority::Owner
+    } else {
+        Authority::Admin
+    };
     Ok(ItemSpec {
         kind,
         from,
@@ -355,6 +372,7 @@ fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpe
         currency: currency.expect("finish() refuses missing fields"),
         description,
         reference,
+        authority,
     })
 }
 
@@ -362,7 +380,7 @@ fn parse_item(index: usize, item: Value, principal: Principal) -> Result<ItemSpe
 async fn check_parties(
     state: &AppState,
     principal: Principal,
-    specs: &[ItemSpec],
+    specs: &[Movement],
 ) -> Result<(), ApiError> {
     let mut wanted: HashSet<Uuid> = HashSet::from([principal.user.as_uuid()]);
     for spec in specs {
@@ -408,14 +426,23 @@ async fn check_parties(
     }
 }
 
+/// What is stored of a bulk's derived keys.
+enum Stored {
+    /// Every key, with this bulk's hashes: the stored results, replayed.
+    All(HttpResponse),
+    /// Some keys (an independent bulk cut off before all its items committed).
+    Some,
+    None,
+}
+
 /// When every item's derived key is stored with the same request hash, the bulk was applied
-/// before: answer with the stored results. A partial match (another request used some of the
-/// keys, or the body changed) is `idempotency_key_reused`; no match submits normally.
+/// before: answer with the stored results. A partial match with another body (another request
+/// used some of the keys, or the body changed) is `idempotency_key_reused`.
 async fn replay_if_applied(
     state: &AppState,
     principal: Principal,
     movements: &[Movement],
-) -> Result<Option<HttpResponse>, ApiError> {
+) -> Result<Stored, ApiError> {
     let keys: Vec<&str> = movements
         .iter()
         .filter_map(|m| m.idempotency.as_ref().map(|c| c.key.as_str()))
@@ -425,7 +452,7 @@ async fn replay_if_applied(
         store::idempotency::find_many(&client, principal.user, &keys).await?
     };
     if stored.is_empty() {
-        return Ok(None);
+        return Ok(Stored::None);
     }
     let stored: HashMap<String, store::idempotency::StoredKey> = stored.into_iter().collect();
     let mut transaction_ids = Vec::with_capacity(movements.len());
@@ -444,10 +471,10 @@ async fn replay_if_applied(
         }
     }
     if transaction_ids.iter().any(Option::is_none) {
-        return Ok(None);
+        return Ok(Stored::Some);
     }
     let results = replay_results(state, transaction_ids.into_iter().flatten().collect()).await?;
-    Ok(Some(replayed(
+    Ok(Stored::All(replayed(
         HttpResponse::Ok().json(BulkBody { results }),
     )))
 }
@@ -483,22 +510,19 @@ async fn replay_results(state: &AppState, ids: Vec<Uuid>) -> Result<Vec<BulkResu
 
 fn result_from_record(index: usize, record: store::transactions::TransactionRecord) -> BulkResult {
     let failed = record.status == TransactionStatus::Failed;
-    let id = record.id;
+    let error = failed.then(|| {
+        ApiError::recorded_failure(
+            record.id,
+            record.failure_reason.as_deref(),
+            record.failure_detail.as_ref(),
+        )
+        .problem()
+    });
     BulkResult {
         index,
         status: if failed { "failed" } else { "completed" },
         transaction: Some(TransactionBody::from(record)),
-        error: failed.then(|| ApiError::InsufficientFunds { transaction_id: id }.problem()),
-    }
-}
-
-fn submit_error(error: SubmitError, state: &AppState) -> ApiError {
-    match error {
-        SubmitError::Overloaded => ApiError::Overloaded {
-            retry_after_s: state.settings.pipeline.retry_after_s,
-        },
-        SubmitError::Unavailable => ApiError::Unavailable,
-        SubmitError::Internal(message) => ApiError::Internal(anyhow::anyhow!(message)),
+        error,
     }
 }
 
@@ -508,7 +532,10 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
         .iter()
         .all(|outcome| matches!(outcome, Err(SubmitError::Overloaded)))
     {
-        return Err(submit_error(SubmitError::Overloaded, state));
+        return Err(super::transactions::submit_error(
+            SubmitError::Overloaded,
+            state,
+        ));
     }
     let duplicates: Vec<Uuid> = outcomes
         .iter()
@@ -538,27 +565,24 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
             Ok(Outcome::Completed(recorded)) => BulkResult {
                 index,
                 status: "completed",
-                transaction: Some(TransactionBody::committed(
-                    movement,
-                    TransactionStatus::Completed,
-                    recorded,
-                )),
+                transaction: Some(TransactionBody::committed(movement, None, recorded)),
                 error: None,
             },
-            Ok(Outcome::InsufficientFunds(recorded)) => BulkResult {
+            Ok(Outcome::Refused(refusal, recorded)) => BulkResult {
                 index,
                 status: "failed",
                 transaction: Some(TransactionBody::committed(
                     movement,
-                    TransactionStatus::Failed,
+                    Some(&refusal),
                     recorded,
                 )),
-                error: Some(
-                    ApiError::InsufficientFunds {
-                        transaction_id: movement.id,
-                    }
-                    .problem(),
-                ),
+                error: Some(ApiError::refused(&refusal, Some(movement.id)).problem()),
+            },
+            Ok(Outcome::Forbidden) => BulkResult {
+                index,
+                status: "error",
+                transaction: None,
+                error: Some(ApiError::Forbidden(super::transactions::ONLY_ADMIN).problem()),
             },
             Ok(Outcome::Duplicate {
                 transaction_id,
@@ -589,7 +613,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                 index,
                 status: "error",
                 transaction: None,
-                error: Some(submit_error(error, state).problem()),
+                error: Some(super::transactions::submit_error(error, state).problem()),
             },
         })
         .collect();
@@ -605,7 +629,7 @@ async fn atomic(
         .ledger
         .submit_atomic(movements.clone())
         .await
-        .map_err(|error| submit_error(error, state))?
+        .map_err(|error| super::transactions::submit_error(error, state))?
     {
         AtomicResult::Committed(recorded) => {
             let results = movements
@@ -614,25 +638,19 @@ async fn atomic(
                 .map(|(index, movement)| BulkResult {
                     index,
                     status: "completed",
-                    transaction: Some(TransactionBody::committed(
-                        movement,
-                        TransactionStatus::Completed,
-                        recorded,
-                    )),
+                    transaction: Some(TransactionBody::committed(movement, None, recorded)),
                     error: None,
                 })
                 .collect();
             Ok(HttpResponse::Ok().json(BulkBody { results }))
         }
-        AtomicResult::InsufficientFunds(failing) => {
-            let failing: HashSet<usize> = failing.into_iter().collect();
+        AtomicResult::Forbidden(_) => Err(ApiError::Forbidden(super::transactions::ONLY_ADMIN)),
+        AtomicResult::Refused(refused) => {
+            let failing: HashMap<usize, crate::domain::Refusal> = refused.into_iter().collect();
             let results: Vec<BulkResult> = (0..movements.len())
                 .map(|index| {
-                    if failing.contains(&index) {
-                        let mut problem = ApiError::InsufficientFunds {
-                            transaction_id: Uuid::nil(),
-                        }
-                        .problem();
+                    if let Some(refusal) = failing.get(&index) {
+                        let mut problem = ApiError::refused(refusal, None).problem();
                         // Nothing was recorded: there is no failed transaction to point at.
                         problem.transaction_id = None;
                         BulkResult {
@@ -669,8 +687,8 @@ async fn atomic(
                 .collect(),
         )),
         AtomicResult::Duplicate => match replay_if_applied(state, principal, &movements).await? {
-            Some(response) => Ok(response),
-            None => Err(ApiError::IdempotencyKeyReused),
+            Stored::All(response) => Ok(response),
+            Stored::Some | Stored::None => Err(ApiError::IdempotencyKeyReused),
         },
     }
 }

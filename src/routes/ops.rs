@@ -24,6 +24,9 @@ pub struct HealthBody {
     pub database: Option<String>,
     /// `ok`, `degraded` (Redis failing: reads go to PostgreSQL) or `disabled` (readiness only).
     pub cache: Option<String>,
+    /// `ok`, or `stuck` when the journal writer is dead or has committed nothing for
+    /// `pipeline.reply_timeout_ms` while it had work (readiness only).
+    pub journal: Option<String>,
 }
 
 /// 200 while the process serves HTTP.
@@ -51,9 +54,14 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({ "status": "unavailable", "database": "unreachable" }));
     }
+    if !state.ledger.journal_healthy() {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "unavailable", "database": "ok", "journal": "stuck" }));
+    }
     state.cache.probe().await;
     HttpResponse::Ok().json(json!({
         "status": "ready", "database": "ok", "cache": state.cache.health().as_str(),
+        "journal": "ok",
     }))
 }
 

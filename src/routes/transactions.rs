@@ -16,8 +16,8 @@ use super::input::{parse, Fields, JsonObject};
 use super::{AppState, Page};
 use crate::auth::Principal;
 use crate::domain::{
-    Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, TransactionKind,
-    TransactionStatus, UserId, SYSTEM_USER_ID,
+    Authority, Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, Refusal,
+    TransactionKind, TransactionStatus, UserId, SYSTEM_USER_ID,
 };
 use crate::error::ApiError;
 use crate::ledger::{Outcome, Recorded, SubmitError};
@@ -75,11 +75,17 @@ impl From<TransactionRecord> for TransactionBody {
 }
 
 impl TransactionBody {
+    /// The transaction the ledger just wrote for `movement`: completed, or failed with
+    /// `refusal`'s reason.
     pub(crate) fn committed(
         movement: &Movement,
-        status: TransactionStatus,
+        refusal: Option<&Refusal>,
         recorded: Recorded,
     ) -> TransactionBody {
+        let status = match refusal {
+            None => TransactionStatus::Completed,
+            Some(_) => TransactionStatus::Failed,
+        };
         TransactionBody {
             id: movement.id,
             kind: movement.kind.as_str(),
@@ -90,8 +96,7 @@ impl TransactionBody {
             currency: movement.currency.code().to_owned(),
             description: movement.description.as_ref().map(|d| d.as_str().to_owned()),
             reference: movement.reference.as_ref().map(|r| r.as_str().to_owned()),
-            failure_reason: (status == TransactionStatus::Failed)
-                .then(|| "insufficient_funds".to_owned()),
+            failure_reason: refusal.map(|refusal| refusal.reason().to_owned()),
             created_at: recorded.created_at,
             completed_at: recorded.completed_at,
         }
@@ -133,8 +138,10 @@ pub async fn credit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement = parse_system_movement(principal, TransactionKind::Credit, body, &req)?;
-    submit_system_movement(&state, &req, movement).await
+    match parse_system_movement(&state, principal, TransactionKind::Credit, body, &req).await? {
+        Parsed::Submit(movement) => submit_system_movement(&state, &req, movement).await,
+        Parsed::Answered(response) => Ok(response),
+    }
 }
 
 /// Like credit, from the account to `system`. Errors: 422 `insufficient_funds` (recorded as a
@@ -161,8 +168,10 @@ pub async fn debit(
     req: HttpRequest,
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
-    let movement = parse_system_movement(principal, TransactionKind::Debit, body, &req)?;
-    submit_system_movement(&state, &req, movement).await
+    match parse_system_movement(&state, principal, TransactionKind::Debit, body, &req).await? {
+        Parsed::Submit(movement) => submit_system_movement(&state, &req, movement).await,
+        Parsed::Answered(response) => Ok(response),
+    }
 }
 
 /// `{to_user_id, amount, currency, description?, reference?}` → 201 transaction from the
@@ -218,6 +227,7 @@ pub async fn transfer(
         description,
         reference,
         initiated_by: principal.user,
+        authority: Authority::Owner,
         idempotency: None,
     };
     submit(&state, with_claim(movement, idempotency)).await
@@ -264,13 +274,16 @@ async fn submit_system_movement(
     result
 }
 
-/// Parses a credit or debit: the account is the caller's own, or `user_id` for an admin.
-fn parse_system_movement(
+/// Parses a credit or debit: the account is the caller's own, or `user_id` for an admin (whose
+/// role the commit checks again). A request the token does not allow is still answered from
+/// its idempotency key when that key is stored (invariant 4: the key decides first).
+async fn parse_system_movement(
+    state: &AppState,
     principal: Principal,
     kind: TransactionKind,
     body: JsonObject,
     req: &HttpRequest,
-) -> Result<Movement, ApiError> {
+) -> Result<Parsed, ApiError> {
     let idempotency = idempotency_key(req)?;
     let mut fields = Fields::new(body);
     let amount = fields.required("amount", parse::amount);
@@ -283,15 +296,11 @@ fn parse_system_movement(
     }
     fields.finish()?;
     // The account's owner (and the caller) are checked in the group commit.
-    let account = match user_id.map(UserId::from_uuid) {
-        None => principal.user,
-        Some(user) if user == principal.user => user,
-        Some(user) if principal.is_admin() => user,
-        Some(_) => {
-            return Err(ApiError::Forbidden(
-                "only an admin may move money on another user's account",
-            ))
-        }
+    let account = user_id.map_or(principal.user, UserId::from_uuid);
+    let authority = if account == principal.user {
+        Authority::Owner
+    } else {
+        Authority::Admin
     };
     let (from, to) = match kind {
         TransactionKind::Credit => (SYSTEM_USER_ID, account),
@@ -307,9 +316,53 @@ fn parse_system_movement(
         description,
         reference,
         initiated_by: principal.user,
+        authority,
         idempotency: None,
     };
-    Ok(with_claim(movement, idempotency))
+    let movement = with_claim(movement, idempotency);
+    if authority == Authority::Admin && !principal.is_admin() {
+        return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
+            .await
+            .map(Parsed::Answered);
+    }
+    Ok(Parsed::Submit(movement))
+}
+
+/// A parsed money request: to submit, or already answered from its idempotency key.
+pub(crate) enum Parsed {
+    Submit(Movement),
+    Answered(HttpResponse),
+}
+
+/// Why a movement on another user's account was refused.
+pub(crate) const ONLY_ADMIN: &str = "only an admin may move money on another user's account";
+
+/// `refusal`, unless `movement` carries an idempotency key already stored for its initiator:
+/// then the stored result (replayed) or `idempotency_key_reused` (another body), because the
+/// key is decided before any other check (invariant 4): a request the initiator could make
+/// then is answered the same after their role or a party changed.
+pub(crate) async fn replay_or(
+    state: &AppState,
+    movement: &Movement,
+    refusal: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    let Some(claim) = &movement.idempotency else {
+        return Err(refusal);
+    };
+    let stored = async {
+        let client = state.pool.get().await?;
+        let found =
+            store::idempotency::find_many(&client, movement.initiated_by, &[claim.key.as_str()])
+                .await?;
+        Ok::<_, ApiError>(found.into_iter().next())
+    };
+    match stored.await? {
+        Some((_, stored)) if stored.request_hash[..] == claim.request_hash[..] => {
+            replay(state, stored.transaction_id).await
+        }
+        Some(_) => Err(ApiError::IdempotencyKeyReused),
+        None => Err(refusal),
+    }
 }
 
 pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -343,22 +396,13 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
         .ledger
         .submit(movement.clone())
         .await
-        .map_err(|error| match error {
-            SubmitError::Overloaded => ApiError::Overloaded {
-                retry_after_s: state.settings.pipeline.retry_after_s,
-            },
-            SubmitError::Unavailable => ApiError::Unavailable,
-            SubmitError::Internal(message) => ApiError::Internal(anyhow::anyhow!(message)),
-        })?;
+        .map_err(|error| submit_error(error, state))?;
     match outcome {
         Outcome::Completed(recorded) => Ok(created(TransactionBody::committed(
-            &movement,
-            TransactionStatus::Completed,
-            recorded,
+            &movement, None, recorded,
         ))),
-        Outcome::InsufficientFunds(_) => Err(ApiError::InsufficientFunds {
-            transaction_id: movement.id,
-        }),
+        Outcome::Refused(refusal, _) => Err(ApiError::refused(&refusal, Some(movement.id))),
+        Outcome::Forbidden => Err(ApiError::Forbidden(ONLY_ADMIN)),
         Outcome::Duplicate {
             transaction_id,
             same_request: true,
@@ -368,6 +412,17 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
             ..
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
+    }
+}
+
+/// The problem for a submission the pipeline could not settle.
+pub(crate) fn submit_error(error: SubmitError, state: &AppState) -> ApiError {
+    match error {
+        SubmitError::Overloaded => ApiError::Overloaded {
+            retry_after_s: state.settings.pipeline.retry_after_s,
+        },
+        SubmitError::Unavailable => ApiError::Unavailable,
+        error @ SubmitError::Internal(_) => ApiError::Internal(anyhow::Error::new(error)),
     }
 }
 
@@ -396,7 +451,11 @@ async fn replay(state: &AppState, transaction_id: Uuid) -> Result<HttpResponse, 
             ))
         })?;
     match record.status {
-        TransactionStatus::Failed => Err(ApiError::InsufficientFunds { transaction_id }),
+        TransactionStatus::Failed => Err(ApiError::recorded_failure(
+            transaction_id,
+            record.failure_reason.as_deref(),
+            record.failure_detail.as_ref(),
+        )),
         _ => {
             let mut response = created(TransactionBody::from(record));
             response.headers_mut().insert(
@@ -414,11 +473,12 @@ fn created(body: TransactionBody) -> HttpResponse {
         .json(body)
 }
 
-/// Whether `principal` may see `record`: an admin, the sender, or the recipient of a
-/// transaction that did not fail.
+/// Whether `principal` may see `record`: an admin, the sender, whoever asked for it (a
+/// refused self-credit is the asker's), or the recipient of a transaction that did not fail.
 fn visible_to(record: &TransactionRecord, principal: Principal) -> bool {
     principal.is_admin()
         || record.from == principal.user
+        || record.initiated_by == principal.user
         || (record.to == principal.user && record.status != TransactionStatus::Failed)
 }
 

@@ -195,3 +195,10 @@ pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
 pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     matches!(error.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
 }
+
+/// A statement or lock wait ran past `statement_timeout` or `lock_timeout`: the database is
+/// too slow or a row is held too long, which the caller reports as unavailable (503), never as
+/// a broken request.
+pub fn is_timeout(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE)
+}

@@ -20,6 +20,8 @@ pub struct TransactionRecord {
     pub description: Option<String>,
     pub reference: Option<String>,
     pub failure_reason: Option<String>,
+    /// What the refusal was shown with (e.g. the limit of `limit_exceeded`), when anything.
+    pub failure_detail: Option<serde_json::Value>,
     pub initiated_by: UserId,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -27,7 +29,7 @@ pub struct TransactionRecord {
 
 const COLUMNS: &str =
     "id, type, status, from_user_id, to_user_id, amount, currency, description, reference, \
-                       failure_reason, initiated_by, created_at, completed_at";
+                       failure_reason, failure_detail, initiated_by, created_at, completed_at";
 
 fn record(row: &tokio_postgres::Row) -> TransactionRecord {
     TransactionRecord {
@@ -42,6 +44,7 @@ fn record(row: &tokio_postgres::Row) -> TransactionRecord {
         description: row.get("description"),
         reference: row.get("reference"),
         failure_reason: row.get("failure_reason"),
+        failure_detail: row.get("failure_detail"),
         initiated_by: UserId::from_uuid(row.get("initiated_by")),
         created_at: row.get("created_at"),
         completed_at: row.get("completed_at"),

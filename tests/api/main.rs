@@ -17,6 +17,7 @@ mod middleware;
 mod openapi;
 mod ops;
 mod outage;
+mod posting;
 mod process;
 mod shutdown;
 mod traces;

@@ -1,0 +1,512 @@
+//! The posting rules: what every movement of money must keep, written once in Rust
+//! (DESIGN.md section 2, invariants 2 and 7).
+//!
+//! An account's balance may move only inside `[floor, ceiling]`:
+//!
+//! - **floor** (on `amount - pending`): `-overdraft_limit` of the balance row for a user
+//!   (invariant 2, no overdraft); `-ledger.supply_max_minor` for the `system` account of the
+//!   currency, whose negated balance is the money issued in it (invariant 7, bounded supply).
+//! - **ceiling** (on `amount`): `ledger.balance_max_minor` for every account (invariant 7).
+//!
+//! A sequence of deltas is admitted when every running state stays inside the bounds, which is
+//! the same as `amount - pending + min_prefix >= floor AND amount + max_prefix <= ceiling` over
+//! the running sums of the deltas: that is the form the database checks in
+//! `store::journal::update_balances`, the final arbiter. The balance actors use [`Limits`] as
+//! their fast path, and the journal uses it to name the reason when the database refuses.
+//! The CHECK constraints of migration V5 are the last line ([`MONEY_BOUND_MINOR`]).
+//!
+//! A new rule goes here (a bound on the running state) and into `update_balances`' WHERE
+//! clause, nowhere else.
+
+use std::collections::BTreeMap;
+
+use super::{AccountKey, Amount, Currency};
+
+/// The largest magnitude of any balance, pending amount, overdraft limit or configured bound,
+/// in minor units: 2^61. With every stored value inside `±2^61` and the deltas of one statement
+/// inside `±2^61` (checked at start: `pipeline.batch_size_max × Amount::MAX_MINOR`), no sum the
+/// database or Rust computes can overflow 64 bits. Mirrored by the CHECK constraints of
+/// migration V5.
+pub const MONEY_BOUND_MINOR: i64 = 1 << 61;
+
+/// The configured bounds of one currency, minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CurrencyBounds {
+    /// Highest balance any account may reach (`ledger.balance_max_minor`).
+    pub balance_max_minor: i64,
+    /// Most money that may be issued in the currency: the `system` balance never goes below
+    /// its negation (`ledger.supply_max_minor`).
+    pub supply_max_minor: i64,
+}
+
+/// Why configured bounds were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    #[error("{0} must be from 1 to 2^61 ({MONEY_BOUND_MINOR}) minor units")]
+    OutOfRange(String),
+    #[error("{0}: balance_max_minor must not exceed supply_max_minor (one account could hold all the money)")]
+    BalanceAboveSupply(String),
+}
+
+/// The bounds of every currency: a default and per-currency overrides.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    default: CurrencyBounds,
+    overrides: BTreeMap<Currency, CurrencyBounds>,
+}
+
+impl Bounds {
+    /// Errors: a bound outside `1..=MONEY_BOUND_MINOR`, or a balance maximum above the supply
+    /// maximum of the same currency.
+    pub fn new(
+        default: CurrencyBounds,
+        overrides: BTreeMap<Currency, CurrencyBounds>,
+    ) -> Result<Bounds, BoundsError> {
+        let all = std::iter::once(("ledger".to_owned(), default)).chain(
+            overrides
+                .iter()
+                .map(|(currency, bounds)| (format!("ledger.currencies.{currency}"), *bounds)),
+        );
+        for (name, bounds) in all {
+            for (key, value) in [
+                ("balance_max_minor", bounds.balance_max_minor),
+                ("supply_max_minor", bounds.supply_max_minor),
+            ] {
+                if !(1..=MONEY_BOUND_MINOR).contains(&value) {
+                    return Err(BoundsError::OutOfRange(format!("{name}.{key}")));
+                }
+            }
+            if bounds.balance_max_minor > bounds.supply_max_minor {
+                return Err(BoundsError::BalanceAboveSupply(name));
+            }
+        }
+        Ok(Bounds { default, overrides })
+    }
+
+    /// The bounds of `currency`.
+    pub fn currency(&self, currency: Currency) -> CurrencyBounds {
+        self.overrides
+            .get(&currency)
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// The limits of `account`, whose balance row has `overdraft_limit` (ignored for `system`).
+    pub fn limits(&self, account: AccountKey, overdraft_limit: i64) -> Limits {
+        let bounds = self.currency(account.currency);
+        Limits {
+            currency: account.currency,
+            system: account.user.is_system(),
+            floor: if account.user.is_system() {
+                -bounds.supply_max_minor
+            } else {
+                -overdraft_limit
+            },
+            ceiling: bounds.balance_max_minor,
+        }
+    }
+
+    /// The floor the database must use for `account` instead of the row's `-overdraft_limit`
+    /// (`Some` only for `system`, whose floor is the supply bound), and the ceiling: the two
+    /// per-account parameters of the conditional update.
+    pub fn sql_bounds(&self, account: AccountKey) -> (Option<i64>, i64) {
+        let bounds = self.currency(account.currency);
+        let floor = account.user.is_system().then_some(-bounds.supply_max_minor);
+        (floor, bounds.balance_max_minor)
+    }
+}
+
+/// What a rule reads of an account: its committed amount and what is held on it, minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub amount: i64,
+    pub pending: i64,
+}
+
+/// The bounds one account must stay inside (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    currency: Currency,
+    system: bool,
+    /// Lowest allowed `amount - pending`.
+    floor: i64,
+    /// Highest allowed `amount`.
+    ceiling: i64,
+}
+
+/// Which bound of invariant 7 a refused movement would have crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// `ledger.balance_max_minor`: the credited account would hold too much.
+    BalanceMax,
+    /// `ledger.supply_max_minor`: more money would be issued than the currency allows.
+    Supply,
+}
+
+impl LimitKind {
+    /// The name on the wire (`limit.kind`) and in `failure_detail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::BalanceMax => "balance_max",
+            LimitKind::Supply => "supply",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<LimitKind> {
+        match kind {
+            "balance_max" => Some(LimitKind::BalanceMax),
+            "supply" => Some(LimitKind::Supply),
+            _ => None,
+        }
+    }
+}
+
+/// A bound a movement would have crossed, with the figures the client is shown (DESIGN.md
+/// section 8): `used` of `value` before the movement, `requested` by it, minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitBreach {
+    pub kind: LimitKind,
+    pub currency: Currency,
+    pub value: i64,
+    pub used: i64,
+    pub requested: i64,
+}
+
+impl LimitBreach {
+    /// What could still be moved under this bound (never negative).
+    pub fn remaining(&self) -> i64 {
+        self.value.saturating_sub(self.used).max(0)
+    }
+}
+
+/// Why a movement was refused: the closed set of business refusals, in the order they are
+/// checked (debited side first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The debited user account would go below `-overdraft_limit` (counting holds).
+    InsufficientFunds,
+    /// A bound of invariant 7 would be crossed.
+    LimitExceeded(LimitBreach),
+}
+
+impl Refusal {
+    /// The `failure_reason` recorded on the failed transaction.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::InsufficientFunds => "insufficient_funds",
+            Refusal::LimitExceeded(_) => "limit_exceeded",
+        }
+    }
+}
+
+impl Limits {
+    /// Whether `delta` may be applied to `snapshot`; the snapshot is unchanged either way.
+    /// Arithmetic is in `i128`, so no snapshot or delta can overflow it.
+    ///
+    /// Errors: [`Refusal::InsufficientFunds`] for a user account that would go below its
+    /// floor; [`Refusal::LimitExceeded`] with [`LimitKind::Supply`] for a `system` account
+    /// that would, and with [`LimitKind::BalanceMax`] for any account going above its ceiling.
+    pub fn admit(&self, snapshot: Snapshot, delta: i64) -> Result<(), Refusal> {
+        let amount = i128::from(snapshot.amount) + i128::from(delta);
+        if delta < 0 && amount - i128::from(snapshot.pending) < i128::from(self.floor) {
+            if !self.system {
+                return Err(Refusal::InsufficientFunds);
+            }
+            return Err(Refusal::LimitExceeded(LimitBreach {
+                kind: LimitKind::Supply,
+                currency: self.currency,
+                value: -self.floor,
+                used: snapshot.amount.saturating_neg().max(0),
+                requested: delta.saturating_neg(),
+            }));
+        }
+        if delta > 0 && amount > i128::from(self.ceiling) {
+            return Err(Refusal::LimitExceeded(LimitBreach {
+                kind: LimitKind::BalanceMax,
+                currency: self.currency,
+                value: self.ceiling,
+                used: snapshot.amount.max(0),
+                requested: delta,
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// The running sums of one account's deltas in a statement, in the form the conditional update
+/// checks (see the module docs): the sum, the lowest running sum right after a debit (negative
+/// delta), the highest right after a credit. `None` where there is no such delta, so that an
+/// account is never refused for a state it was already in (a bound lowered in the
+/// configuration): only a movement that goes the wrong way past a bound is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prefixes {
+    pub sum: i128,
+    pub min_after_debit: Option<i128>,
+    pub max_after_credit: Option<i128>,
+}
+
+impl Prefixes {
+    /// The prefixes of `deltas`, in order. `i128`: no number of 64-bit deltas a process can
+    /// hold overflows it.
+    pub fn of(deltas: impl IntoIterator<Item = i64>) -> Prefixes {
+        let mut prefixes = Prefixes::default();
+        for delta in deltas {
+            prefixes.sum += i128::from(delta);
+            if delta < 0 {
+                let min = prefixes.min_after_debit.get_or_insert(prefixes.sum);
+                *min = (*min).min(prefixes.sum);
+            } else {
+                let max = prefixes.max_after_credit.get_or_insert(prefixes.sum);
+                *max = (*max).max(prefixes.sum);
+            }
+        }
+        prefixes
+    }
+}
+
+/// Checks a sequence of movements against the accounts' snapshots, in order: each movement is
+/// admitted when both its debited and its credited side are (debited first), and then applied
+/// to the snapshots, so later movements are judged on what would really be there. Refused
+/// movements are not applied. Returns one result per movement.
+///
+/// `limits` and `snapshots` must hold every account the movements touch.
+pub fn check_sequence(
+    movements: impl IntoIterator<Item = (AccountKey, AccountKey, Amount)>,
+    limits: &BTreeMap<AccountKey, Limits>,
+    snapshots: &mut BTreeMap<AccountKey, Snapshot>,
+) -> Vec<Result<(), Refusal>> {
+    movements
+        .into_iter()
+        .map(|(debited, credited, amount)| {
+            let amount = amount.minor();
+            let snapshot = |account: AccountKey, snapshots: &BTreeMap<AccountKey, Snapshot>| {
+                snapshots.get(&account).copied().unwrap_or(Snapshot {
+                    amount: 0,
+                    pending: 0,
+                })
+            };
+            let limit = |account: &AccountKey| {
+                *limits
+                    .get(account)
+                    .expect("check_sequence is given the limits of every account")
+            };
+            limit(&debited).admit(snapshot(debited, snapshots), -amount)?;
+            limit(&credited).admit(snapshot(credited, snapshots), amount)?;
+            for (account, delta) in [(debited, -amount), (credited, amount)] {
+                let entry = snapshots.entry(account).or_insert(Snapshot {
+                    amount: 0,
+                    pending: 0,
+                });
+                // Cannot overflow: the admitted state lies within ±MONEY_BOUND_MINOR.
+                entry.amount += delta;
+            }
+            Ok(())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{UserId, SYSTEM_USER_ID};
+    use proptest::prelude::*;
+
+    fn usd() -> Currency {
+        Currency::parse("USD").unwrap()
+    }
+
+    fn bounds(balance_max_minor: i64, supply_max_minor: i64) -> Bounds {
+        Bounds::new(
+            CurrencyBounds {
+                balance_max_minor,
+                supply_max_minor,
+            },
+            BTreeMap::new(),
+        )
+        .unwrap()
+    }
+
+    fn user(n: u128) -> AccountKey {
+        AccountKey {
+            user: UserId::from_uuid(uuid::Uuid::from_u128(n)),
+            currency: usd(),
+        }
+    }
+
+    fn system() -> AccountKey {
+        AccountKey {
+            user: SYSTEM_USER_ID,
+            currency: usd(),
+        }
+    }
+
+    #[test]
+    fn bounds_are_checked_at_construction() {
+        let ok = CurrencyBounds {
+            balance_max_minor: 10,
+            supply_max_minor: 20,
+        };
+        assert!(Bounds::new(ok, BTreeMap::new()).is_ok());
+        for bad in [
+            CurrencyBounds {
+                balance_max_minor: 0,
+                supply_max_minor: 20,
+            },
+            CurrencyBounds {
+                balance_max_minor: 10,
+                supply_max_minor: MONEY_BOUND_MINOR + 1,
+            },
+            CurrencyBounds {
+                balance_max_minor: 30,
+                supply_max_minor: 20,
+            },
+        ] {
+            assert!(Bounds::new(bad, BTreeMap::new()).is_err(), "{bad:?}");
+            assert!(Bounds::new(ok, BTreeMap::from([(usd(), bad)])).is_err());
+        }
+    }
+
+    #[test]
+    fn overrides_apply_to_their_currency_only() {
+        let jpy = Currency::parse("JPY").unwrap();
+        let small = CurrencyBounds {
+            balance_max_minor: 5,
+            supply_max_minor: 7,
+        };
+        let bounds = Bounds::new(
+            CurrencyBounds {
+                balance_max_minor: 10,
+                supply_max_minor: 20,
+            },
+            BTreeMap::from([(jpy, small)]),
+        )
+        .unwrap();
+        assert_eq!(bounds.currency(jpy), small);
+        assert_eq!(bounds.currency(usd()).balance_max_minor, 10);
+    }
+
+    #[test]
+    fn a_user_floor_is_insufficient_funds_and_counts_pending() {
+        let limits = bounds(1_000, 10_000).limits(user(1), 5);
+        let snapshot = Snapshot {
+            amount: 10,
+            pending: 4,
+        };
+        assert_eq!(limits.admit(snapshot, -11), Ok(()));
+        assert_eq!(limits.admit(snapshot, -12), Err(Refusal::InsufficientFunds));
+    }
+
+    #[test]
+    fn the_system_floor_is_the_supply_bound() {
+        let limits = bounds(1_000, 10_000).limits(system(), i64::MAX);
+        let snapshot = Snapshot {
+            amount: -9_000,
+            pending: 0,
+        };
+        assert_eq!(limits.admit(snapshot, -1_000), Ok(()));
+        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, -1_001) else {
+            panic!("the supply bound must refuse");
+        };
+        assert_eq!(breach.kind, LimitKind::Supply);
+        assert_eq!(
+            (breach.value, breach.used, breach.requested),
+            (10_000, 9_000, 1_001)
+        );
+        assert_eq!(breach.remaining(), 1_000);
+    }
+
+    #[test]
+    fn the_ceiling_is_the_balance_bound() {
+        let limits = bounds(1_000, 10_000).limits(user(1), 0);
+        let snapshot = Snapshot {
+            amount: 900,
+            pending: 0,
+        };
+        assert_eq!(limits.admit(snapshot, 100), Ok(()));
+        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, 101) else {
+            panic!("the balance bound must refuse");
+        };
+        assert_eq!(breach.kind, LimitKind::BalanceMax);
+        assert_eq!(breach.remaining(), 100);
+    }
+
+    #[test]
+    fn a_sequence_applies_what_it_admits_and_skips_what_it_refuses() {
+        let bounds = bounds(1_000, 10_000);
+        let limits: BTreeMap<_, _> = [user(1), user(2), system()]
+            .into_iter()
+            .map(|account| (account, bounds.limits(account, 0)))
+            .collect();
+        let mut snapshots = BTreeMap::new();
+        let amount = |minor| Amount::new(minor).unwrap();
+        let results = check_sequence(
+            [
+                (user(1), user(2), amount(1)),    // nothing there yet
+                (system(), user(1), amount(600)), // credit
+                (user(1), user(2), amount(500)),  // fits
+                (user(1), user(2), amount(200)),  // 100 left
+                (system(), user(2), amount(600)), // 500 + 600 > 1000
+            ],
+            &limits,
+            &mut snapshots,
+        );
+        assert_eq!(results[0], Err(Refusal::InsufficientFunds));
+        assert_eq!(results[1], Ok(()));
+        assert_eq!(results[2], Ok(()));
+        assert_eq!(results[3], Err(Refusal::InsufficientFunds));
+        assert!(matches!(
+            results[4],
+            Err(Refusal::LimitExceeded(LimitBreach {
+                kind: LimitKind::BalanceMax,
+                ..
+            }))
+        ));
+        assert_eq!(snapshots[&user(1)].amount, 100);
+        assert_eq!(snapshots[&user(2)].amount, 500);
+        assert_eq!(snapshots[&system()].amount, -600);
+    }
+
+    proptest! {
+        /// The sequence rule and the prefix form the database checks agree: a run of deltas on
+        /// one account is admitted one by one exactly when `amount - pending + min_prefix >=
+        /// floor` (the lowest running sum right after a negative delta) and `amount +
+        /// max_prefix <= ceiling` (the highest right after a positive one), whatever the state
+        /// it starts from.
+        #[test]
+        fn one_by_one_equals_the_prefix_form(
+            amount in -1_000i64..3_000,
+            pending in 0i64..500,
+            overdraft in 0i64..500,
+            deltas in proptest::collection::vec(-400i64..400, 1..12),
+        ) {
+            prop_assume!(deltas.iter().all(|&d| d != 0));
+            let limits = bounds(2_000, 10_000).limits(user(1), overdraft);
+            let mut snapshot = Snapshot { amount, pending };
+            let mut one_by_one = true;
+            for &delta in &deltas {
+                if limits.admit(snapshot, delta).is_err() {
+                    one_by_one = false;
+                    break;
+                }
+                snapshot.amount += delta;
+            }
+            let prefixes = Prefixes::of(deltas.iter().copied());
+            let floor_ok = prefixes.min_after_debit.is_none_or(|min| {
+                i128::from(amount - pending) + min >= i128::from(-overdraft)
+            });
+            let ceiling_ok = prefixes
+                .max_after_credit
+                .is_none_or(|max| i128::from(amount) + max <= 2_000);
+            prop_assert_eq!(one_by_one, floor_ok && ceiling_ok);
+        }
+
+        /// No snapshot or delta within 64 bits makes the rule overflow or panic.
+        #[test]
+        fn admit_never_overflows(amount in any::<i64>(), pending in any::<i64>(), delta in any::<i64>()) {
+            let limits = bounds(MONEY_BOUND_MINOR, MONEY_BOUND_MINOR).limits(user(1), MONEY_BOUND_MINOR);
+            let _ = limits.admit(Snapshot { amount, pending }, delta);
+            let limits = bounds(MONEY_BOUND_MINOR, MONEY_BOUND_MINOR).limits(system(), 0);
+            let _ = limits.admit(Snapshot { amount, pending }, delta);
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! The group commit: one PostgreSQL transaction writes a whole batch of movements (DESIGN.md
+//! section 5). This is the one posting path (invariant 8): single requests, credits, both bulk
+//! modes (and the lifecycle features after them) all end here, checked by the rule of
+//! `domain::rules` and the one conditional update of [`sql::update_balances`].
+//!
+//! Statement order inside the transaction is what keeps the contract across any number of Tally
+//! processes:
+//!
+//! 1. **Idempotency decides first** (invariant 4): the batch's keys are claimed (`ON CONFLICT
+//!    DO NOTHING`); a key taken before makes its movement a duplicate of the stored result,
+//!    whatever else changed since (a party deleted, a balance spent, a role changed). Within a
+//!    batch, a later movement with an earlier one's key gets that movement's outcome, computed
+//!    in this same commit.
+//! 2. **Parties and authority as of the commit**: the users are share-locked and read; a
+//!    movement naming an unknown or deleted user, or whose initiator no longer has the role it
+//!    acted with ([`Authority::Admin`]), writes nothing (and claims no key).
+//! 3. **The fast path**: the grouped movements' transactions are inserted pipelined with the
+//!    conditional update of every touched account's summed delta, in lock order. An account
+//!    the database refuses (the caches were behind, or a bound was reached) rolls the attempt
+//!    back and its movements are re-run in the checked path, so they never fail their
+//!    batch-mates.
+//! 4. **The checked path** (movements marked `alone`, and atomic sets): lock the touched rows,
+//!    decide each movement in order with [`check_sequence`] (so each refusal has its reason),
+//!    then apply the admitted ones with the same conditional update, which must agree.
+//! 5. Entries, with `balance_after` derived from the amounts the database returned, in plan
+//!    order: entry ids grow in commit order for each account, as the row lock is held until
+//!    commit.
+
+mod plan;
+mod sql;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::domain::{
+    check_sequence, AccountKey, AccountState, Authority, Bounds, Movement, Refusal, UserId,
+};
+use plan::{in_lock_order, DeltaPlan, EntryRows};
+
+pub(crate) use sql::failure_detail;
+
+/// What the commit decided for one movement of the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Posting {
+    /// Applied: its entries are written and its transaction is `completed`.
+    Completed,
+    /// Refused by a posting rule: recorded as a `failed` transaction with the refusal's reason;
+    /// no entries.
+    Refused(Refusal),
+    /// Its idempotency key was already used (committed earlier, or earlier in this batch):
+    /// nothing was written for it. `transaction_id` is the first request's transaction.
+    Duplicate {
+        transaction_id: Uuid,
+        request_hash: Vec<u8>,
+    },
+    /// A party (sender, recipient or initiator) is unknown or deleted: nothing was written.
+    /// Checked with the users' rows share-locked, so a user deleted concurrently can never
+    /// receive money (the delete locks the same row for update).
+    InactiveParty { user: UserId },
+    /// The movement relied on the initiator being an admin, and the initiator no longer is:
+    /// nothing was written.
+    Forbidden,
+}
+
+/// The result of one committed batch.
+#[derive(Debug)]
+pub struct BatchReport {
+    /// One per input movement, in input order.
+    pub postings: Vec<Posting>,
+    /// The transaction timestamp (`now()`): `created_at` of every transaction written, and
+    /// `completed_at` of the completed ones.
+    pub committed_at: DateTime<Utc>,
+    /// Final state of every account this batch changed.
+    pub accounts: Vec<AccountState>,
+    /// How many times the transaction was started (1 unless the database refused accounts).
+    pub attempts: u32,
+}
+
+/// A movement to write and whether to apply it in the checked path (its reservation was refused
+/// by the balance actor's cache, or the database refused its account in a group).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchItem<'a> {
+    pub movement: &'a Movement,
+    pub alone: bool,
+}
+
+/// Why a batch was not committed. The split matters when the connection is lost: before
+/// `COMMIT` was sent nothing can have been written, so the batch may be retried on a new
+/// connection; once `COMMIT` was sent, a lost connection leaves the outcome unknown.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A statement before `COMMIT` failed (or `BEGIN`, or the rollback of a refused attempt):
+    /// nothing of the batch was written.
+    #[error("batch statement failed")]
+    BeforeCommit(#[source] tokio_postgres::Error),
+    /// `COMMIT` itself failed. On a lost connection the batch may or may not be committed;
+    /// otherwise the server rolled it back (e.g. a deferred constraint) and nothing was written.
+    #[error("COMMIT failed")]
+    AtCommit(#[source] tokio_postgres::Error),
+    /// The database returned something that breaks an invariant the writer relies on (a
+    /// currency code Tally never wrote, the arbiter refusing what the rules admitted on locked
+    /// rows). The transaction is rolled back; the batch is split like after a statement error,
+    /// so the culprit fails alone, and nothing panics.
+    #[error("inconsistent ledger data: {0}")]
+    Inconsistent(&'static str),
+    /// A race the transaction cannot settle by itself (an idempotency key that conflicted was
+    /// expired before it could be read): the batch may simply be run again.
+    #[error("raced: {0}")]
+    Raced(&'static str),
+}
+
+impl From<tokio_postgres::Error> for BatchError {
+    fn from(error: tokio_postgres::Error) -> BatchError {
+        BatchError::BeforeCommit(error)
+    }
+}
+
+impl BatchError {
+    /// The database error, when there is one.
+    pub fn database_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            BatchError::BeforeCommit(error) | BatchError::AtCommit(error) => Some(error),
+            BatchError::Inconsistent(_) | BatchError::Raced(_) => None,
+        }
+    }
+
+    /// The connection (or the server) went away, as opposed to a statement being refused.
+    pub fn is_connection_lost(&self) -> bool {
+        self.database_error()
+            .is_some_and(super::is_connection_error)
+    }
+
+    /// `COMMIT` was sent and its answer was lost with the connection: the batch may have been
+    /// committed. Nothing may be acknowledged, and cached balances must be reloaded.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, BatchError::AtCommit(_)) && self.is_connection_lost()
+    }
+
+    /// A deadlock, serialization failure or race: the same batch may simply be run again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BatchError::Raced(_))
+            || self.database_error().is_some_and(super::is_transient)
+    }
+
+    /// A statement or lock waited longer than `database.statement_timeout_ms` or
+    /// `database.lock_timeout_ms`.
+    pub fn is_timeout(&self) -> bool {
+        self.database_error().is_some_and(super::is_timeout)
+    }
+}
+
+/// Writes `items` in one database transaction and commits it.
+///
+/// Errors: [`BatchError::BeforeCommit`] for any failure before `COMMIT` (the transaction is
+/// rolled back, nothing of the batch is written); [`BatchError::AtCommit`] when `COMMIT` fails
+/// (see [`BatchError::is_outcome_unknown`]: the caller must then not acknowledge, and
+/// idempotency keys make a retry safe); [`BatchError::Inconsistent`], [`BatchError::Raced`].
+pub async fn commit_batch(
+    client: &mut Client,
+    items: &[BatchItem<'_>],
+    bounds: &Bounds,
+) -> Result<BatchReport, BatchError> {
+    let movements: Vec<&Movement> = items.iter().map(|item| item.movement).collect();
+    let mut alone: Vec<bool> = items.iter().map(|item| item.alone).collect();
+    let earlier = duplicates_within_batch(&movements);
+    let undecided: Vec<usize> = (0..movements.len())
+        .filter(|&i| earlier[i].is_none())
+        .collect();
+
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let transaction = client.transaction().await?;
+        let mut postings: Vec<Option<Posting>> = vec![None; movements.len()];
+        decide_keys_and_parties(&transaction, &movements, &undecided, &mut postings).await?;
+        let open: Vec<usize> = undecided
+            .iter()
+            .copied()
+            .filter(|&i| postings[i].is_none())
+            .collect();
+
+        // The fast path: one conditional update for every grouped movement.
+        let (plan, grouped) = loop {
+            let grouped: Vec<usize> = open.iter().copied().filter(|&i| !alone[i]).collect();
+            match DeltaPlan::build(&movements, &grouped, bounds) {
+                Ok(plan) => break (plan, grouped),
+                Err(too_large) => {
+                    move_to_checked_path(&movements, &grouped, &too_large, &mut alone)
+                }
+            }
+        };
+        let mut entries = EntryRows::default();
+        let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
+        let mut committed_at = None;
+        if !plan.is_empty() {
+            // The transactions are written as completed before any balance row is locked, in
+            // the same round trip as the update: if the database refuses an account the attempt
+            // is rolled back anyway, and the row locks are held only from update to commit.
+            for &i in &grouped {
+                postings[i] = Some(Posting::Completed);
+            }
+            let (written_at, returned) = tokio::try_join!(
+                sql::insert_transactions(&transaction, &movements, &grouped, &postings),
+                apply_plan(&transaction, &plan)
+            )?;
+            let refused: Vec<AccountKey> = plan
+                .accounts
+                .keys()
+                .filter(|account| !returned.contains_key(*account))
+                .copied()
+                .collect();
+            if !refused.is_empty() {
+                // The database disagrees with the actors' caches (another process moved money,
+                // a cache is stale) or a bound was reached: re-run the movements touching those
+                // accounts in the checked path. Every attempt moves at least one movement out of
+                // the group, so this loop ends.
+                transaction.rollback().await?;
+                move_to_checked_path(&movements, &grouped, &refused, &mut alone);
+                continue;
+            }
+            for (account, account_plan) in &plan.accounts {
+                let state = returned[account];
+                entries.push_account(&movements, *account, account_plan, state.amount);
+                states.insert(*account, state);
+            }
+            committed_at = written_at;
+        }
+
+        // The checked path, for what the fast path could not take.
+        let checked: Vec<usize> = open.iter().copied().filter(|&i| alone[i]).collect();
+        if !checked.is_empty() {
+            let decisions = check_and_apply(
+                &transaction,
+                &movements,
+                &checked,
+                bounds,
+                Apply::Admitted,
+                &mut entries,
+                &mut states,
+            )
+            .await?;
+            for (&i, decision) in checked.iter().zip(decisions) {
+                postings[i] = Some(match decision {
+                    Ok(()) => Posting::Completed,
+                    Err(refusal) => Posting::Refused(refusal),
+                });
+            }
+            let written_at =
+                sql::insert_transactions(&transaction, &movements, &checked, &postings).await?;
+            committed_at = committed_at.or(written_at);
+        }
+        debug_assert!(
+            entries.sums_to_zero_per_currency(),
+            "a batch's entries must sum to zero per currency"
+        );
+        sql::insert_entries(&transaction, &entries).await?;
+        let committed_at = match committed_at {
+            Some(at) => at,
+            None => sql::transaction_time(&transaction).await?,
+        };
+        resolve_duplicates_within_batch(&movements, &earlier, &mut postings);
+        let postings = postings
+            .into_iter()
+            .map(|posting| {
+                posting.ok_or(BatchError::Inconsistent(
+                    "a movement of the batch was left undecided",
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        transaction.commit().await.map_err(BatchError::AtCommit)?;
+        return Ok(BatchReport {
+            postings,
+            committed_at,
+            accounts: states.into_values().collect(),
+            attempts,
+        });
+    }
+}
+
+/// Marks the movements of `indices` that touch any of `accounts` to be applied in the checked
+/// path.
+fn move_to_checked_path(
+    movements: &[&Movement],
+    indices: &[usize],
+    accounts: &[AccountKey],
+    alone: &mut [bool],
+) {
+    for &i in indices {
+        let movement = movements[i];
+        if accounts.contains(&movement.debited()) || accounts.contains(&movement.credited()) {
+            alone[i] = true;
+        }
+    }
+}
+
+/// For each movement, the index of an earlier movement of the batch with the same
+/// `(initiator, key)`, if any.
+fn duplicates_within_batch(movements: &[&Movement]) -> Vec<Option<usize>> {
+    let mut first: HashMap<(UserId, &str), usize> = HashMap::new();
+    movements
+        .iter()
+        .enumerate()
+        .map(|(i, movement)| {
+            let claim = movement.idempotency.as_ref()?;
+            match first.entry((movement.initiated_by, claim.key.as_str())) {
+                std::collections::hash_map::Entry::Occupied(earlier) => Some(*earlier.get()),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// A movement repeating an earlier batch-mate's key gets what that movement got: a duplicate
+/// of its transaction when one was written (or of the stored one it replayed), and the same
+/// refusal when nothing was written (a request refused before the ledger stores no key, so
+/// there is no transaction to replay).
+fn resolve_duplicates_within_batch(
+    movements: &[&Movement],
+    earlier: &[Option<usize>],
+    postings: &mut [Option<Posting>],
+) {
+    for (j, first) in earlier.iter().enumerate() {
+        let Some(i) = *first else { continue };
+        let hash = |movement: &Movement| {
+            movement
+                .idempotency
+                .as_ref()
+                .map(|claim| claim.request_hash.to_vec())
+                .unwrap_or_default()
+        };
+        let same_request = hash(movements[i]) == hash(movements[j]);
+        postings[j] = match &postings[i] {
+            Some(original @ Posting::Duplicate { .. }) => Some(original.clone()),
+            Some(original @ (Posting::InactiveParty { .. } | Posting::Forbidden))
+                if same_request =>
+            {
+                Some(original.clone())
+            }
+            _ => Some(Posting::Duplicate {
+                transaction_id: movements[i].id,
+                request_hash: hash(movements[i]),
+            }),
+        };
+    }
+}
+
+/// Steps 1 and 2 of the module docs for the movements `indices`: each keyed movement whose key
+/// is stored becomes a [`Posting::Duplicate`], whatever its parties; the others with an
+/// inactive party or lost authority become [`Posting::InactiveParty`] or
+/// [`Posting::Forbidden`] (and do not claim their key). The rest stay undecided, with their
+/// keys claimed.
+async fn decide_keys_and_parties(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+    postings: &mut [Option<Posting>],
+) -> Result<(), BatchError> {
+    let roles = sql::lock_parties(transaction, movements, indices).await?;
+    let refusal = |movement: &Movement| -> Option<Posting> {
+        let inactive = [movement.initiated_by, movement.from, movement.to]
+            .into_iter()
+            .find(|user| !user.is_system() && !roles.contains_key(&user.as_uuid()));
+        if let Some(user) = inactive {
+            return Some(Posting::InactiveParty { user });
+        }
+        let role = roles
+            .get(&movement.initiated_by.as_uuid())
+            .map(String::as_str);
+        (movement.authority == Authority::Admin && role != Some("admin"))
+            .then_some(Posting::Forbidden)
+    };
+    let refused: HashMap<usize, Posting> = indices
+        .iter()
+        .filter_map(|&i| refusal(movements[i]).map(|posting| (i, posting)))
+        .collect();
+    let keyed = |i: &usize| movements[*i].idempotency.is_some();
+    let claiming: Vec<usize> = indices
+        .iter()
+        .copied()
+        .filter(|i| keyed(i) && !refused.contains_key(i))
+        .collect();
+    let mut lookup = sql::claim_keys(transaction, movements, &claiming).await?;
+    let lost = lookup.len();
+    lookup.extend(refused.keys().copied().filter(keyed));
+    let stored = sql::find_keys(transaction, movements, &lookup).await?;
+    for (n, &i) in lookup.iter().enumerate() {
+        match stored.get(&i) {
+            Some((transaction_id, request_hash)) => {
+                postings[i] = Some(Posting::Duplicate {
+                    transaction_id: *transaction_id,
+                    request_hash: request_hash.clone(),
+                });
+            }
+            // The key conflicted, then vanished: expired by the retention job in between.
+            None if n < lost => {
+                return Err(BatchError::Raced("idempotency key expired while claimed"))
+            }
+            None => {}
+        }
+    }
+    for (i, posting) in refused {
+        postings[i].get_or_insert(posting);
+    }
+    Ok(())
+}
+
+/// Applies a plan with the conditional update, creating the missing rows only when the update
+/// misses them (in the steady state this is one statement), and returns the state of every
+/// account it changed; an account missing from the result was refused.
+async fn apply_plan(
+    transaction: &Transaction<'_>,
+    plan: &DeltaPlan,
+) -> Result<HashMap<AccountKey, AccountState>, BatchError> {
+    let mut all: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    in_lock_order(&mut all);
+    let mut returned = sql::update_balances(transaction, plan, &all).await?;
+    let absent: Vec<AccountKey> = all
+        .into_iter()
+        .filter(|account| !returned.contains_key(account))
+        .collect();
+    if !absent.is_empty() {
+        sql::insert_missing_balances(transaction, &absent).await?;
+        returned.extend(sql::update_balances(transaction, plan, &absent).await?);
+    }
+    Ok(returned)
+}
+
+/// What [`check_and_apply`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// Every admitted movement (the refused ones are recorded as failed by the caller).
+    Admitted,
+    /// All or nothing: nothing when any movement is refused.
+    AllOrNothing,
+}
+
+/// The checked path: locks the rows the movements `indices` touch (creating missing ones),
+/// decides each movement in order with the posting rule, then applies the admitted ones with
+/// the conditional update, which must agree (the rows are locked). Returns one decision per
+/// movement of `indices`.
+async fn check_and_apply(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+    bounds: &Bounds,
+    apply: Apply,
+    entries: &mut EntryRows,
+    states: &mut BTreeMap<AccountKey, AccountState>,
+) -> Result<Vec<Result<(), Refusal>>, BatchError> {
+    let mut accounts: Vec<AccountKey> = indices
+        .iter()
+        .flat_map(|&i| [movements[i].debited(), movements[i].credited()])
+        .collect();
+    in_lock_order(&mut accounts);
+    accounts.dedup();
+    sql::insert_missing_balances(transaction, &accounts).await?;
+    let locked = sql::lock_balances(transaction, &accounts).await?;
+    if locked.len() != accounts.len() {
+        return Err(BatchError::Inconsistent(
+            "a balance row was missing after it was created",
+        ));
+    }
+    let limits = locked
+        .iter()
+        .map(|(account, (_, overdraft_limit))| {
+            (*account, bounds.limits(*account, *overdraft_limit))
+        })
+        .collect();
+    let mut snapshots = locked
+        .iter()
+        .map(|(account, (snapshot, _))| (*account, *snapshot))
+        .collect();
+    let decisions = check_sequence(
+        indices.iter().map(|&i| {
+            let movement = movements[i];
+            (movement.debited(), movement.credited(), movement.amount)
+        }),
+        &limits,
+        &mut snapshots,
+    );
+    let admitted: Vec<usize> = indices
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, decision)| decision.is_ok())
+        .map(|(&i, _)| i)
+        .collect();
+    let refused_any = admitted.len() < indices.len();
+    if admitted.is_empty() || (refused_any && apply == Apply::AllOrNothing) {
+        return Ok(decisions);
+    }
+    let plan = DeltaPlan::build(movements, &admitted, bounds)
+        .map_err(|_| BatchError::Inconsistent("admitted movements' sums do not fit 64 bits"))?;
+    let mut in_order: Vec<AccountKey> = plan.accounts.keys().copied().collect();
+    in_lock_order(&mut in_order);
+    let returned = sql::update_balances(transaction, &plan, &in_order).await?;
+    for (account, account_plan) in &plan.accounts {
+        let state = returned.get(account).ok_or(BatchError::Inconsistent(
+            "the conditional update refused what the posting rule admitted on locked rows",
+        ))?;
+        entries.push_account(movements, *account, account_plan, state.amount);
+        states.insert(*account, *state);
+    }
+    Ok(decisions)
+}
+
+/// What an atomic commit decided.
+#[derive(Debug)]
+pub enum AtomicOutcome {
+    /// Every movement was applied, in one commit.
+    Committed(BatchReport),
+    /// Nothing was applied or recorded: these movements (index, why) would break a posting rule
+    /// at their turn in the sequence.
+    Refused(Vec<(usize, Refusal)>),
+    /// The movements' idempotency keys were claimed before: the whole set was applied by an
+    /// earlier request (keys are claimed all together or not at all). Nothing was written.
+    Duplicate,
+    /// Nothing was applied: these movements (index, user) name an unknown or deleted user.
+    InactiveParties(Vec<(usize, UserId)>),
+    /// Nothing was applied: the initiator is no longer an admin, and these movements relied on
+    /// it.
+    Forbidden(Vec<usize>),
+}
+
+/// Applies `movements` all or nothing, in their order, in one database transaction: the bulk
+/// endpoint's atomic mode, through the checked path of [`commit_batch`] (same rule, same
+/// conditional update).
+///
+/// Errors: as [`commit_batch`]; nothing is then written (unless `COMMIT` itself was cut off).
+pub async fn commit_atomic(
+    client: &mut Client,
+    movements: &[Movement],
+    bounds: &Bounds,
+) -> Result<AtomicOutcome, BatchError> {
+    let movements: Vec<&Movement> = movements.iter().collect();
+    let all: Vec<usize> = (0..movements.len()).collect();
+    let transaction = client.transaction().await?;
+    let mut postings: Vec<Option<Posting>> = vec![None; movements.len()];
+    if duplicates_within_batch(&movements)
+        .iter()
+        .any(Option::is_some)
+    {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::Duplicate);
+    }
+    decide_keys_and_parties(&transaction, &movements, &all, &mut postings).await?;
+    if postings
+        .iter()
+        .any(|posting| matches!(posting, Some(Posting::Duplicate { .. })))
+    {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::Duplicate);
+    }
+    let inactive: Vec<(usize, UserId)> = postings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, posting)| match posting {
+            Some(Posting::InactiveParty { user }) => Some((i, *user)),
+            _ => None,
+        })
+        .collect();
+    if !inactive.is_empty() {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::InactiveParties(inactive));
+    }
+    let forbidden: Vec<usize> = (0..movements.len())
+        .filter(|&i| postings[i] == Some(Posting::Forbidden))
+        .collect();
+    if !forbidden.is_empty() {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::Forbidden(forbidden));
+    }
+    let mut entries = EntryRows::default();
+    let mut states = BTreeMap::new();
+    let decisions = check_and_apply(
+        &transaction,
+        &movements,
+        &all,
+        bounds,
+        Apply::AllOrNothing,
+        &mut entries,
+        &mut states,
+    )
+    .await?;
+    let refused: Vec<(usize, Refusal)> = decisions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, decision)| decision.err().map(|refusal| (i, refusal)))
+        .collect();
+    if !refused.is_empty() {
+        transaction.rollback().await?;
+        return Ok(AtomicOutcome::Refused(refused));
+    }
+    debug_assert!(
+        entries.sums_to_zero_per_currency(),
+        "an atomic set's entries must sum to zero per currency"
+    );
+    let completed = vec![Some(Posting::Completed); movements.len()];
+    let committed_at =
+        match sql::insert_transactions(&transaction, &movements, &all, &completed).await? {
+            Some(at) => at,
+            None => sql::transaction_time(&transaction).await?,
+        };
+    sql::insert_entries(&transaction, &entries).await?;
+    transaction.commit().await.map_err(BatchError::AtCommit)?;
+    Ok(AtomicOutcome::Committed(BatchReport {
+        postings: vec![Posting::Completed; movements.len()],
+        committed_at,
+        accounts: states.into_values().collect(),
+        attempts: 1,
+    }))
+}

@@ -1,0 +1,228 @@
+//! The pure half of a group commit: which deltas each account gets, in what order, with what
+//! bounds, and the entry rows that follow from the amounts the database returned. No I/O here.
+
+use std::collections::{BTreeMap, HashMap};
+
+use uuid::Uuid;
+
+use crate::domain::{AccountKey, Bounds, Movement, Prefixes};
+
+/// One account's part of a statement: its deltas in batch order `(item index, delta)` and the
+/// parameters of the conditional update (DESIGN.md section 5; the rule is `domain::rules`).
+#[derive(Debug, Clone)]
+pub(super) struct AccountPlan {
+    pub deltas: Vec<(usize, i64)>,
+    pub sum: i64,
+    /// Lowest running sum right after a debit (`None`: no debit).
+    pub min_after_debit: Option<i64>,
+    /// Highest running sum right after a credit (`None`: no credit).
+    pub max_after_credit: Option<i64>,
+    /// The floor that replaces the row's `-overdraft_limit` (`system`: the supply bound).
+    pub floor: Option<i64>,
+    /// Highest allowed amount.
+    pub ceiling: i64,
+}
+
+/// Each touched account's plan, keyed (and so iterated) in `AccountKey` order.
+#[derive(Debug, Default)]
+pub(super) struct DeltaPlan {
+    pub accounts: BTreeMap<AccountKey, AccountPlan>,
+}
+
+impl DeltaPlan {
+    /// The plan of the movements `indices` of `movements`, in that order.
+    ///
+    /// Errors: the accounts whose running sums do not fit the 64-bit parameters of the
+    /// statement (only possible for more deltas than `pipeline.batch_size_max` allows): the
+    /// caller applies their movements another way.
+    pub fn build(
+        movements: &[&Movement],
+        indices: &[usize],
+        bounds: &Bounds,
+    ) -> Result<DeltaPlan, Vec<AccountKey>> {
+        let mut deltas: BTreeMap<AccountKey, Vec<(usize, i64)>> = BTreeMap::new();
+        for &i in indices {
+            let movement = movements[i];
+            let amount = movement.amount.minor();
+            deltas
+                .entry(movement.debited())
+                .or_default()
+                .push((i, -amount));
+            deltas
+                .entry(movement.credited())
+                .or_default()
+                .push((i, amount));
+        }
+        let mut accounts = BTreeMap::new();
+        let mut too_large = Vec::new();
+        for (account, deltas) in deltas {
+            let prefixes = Prefixes::of(deltas.iter().map(|&(_, delta)| delta));
+            let narrow = |value: Option<i128>| value.map(i64::try_from).transpose();
+            let (Ok(sum), Ok(min_after_debit), Ok(max_after_credit)) = (
+                i64::try_from(prefixes.sum),
+                narrow(prefixes.min_after_debit),
+                narrow(prefixes.max_after_credit),
+            ) else {
+                too_large.push(account);
+                continue;
+            };
+            let (floor, ceiling) = bounds.sql_bounds(account);
+            accounts.insert(
+                account,
+                AccountPlan {
+                    deltas,
+                    sum,
+                    min_after_debit,
+                    max_after_credit,
+                    floor,
+                    ceiling,
+                },
+            );
+        }
+        if too_large.is_empty() {
+            Ok(DeltaPlan { accounts })
+        } else {
+            Err(too_large)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
+
+/// The order in which every statement of the journal locks balance rows: the primary key's
+/// order in the database (`user_id`, then the currency code), so that batches and atomic sets
+/// of any number of processes never wait on each other in a cycle. `AccountKey`'s own `Ord`
+/// cannot serve: it compares currencies by their place in the ISO table, not by code.
+pub(super) fn in_lock_order(accounts: &mut [AccountKey]) {
+    accounts.sort_by_key(|account| (account.user.as_uuid(), account.currency.code()));
+}
+
+/// The entries of a batch as column arrays for one `INSERT ... SELECT FROM unnest`.
+#[derive(Debug, Default)]
+pub(super) struct EntryRows {
+    pub transaction_ids: Vec<Uuid>,
+    pub users: Vec<Uuid>,
+    pub currencies: Vec<&'static str>,
+    pub deltas: Vec<i64>,
+    pub balances_after: Vec<i64>,
+}
+
+impl EntryRows {
+    /// One account's entries in plan order, given the amount the database returned after
+    /// applying all of them: the running balance starts at `returned - sum`.
+    pub fn push_account(
+        &mut self,
+        movements: &[&Movement],
+        account: AccountKey,
+        plan: &AccountPlan,
+        returned: i64,
+    ) {
+        // Cannot overflow: `returned` and every running balance lie within ±MONEY_BOUND_MINOR
+        // (the conditional update admitted them) and so does `sum`.
+        let mut balance = returned - plan.sum;
+        for &(i, delta) in &plan.deltas {
+            balance += delta;
+            self.transaction_ids.push(movements[i].id);
+            self.users.push(account.user.as_uuid());
+            self.currencies.push(account.currency.code());
+            self.deltas.push(delta);
+            self.balances_after.push(balance);
+        }
+        debug_assert_eq!(
+            balance, returned,
+            "running balance must end at the returned amount"
+        );
+    }
+
+    /// Double entry (invariant 1), asserted before a batch is written.
+    pub fn sums_to_zero_per_currency(&self) -> bool {
+        let mut sums: HashMap<&str, i128> = HashMap::new();
+        for (currency, delta) in self.currencies.iter().zip(&self.deltas) {
+            *sums.entry(currency).or_default() += i128::from(*delta);
+        }
+        sums.values().all(|&sum| sum == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        Amount, Authority, Currency, CurrencyBounds, TransactionKind, UserId, SYSTEM_USER_ID,
+    };
+
+    fn movement(from: UserId, to: UserId, amount: i64) -> Movement {
+        Movement {
+            id: Uuid::now_v7(),
+            kind: TransactionKind::Transfer,
+            from,
+            to,
+            amount: Amount::new(amount).unwrap(),
+            currency: Currency::parse("USD").unwrap(),
+            description: None,
+            reference: None,
+            initiated_by: from,
+            authority: Authority::Owner,
+            idempotency: None,
+        }
+    }
+
+    fn bounds() -> Bounds {
+        Bounds::new(
+            CurrencyBounds {
+                balance_max_minor: 1 << 60,
+                supply_max_minor: 1 << 61,
+            },
+            Default::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_keeps_batch_order_and_the_prefixes() {
+        let (a, b) = (
+            UserId::from_uuid(Uuid::from_u128(1)),
+            UserId::from_uuid(Uuid::from_u128(2)),
+        );
+        let owned = [movement(a, b, 5), movement(b, a, 3), movement(a, b, 4)];
+        let movements: Vec<&Movement> = owned.iter().collect();
+        let plan = DeltaPlan::build(&movements, &[0, 1, 2], &bounds()).unwrap();
+        let account_a = movements[0].debited();
+        let plan_a = &plan.accounts[&account_a];
+        assert_eq!(plan_a.deltas, vec![(0, -5), (1, 3), (2, -4)]);
+        assert_eq!(plan_a.sum, -6);
+        assert_eq!(plan_a.min_after_debit, Some(-6));
+        assert_eq!(plan_a.max_after_credit, Some(-2));
+        assert_eq!(plan_a.floor, None);
+
+        let mut entries = EntryRows::default();
+        entries.push_account(&movements, account_a, plan_a, 94);
+        assert_eq!(entries.balances_after, vec![95, 98, 94]);
+    }
+
+    #[test]
+    fn the_system_account_gets_the_supply_floor() {
+        let user = UserId::from_uuid(Uuid::from_u128(1));
+        let owned = [movement(SYSTEM_USER_ID, user, 5)];
+        let movements: Vec<&Movement> = owned.iter().collect();
+        let plan = DeltaPlan::build(&movements, &[0], &bounds()).unwrap();
+        assert_eq!(
+            plan.accounts[&movements[0].debited()].floor,
+            Some(-(1 << 61))
+        );
+    }
+
+    #[test]
+    fn sums_past_64_bits_are_refused_not_wrapped() {
+        let user = UserId::from_uuid(Uuid::from_u128(1));
+        let owned: Vec<Movement> = (0..10_000)
+            .map(|_| movement(SYSTEM_USER_ID, user, Amount::MAX_MINOR))
+            .collect();
+        let movements: Vec<&Movement> = owned.iter().collect();
+        let indices: Vec<usize> = (0..owned.len()).collect();
+        let too_large = DeltaPlan::build(&movements, &indices, &bounds()).unwrap_err();
+        assert_eq!(too_large.len(), 2, "both sides overflow: {too_large:?}");
+    }
+}

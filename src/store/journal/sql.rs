@@ -1,0 +1,454 @@
+//! The statements of a group commit. Each takes the whole batch as arrays (`unnest`), so a
+//! batch costs the same number of round trips whatever its size.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use serde_json::json;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::plan::{DeltaPlan, EntryRows};
+use super::{BatchError, Posting};
+use crate::domain::{
+    AccountKey, AccountState, Currency, Movement, Refusal, Snapshot, TransactionStatus, UserId,
+    MONEY_BOUND_MINOR,
+};
+
+/// Share-locks the users the movements `indices` name (in id order, `system` excluded: it is
+/// never deleted and every credit names it) and returns the role of each active one. One
+/// statement per batch, race-free with `store::users::soft_delete` and role changes, which lock
+/// the same row for update: what the commit sees stays true until it commits.
+pub(super) async fn lock_parties(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+) -> Result<HashMap<Uuid, String>, BatchError> {
+    let mut wanted: Vec<Uuid> = indices
+        .iter()
+        .flat_map(|&i| {
+            let movement = movements[i];
+            [movement.from, movement.to, movement.initiated_by]
+        })
+        .filter(|user| !user.is_system())
+        .map(UserId::as_uuid)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "SELECT id, role FROM users
+             WHERE id = ANY($1) AND deleted_at IS NULL AND role <> 'system'
+             ORDER BY id
+             FOR SHARE",
+        )
+        .await?;
+    Ok(transaction
+        .query(&statement, &[&wanted])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
+/// Inserts the idempotency keys of the movements `indices` (each has one) unless taken, and
+/// returns the indices whose key was already taken (`ON CONFLICT` waits for a concurrent
+/// claimer to commit or roll back, so a taken key is committed and visible afterwards).
+pub(super) async fn claim_keys(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+) -> Result<Vec<usize>, BatchError> {
+    if indices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut users = Vec::with_capacity(indices.len());
+    let mut keys = Vec::with_capacity(indices.len());
+    let mut hashes: Vec<&[u8]> = Vec::with_capacity(indices.len());
+    let mut ids = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let movement = movements[i];
+        let claim = movement
+            .idempotency
+            .as_ref()
+            .ok_or(BatchError::Inconsistent(
+                "claim_keys was given a movement without a key",
+            ))?;
+        users.push(movement.initiated_by.as_uuid());
+        keys.push(claim.key.as_str());
+        hashes.push(&claim.request_hash);
+        ids.push(movement.id);
+    }
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, transaction_id)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::uuid[])
+             ON CONFLICT (user_id, key) DO NOTHING
+             RETURNING transaction_id",
+        )
+        .await?;
+    let claimed: HashSet<Uuid> = transaction
+        .query(&statement, &[&users, &keys, &hashes, &ids])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(indices
+        .iter()
+        .copied()
+        .filter(|&i| !claimed.contains(&movements[i].id))
+        .collect())
+}
+
+/// The stored keys of the movements `indices`: `index → (transaction id, request hash)` for
+/// those whose `(initiator, key)` is stored.
+pub(super) async fn find_keys(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+) -> Result<HashMap<usize, (Uuid, Vec<u8>)>, BatchError> {
+    if indices.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut users = Vec::with_capacity(indices.len());
+    let mut keys = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let claim = movements[i]
+            .idempotency
+            .as_ref()
+            .ok_or(BatchError::Inconsistent(
+                "find_keys was given a movement without a key",
+            ))?;
+        users.push(movements[i].initiated_by.as_uuid());
+        keys.push(claim.key.as_str());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "SELECT k.user_id, k.key, k.transaction_id, k.request_hash
+             FROM idempotency_keys k
+             JOIN unnest($1::uuid[], $2::text[]) AS wanted(user_id, key)
+               ON k.user_id = wanted.user_id AND k.key = wanted.key",
+        )
+        .await?;
+    let stored: HashMap<(Uuid, String), (Uuid, Vec<u8>)> = transaction
+        .query(&statement, &[&users, &keys])
+        .await?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+        .collect();
+    Ok(indices
+        .iter()
+        .zip(users.iter().zip(&keys))
+        .filter_map(|(&i, (user, key))| {
+            stored
+                .get(&(*user, (*key).to_owned()))
+                .map(|found| (i, found.clone()))
+        })
+        .collect())
+}
+
+/// Creates the balance rows of `accounts` that do not exist yet: zero, with no overdraft for a
+/// user; the `system` row's column is the largest bound (its real floor is the configured
+/// supply bound, passed to every update).
+pub(super) async fn insert_missing_balances(
+    transaction: &Transaction<'_>,
+    accounts: &[AccountKey],
+) -> Result<(), BatchError> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Uuid> = accounts.iter().map(|a| a.user.as_uuid()).collect();
+    let currencies: Vec<&str> = accounts.iter().map(|a| a.currency.code()).collect();
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO balances (user_id, currency, overdraft_limit)
+             SELECT t.user_id, t.currency,
+                    CASE WHEN t.user_id = '00000000-0000-0000-0000-000000000000'::uuid
+                         THEN $3::bigint ELSE 0 END
+             FROM unnest($1::uuid[], $2::text[]) AS t(user_id, currency)
+             ORDER BY t.user_id, t.currency
+             ON CONFLICT (user_id, currency) DO NOTHING",
+        )
+        .await?;
+    transaction
+        .execute(&statement, &[&users, &currencies, &MONEY_BOUND_MINOR])
+        .await?;
+    Ok(())
+}
+
+/// THE conditional update: the posting rule of `domain::rules` in SQL, and the final arbiter
+/// of every movement (invariants 2, 6 and 7). For each of `accounts` (in lock order, all in
+/// `plan`) it applies the summed delta when no debit of the plan takes `amount - pending` below
+/// the floor (the row's `-overdraft_limit`, or the supply bound for `system`) and no credit
+/// takes `amount` above the ceiling. The update takes the row locks in array order (the
+/// journal connections only plan nested loops over the `unnest`), so concurrent batches of any
+/// process lock in the same order.
+///
+/// Returns the state of every account it changed; an account missing from the result has no
+/// row or was refused.
+pub(super) async fn update_balances(
+    transaction: &Transaction<'_>,
+    plan: &DeltaPlan,
+    accounts: &[AccountKey],
+) -> Result<HashMap<AccountKey, AccountState>, BatchError> {
+    let mut users = Vec::with_capacity(accounts.len());
+    let mut currencies = Vec::with_capacity(accounts.len());
+    let mut sums = Vec::with_capacity(accounts.len());
+    let mut min_after_debits = Vec::with_capacity(accounts.len());
+    let mut max_after_credits = Vec::with_capacity(accounts.len());
+    let mut floors = Vec::with_capacity(accounts.len());
+    let mut ceilings = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let account_plan = &plan.accounts[account];
+        users.push(account.user.as_uuid());
+        currencies.push(account.currency.code());
+        sums.push(account_plan.sum);
+        min_after_debits.push(account_plan.min_after_debit);
+        max_after_credits.push(account_plan.max_after_credit);
+        floors.push(account_plan.floor);
+        ceilings.push(account_plan.ceiling);
+    }
+    let update = transaction
+        .prepare_cached(
+            "UPDATE balances b
+             SET amount = b.amount + d.delta, version = b.version + 1, last_updated_at = now()
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[])
+                  AS d(user_id, currency, delta, min_after_debit, max_after_credit, floor, ceiling)
+             WHERE b.user_id = d.user_id AND b.currency = d.currency
+               AND (d.min_after_debit IS NULL
+                    OR b.amount - b.pending + d.min_after_debit >= COALESCE(d.floor, -b.overdraft_limit))
+               AND (d.max_after_credit IS NULL OR b.amount + d.max_after_credit <= d.ceiling)
+             RETURNING b.user_id, b.currency, b.amount, b.version",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 7] = [
+        &users,
+        &currencies,
+        &sums,
+        &min_after_debits,
+        &max_after_credits,
+        &floors,
+        &ceilings,
+    ];
+    transaction
+        .query(&update, &params)
+        .await?
+        .iter()
+        .map(|row| {
+            let state = AccountState {
+                account: account_of(row)?,
+                amount: row.get(2),
+                version: row.get(3),
+            };
+            Ok((state.account, state))
+        })
+        .collect()
+}
+
+/// Locks the balance rows of `accounts` (`FOR UPDATE`, given in lock order) and returns each
+/// one's snapshot and overdraft limit.
+pub(super) async fn lock_balances(
+    transaction: &Transaction<'_>,
+    accounts: &[AccountKey],
+) -> Result<BTreeMap<AccountKey, (Snapshot, i64)>, BatchError> {
+    let users: Vec<Uuid> = accounts.iter().map(|a| a.user.as_uuid()).collect();
+    let currencies: Vec<&str> = accounts.iter().map(|a| a.currency.code()).collect();
+    let statement = transaction
+        .prepare_cached(
+            "SELECT b.user_id, b.currency, b.amount, b.pending, b.overdraft_limit FROM balances b
+             JOIN unnest($1::uuid[], $2::text[]) AS d(user_id, currency)
+               ON b.user_id = d.user_id AND b.currency = d.currency
+             ORDER BY b.user_id, b.currency
+             FOR UPDATE OF b",
+        )
+        .await?;
+    transaction
+        .query(&statement, &[&users, &currencies])
+        .await?
+        .iter()
+        .map(|row| {
+            let snapshot = Snapshot {
+                amount: row.get(2),
+                pending: row.get(3),
+            };
+            Ok((account_of(row)?, (snapshot, row.get(4))))
+        })
+        .collect()
+}
+
+/// The account of a row whose first two columns are `user_id, currency`.
+fn account_of(row: &tokio_postgres::Row) -> Result<AccountKey, BatchError> {
+    let currency = Currency::parse(row.get(1)).map_err(|_| {
+        BatchError::Inconsistent("balances.currency holds a code Tally does not accept")
+    })?;
+    Ok(AccountKey {
+        user: UserId::from_uuid(row.get(0)),
+        currency,
+    })
+}
+
+/// The transaction timestamp (`now()`), for a batch that wrote no transaction.
+pub(super) async fn transaction_time(
+    transaction: &Transaction<'_>,
+) -> Result<DateTime<Utc>, BatchError> {
+    let statement = transaction.prepare_cached("SELECT now()").await?;
+    Ok(transaction.query_one(&statement, &[]).await?.get(0))
+}
+
+/// What the client is shown about a refusal, stored on the failed transaction
+/// (`failure_detail`) so that a replay answers the same (DESIGN.md section 8).
+pub(crate) fn failure_detail(refusal: &Refusal) -> Option<serde_json::Value> {
+    match refusal {
+        Refusal::InsufficientFunds => None,
+        Refusal::LimitExceeded(breach) => Some(json!({
+            "limit": {
+                "kind": breach.kind.as_str(),
+                "currency": breach.currency.code(),
+                "value": breach.value,
+            },
+            "used": breach.used,
+            "requested": breach.requested,
+            "remaining": breach.remaining(),
+        })),
+    }
+}
+
+/// Writes the transactions (and their events) of the movements `indices` whose posting is
+/// completed or refused; duplicates and movements refused before the ledger (an inactive
+/// party, lost authority) write nothing. Returns their `created_at` (the transaction
+/// timestamp), or `None` when nothing was written.
+pub(super) async fn insert_transactions(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+    postings: &[Option<Posting>],
+) -> Result<Option<DateTime<Utc>>, BatchError> {
+    let written: Vec<(usize, Option<&Refusal>)> = indices
+        .iter()
+        .filter_map(|&i| match &postings[i] {
+            Some(Posting::Completed) => Some((i, None)),
+            Some(Posting::Refused(refusal)) => Some((i, Some(refusal))),
+            _ => None,
+        })
+        .collect();
+    if written.is_empty() {
+        return Ok(None);
+    }
+    let n = written.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut froms = Vec::with_capacity(n);
+    let mut tos = Vec::with_capacity(n);
+    let mut amounts = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut descriptions: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut references: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut failure_reasons: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut failure_details: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
+    let mut initiators = Vec::with_capacity(n);
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    for (i, refusal) in written {
+        let movement = movements[i];
+        let status = match refusal {
+            None => TransactionStatus::Completed,
+            Some(_) => TransactionStatus::Failed,
+        };
+        ids.push(movement.id);
+        kinds.push(movement.kind.as_str());
+        statuses.push(status.as_str());
+        froms.push(movement.from.as_uuid());
+        tos.push(movement.to.as_uuid());
+        amounts.push(movement.amount.minor());
+        currencies.push(movement.currency.code());
+        descriptions.push(movement.description.as_ref().map(|d| d.as_str()));
+        references.push(movement.reference.as_ref().map(|r| r.as_str()));
+        failure_reasons.push(refusal.map(Refusal::reason));
+        failure_details.push(refusal.and_then(failure_detail));
+        initiators.push(movement.initiated_by.as_uuid());
+        keys.push(movement.idempotency.as_ref().map(|c| c.key.as_str()));
+    }
+    // Transactions and their events in one statement; the event payload carries the entries so
+    // that replaying the log rebuilds every balance (invariant 5).
+    let records = transaction
+        .prepare_cached(
+            "WITH t AS (
+                 INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount, currency,
+                                           description, reference, failure_reason, failure_detail,
+                                           initiated_by, idempotency_key, created_at, completed_at)
+                 SELECT id, type, status, from_user_id, to_user_id, amount, currency, description,
+                        reference, failure_reason, failure_detail, initiated_by, idempotency_key, now(),
+                        CASE WHEN status = 'completed' THEN now() END
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[],
+                             $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::uuid[],
+                             $13::text[])
+                      AS r(id, type, status, from_user_id, to_user_id, amount, currency, description,
+                           reference, failure_reason, failure_detail, initiated_by, idempotency_key)
+                 RETURNING *
+             )
+             INSERT INTO events (stream, type, payload, created_at)
+             SELECT 'transaction:' || t.id, 'transaction.' || t.status,
+                    jsonb_build_object(
+                        'id', t.id, 'type', t.type, 'status', t.status,
+                        'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id,
+                        'amount', t.amount, 'currency', t.currency,
+                        'description', t.description, 'reference', t.reference,
+                        'failure_reason', t.failure_reason, 'failure_detail', t.failure_detail,
+                        'initiated_by', t.initiated_by,
+                        'entries', CASE WHEN t.status = 'completed' THEN jsonb_build_array(
+                            jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
+                            jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
+                          ELSE '[]'::jsonb END),
+                    t.created_at
+             FROM t
+             RETURNING created_at",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &ids,
+        &kinds,
+        &statuses,
+        &froms,
+        &tos,
+        &amounts,
+        &currencies,
+        &descriptions,
+        &references,
+        &failure_reasons,
+        &failure_details,
+        &initiators,
+        &keys,
+    ];
+    let rows = transaction.query(&records, &params).await?;
+    Ok(rows.first().map(|row| row.get(0)))
+}
+
+/// Writes the entries (one `INSERT ... SELECT FROM unnest`).
+pub(super) async fn insert_entries(
+    transaction: &Transaction<'_>,
+    entries: &EntryRows,
+) -> Result<(), BatchError> {
+    if entries.deltas.is_empty() {
+        return Ok(());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO entries (transaction_id, user_id, currency, delta, balance_after)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[])",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 5] = [
+        &entries.transaction_ids,
+        &entries.users,
+        &entries.currencies,
+        &entries.deltas,
+        &entries.balances_after,
+    ];
+    transaction.execute(&statement, &params).await?;
+    Ok(())
+}
