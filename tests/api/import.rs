@@ -134,3 +134,67 @@ async fn an_import_killed_part_way_and_rerun_applies_every_line_exactly_once() {
     app.assert_ledger_invariants().await;
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// Issue 10: the first run applied every line, among them a transfer to a payee who has since
+/// spent it and been deleted. The re-run must replay the chunk from its key (the key decides
+/// before the parties are checked), not be refused for the deleted payee and send the other
+/// lines again under another key.
+#[actix_web::test]
+async fn a_rerun_after_a_payee_was_deleted_applies_nothing_twice() {
+    let app = TestApp::spawn().await;
+    let (user, payee) = (app.user("importer").await, app.user("payee").await);
+    let directory =
+        std::env::temp_dir().join(format!("tally-import-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&directory).expect("temp dir");
+    let file = directory.join("lines.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "type,to_user_id,amount,currency\ncredit,,500,USD\ntransfer,{},200,USD\ncredit,,7,USD\n",
+            payee.id
+        ),
+    )
+    .expect("file written");
+    let run = |child: std::process::Child| async move {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .expect("join")
+            .expect("import output");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "import failed: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let first = run(import(&app, &file, &user)).await;
+    assert!(first.contains("3 lines: 3 applied, 0 failed"), "{first}");
+
+    let spent = app
+        .post(
+            "/api/v1/transactions/debit",
+            Some(&payee.token),
+            &serde_json::json!({"amount": 200, "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(spent.status, reqwest::StatusCode::CREATED, "{}", spent.body);
+    let deleted = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/users/{}", payee.id),
+            Some(&payee.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, reqwest::StatusCode::NO_CONTENT, "{}", deleted.body);
+
+    let before = app.row_counts().await;
+    let second = run(import(&app, &file, &user)).await;
+    assert!(second.contains("3 lines: 3 applied, 0 failed"), "{second}");
+    assert_eq!(app.row_counts().await, before, "the re-run applied nothing");
+    assert_eq!(app.balance(&user, "USD").await, 307);
+    app.assert_ledger_invariants().await;
+    let _ = std::fs::remove_dir_all(&directory);
+}
