@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod balances;
+pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod journal;

@@ -188,7 +188,12 @@ async fn a_rerun_after_a_payee_was_deleted_applies_nothing_twice() {
             None,
         )
         .await;
-    assert_eq!(deleted.status, reqwest::StatusCode::NO_CONTENT, "{}", deleted.body);
+    assert_eq!(
+        deleted.status,
+        reqwest::StatusCode::NO_CONTENT,
+        "{}",
+        deleted.body
+    );
 
     let before = app.row_counts().await;
     let second = run(import(&app, &file, &user)).await;

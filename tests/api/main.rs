@@ -12,6 +12,7 @@ mod crash;
 mod database_fault;
 mod history;
 mod import;
+mod instances;
 mod load_smoke;
 mod middleware;
 mod openapi;
