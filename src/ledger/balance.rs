@@ -11,39 +11,13 @@
 //! cache corrects itself.
 
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 
-use super::journal::{Append, Hold, Item, JournalWriter};
+use super::messages::{Append, Hold, Item, Observed, Reserve, Retire, Settle};
 use super::{Submission, SubmitError};
 use crate::domain::{AccountKey, AccountState, Bounds, Limits, Snapshot};
 use crate::store::{AcquireError, DbPool};
-
-/// Reserve the movement's amount and pass it on to the journal writer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Reserve(pub Submission);
-
-/// A hold of `release` minor units is settled: committed, refused, or failed. `observed` is the
-/// account's balance after the commit, when the commit happened; `reload` means the commit's
-/// outcome is unknown and the cache must be reloaded before it is trusted again.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Settle {
-    pub release: i64,
-    pub observed: Option<AccountState>,
-    pub reload: bool,
-}
-
-/// The account's balance as a commit left it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Observe(pub AccountState);
-
-/// Stop once no hold is outstanding (sent by the directory after it forgot this actor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Retire;
 
 /// What the database said about the account when the actor loaded it.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +32,7 @@ pub(super) struct BalanceActor {
     account: AccountKey,
     bounds: std::sync::Arc<Bounds>,
     pool: DbPool,
-    journal: Addr<JournalWriter>,
+    journal: Recipient<Append>,
     /// `None` until loaded, or after a load failed or a commit's outcome became unknown.
     cached: Option<Cached>,
     /// Sum of outstanding holds, minor units.
@@ -72,7 +46,7 @@ impl BalanceActor {
         account: AccountKey,
         bounds: std::sync::Arc<Bounds>,
         pool: DbPool,
-        journal: Addr<JournalWriter>,
+        journal: Recipient<Append>,
     ) -> BalanceActor {
         BalanceActor {
             account,
@@ -141,7 +115,7 @@ impl BalanceActor {
             self.held += amount;
             self.holds += 1;
             let hold = Hold {
-                holder: ctx.address(),
+                holder: ctx.address().recipient(),
                 amount,
             };
             self.journal.do_send(Append(Item {
@@ -212,10 +186,10 @@ impl Handler<Settle> for BalanceActor {
     }
 }
 
-impl Handler<Observe> for BalanceActor {
+impl Handler<Observed> for BalanceActor {
     type Result = ();
 
-    fn handle(&mut self, Observe(state): Observe, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, Observed(state): Observed, _ctx: &mut Context<Self>) {
         self.observe(state);
     }
 }

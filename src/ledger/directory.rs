@@ -12,23 +12,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
+use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Recipient};
 
-use super::balance::{BalanceActor, Observe, Retire};
-use super::journal::JournalWriter;
-use super::{PipelineStats, Submission};
-use crate::domain::{AccountKey, AccountState, Bounds};
+use super::balance::BalanceActor;
+use super::messages::{Append, Observed, Reserve, Retire};
+use super::PipelineStats;
+use crate::domain::{AccountKey, Bounds};
 use crate::store::DbPool;
-
-/// Reserve funds for a movement on its debited account.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Reserve(pub Submission);
-
-/// A balance the database returned after a commit, for the account's actor if it has one.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Observed(pub AccountState);
 
 struct Slot {
     actor: Addr<BalanceActor>,
@@ -40,7 +30,7 @@ pub(super) struct Directory {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     pool: DbPool,
-    journal: Addr<JournalWriter>,
+    journal: Recipient<Append>,
     bounds: Arc<Bounds>,
     idle_timeout: Duration,
     stats: Arc<PipelineStats>,
@@ -50,7 +40,7 @@ impl Directory {
     pub(super) fn new(
         arbiters: Vec<ArbiterHandle>,
         pool: DbPool,
-        journal: Addr<JournalWriter>,
+        journal: Recipient<Append>,
         bounds: Arc<Bounds>,
         idle_timeout: Duration,
         stats: Arc<PipelineStats>,
@@ -140,8 +130,7 @@ impl Handler<Reserve> for Directory {
 
     fn handle(&mut self, Reserve(submission): Reserve, _ctx: &mut Context<Self>) {
         let account = submission.movement.debited();
-        self.actor_for(account)
-            .do_send(super::balance::Reserve(submission));
+        self.actor_for(account).do_send(Reserve(submission));
     }
 }
 
@@ -150,7 +139,7 @@ impl Handler<Observed> for Directory {
 
     fn handle(&mut self, Observed(state): Observed, _ctx: &mut Context<Self>) {
         if let Some(slot) = self.actors.get(&state.account) {
-            slot.actor.do_send(Observe(state));
+            slot.actor.do_send(Observed(state));
         }
     }
 }

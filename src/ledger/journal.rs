@@ -30,16 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture,
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle,
+    WrapFuture,
 };
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::balance::{BalanceActor, Settle};
-use super::directory::{Directory, Observed};
+use super::messages::{Append, Item, Observed, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::{AtomicResult, Outcome, PipelineStats, Recorded, Submission, SubmitError};
+use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
 use crate::cache::{BalanceCache, CommittedBalance};
 use crate::domain::{AccountKey, AccountState, Bounds, Currency, Movement};
 use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
@@ -49,25 +49,6 @@ use crate::telemetry::{names, CounterFamily};
 /// Transient database errors (deadlock, serialization failure) are retried this many times
 /// before the batch is split.
 const TRANSIENT_RETRIES_MAX: u32 = 3;
-
-/// Funds a balance actor set aside for one movement.
-pub(super) struct Hold {
-    pub holder: Addr<BalanceActor>,
-    /// Minor units.
-    pub amount: i64,
-}
-
-/// A movement ready to be written.
-pub(super) struct Item {
-    pub submission: Submission,
-    pub hold: Option<Hold>,
-    /// Apply it by itself after the group (its account's cache could not cover it).
-    pub alone: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct Append(pub Item);
 
 /// Movements to apply all or nothing, in one commit of their own (the bulk endpoint's atomic
 /// mode). They take no holds: the commit locks their rows and checks the whole sequence.
@@ -101,7 +82,7 @@ pub(super) struct JournalWriter {
     bounds: Arc<Bounds>,
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
-    directory: Addr<Directory>,
+    directory: Recipient<Observed>,
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
     metrics: JournalMetrics,
@@ -191,7 +172,7 @@ impl JournalWriter {
         pool: DbPool,
         bounds: Arc<Bounds>,
         cache: Arc<BalanceCache>,
-        directory: Addr<Directory>,
+        directory: Recipient<Observed>,
         settings: JournalSettings,
         stats: Arc<PipelineStats>,
     ) -> JournalWriter {

@@ -30,6 +30,7 @@
 mod balance;
 mod directory;
 mod journal;
+mod messages;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -225,7 +226,7 @@ impl Ledger {
                     journal_pool,
                     journal_bounds,
                     cache,
-                    directory_address,
+                    directory_address.recipient(),
                     journal_settings,
                     journal_stats,
                 )
@@ -233,7 +234,7 @@ impl Ledger {
         let directory = directory_context.run(directory::Directory::new(
             balance_arbiters,
             pool,
-            journal.clone(),
+            journal.clone().recipient(),
             bounds,
             Duration::from_millis(settings.actor_idle_timeout_ms),
             stats.clone(),
@@ -241,7 +242,11 @@ impl Ledger {
 
         let (sender, receiver) = async_channel::bounded(settings.queue_capacity);
         for _ in 0..settings.workers {
-            worker::Worker::start(receiver.clone(), directory.clone(), journal.clone());
+            worker::Worker::start(
+                receiver.clone(),
+                directory.clone().recipient(),
+                journal.clone().recipient(),
+            );
         }
         Ledger {
             queue: sender,
@@ -352,7 +357,7 @@ impl Ledger {
         // Straight to the journal writer, in one message: no hold is taken, the database's
         // conditional update decides each movement (see `journal::AppendMany`).
         let mut answers = Vec::with_capacity(count);
-        let items: Vec<journal::Item> = movements
+        let items: Vec<messages::Item> = movements
             .into_iter()
             .zip(permits)
             .map(|(movement, permit)| {
@@ -370,7 +375,7 @@ impl Ledger {
                         .clone(),
                     _permit: permit,
                 };
-                journal::Item {
+                messages::Item {
                     submission,
                     hold: None,
                     alone: false,

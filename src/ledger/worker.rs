@@ -3,15 +3,14 @@
 //! the directory); a credit debits `system`, which has no limit, so it goes straight to the
 //! journal writer.
 
-use actix::{Actor, Addr, Context, StreamHandler};
+use actix::{Actor, Addr, Context, Recipient, StreamHandler};
 
-use super::directory::{Directory, Reserve};
-use super::journal::{Append, Item, JournalWriter};
+use super::messages::{Append, Item, Reserve};
 use super::{queue_wait, Submission};
 
 pub(super) struct Worker {
-    directory: Addr<Directory>,
-    journal: Addr<JournalWriter>,
+    directory: Recipient<Reserve>,
+    journal: Recipient<Append>,
     /// Registered once: recording is then an atomic update, no registry lookup.
     queue_wait_seconds: metrics::Histogram,
 }
@@ -20,8 +19,8 @@ impl Worker {
     /// Starts a worker that consumes `queue` until every sender is gone.
     pub(super) fn start(
         queue: async_channel::Receiver<Submission>,
-        directory: Addr<Directory>,
-        journal: Addr<JournalWriter>,
+        directory: Recipient<Reserve>,
+        journal: Recipient<Append>,
     ) -> Addr<Worker> {
         Worker::create(|ctx| {
             Worker::add_stream(queue, ctx);
