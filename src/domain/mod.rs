@@ -8,7 +8,9 @@ mod transaction;
 mod user;
 
 pub use money::{Amount, AmountError, Currency, CurrencyError};
-pub use movement::{AccountKey, AccountState, Authority, IdempotencyClaim, Movement};
+pub use movement::{
+    AccountKey, AccountState, Authority, IdempotencyClaim, Movement, MovementError,
+};
 pub use rules::{
     check_sequence, Bounds, BoundsError, CurrencyBounds, LimitBreach, LimitKind, Limits, Prefixes,
     Refusal, Snapshot, MONEY_BOUND_MINOR,

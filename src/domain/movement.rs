@@ -3,7 +3,10 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Amount, Currency, Description, IdempotencyKey, Reference, TransactionKind, UserId};
+use super::{
+    Amount, Currency, Description, IdempotencyKey, Reference, TransactionKind, UserId,
+    SYSTEM_USER_ID,
+};
 
 /// One account of the ledger: a user's balance in one currency. Balance actors and balance rows
 /// are keyed by it.
@@ -44,27 +47,221 @@ pub struct IdempotencyClaim {
 
 /// A money movement of `amount` from `from` to `to` (double entry: the two entries are
 /// `-amount` on `from` and `+amount` on `to`). A credit comes from the system user, a debit goes
-/// to it. Invariant: `from != to`.
+/// to it, a transfer is between two users.
+///
+/// Invariants, enforced by the constructors ([`Movement::credit`], [`Movement::debit`],
+/// [`Movement::transfer`]): `from != to`; `system` is a party only as the counterparty of a
+/// credit or debit; the initiator is never `system`; the idempotency claim's hash is the hash
+/// of this request (or of the request it is part of, for a bulk item).
 #[derive(Debug, Clone)]
 pub struct Movement {
-    pub id: Uuid,
-    pub kind: TransactionKind,
-    pub from: UserId,
-    pub to: UserId,
-    pub amount: Amount,
-    pub currency: Currency,
-    pub description: Option<Description>,
-    pub reference: Option<Reference>,
-    /// The authenticated user who asked for it; idempotency keys are scoped to this user.
-    pub initiated_by: UserId,
-    /// Re-checked in the commit: see [`Authority`].
-    pub authority: Authority,
-    pub idempotency: Option<IdempotencyClaim>,
+    id: Uuid,
+    kind: TransactionKind,
+    from: UserId,
+    to: UserId,
+    amount: Amount,
+    currency: Currency,
+    description: Option<Description>,
+    reference: Option<Reference>,
+    initiated_by: UserId,
+    authority: Authority,
+    idempotency: Option<IdempotencyClaim>,
+}
+
+/// Why a movement could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MovementError {
+    #[error("the system account moves money only as the counterparty of a credit or debit")]
+    SystemParty,
+    #[error("a transfer needs two different users")]
+    SameParty,
 }
 
 impl Movement {
+    /// A credit of `amount` from `system` to `to`, asked for by `initiated_by` with `authority`.
+    ///
+    /// Errors: [`MovementError::SystemParty`] when `to` or the initiator is `system`.
+    pub fn credit(
+        to: UserId,
+        amount: Amount,
+        currency: Currency,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        Movement::new(
+            TransactionKind::Credit,
+            SYSTEM_USER_ID,
+            to,
+            amount,
+            currency,
+            initiated_by,
+            authority,
+        )
+    }
+
+    /// A debit of `amount` from `from` to `system`. Errors as [`Movement::credit`].
+    pub fn debit(
+        from: UserId,
+        amount: Amount,
+        currency: Currency,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        Movement::new(
+            TransactionKind::Debit,
+            from,
+            SYSTEM_USER_ID,
+            amount,
+            currency,
+            initiated_by,
+            authority,
+        )
+    }
+
+    /// A transfer of `amount` from `from` to `to`.
+    ///
+    /// Errors: [`MovementError::SystemParty`] when a party or the initiator is `system`;
+    /// [`MovementError::SameParty`] when `from == to`.
+    pub fn transfer(
+        from: UserId,
+        to: UserId,
+        amount: Amount,
+        currency: Currency,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        if from.is_system() || to.is_system() {
+            return Err(MovementError::SystemParty);
+        }
+        Movement::new(
+            TransactionKind::Transfer,
+            from,
+            to,
+            amount,
+            currency,
+            initiated_by,
+            authority,
+        )
+    }
+
+    fn new(
+        kind: TransactionKind,
+        from: UserId,
+        to: UserId,
+        amount: Amount,
+        currency: Currency,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        if initiated_by.is_system() || (from.is_system() && to.is_system()) {
+            return Err(MovementError::SystemParty);
+        }
+        if from == to {
+            return Err(MovementError::SameParty);
+        }
+        Ok(Movement {
+            id: Uuid::now_v7(),
+            kind,
+            from,
+            to,
+            amount,
+            currency,
+            description: None,
+            reference: None,
+            initiated_by,
+            authority,
+            idempotency: None,
+        })
+    }
+
+    /// The same movement with its free-text fields.
+    pub fn with_details(
+        mut self,
+        description: Option<Description>,
+        reference: Option<Reference>,
+    ) -> Movement {
+        self.description = description;
+        self.reference = reference;
+        self
+    }
+
+    /// The same movement made exactly-once by `key`, claimed with the hash of this request.
+    pub fn with_key(mut self, key: Option<IdempotencyKey>) -> Movement {
+        self.idempotency = key.map(|key| IdempotencyClaim {
+            key,
+            request_hash: self.request_hash(),
+        });
+        self
+    }
+
+    /// The same movement claimed with `claim`, whose hash covers a larger request this movement
+    /// is part of (a bulk item: the whole bulk's hash).
+    pub fn with_claim(mut self, claim: IdempotencyClaim) -> Movement {
+        self.idempotency = Some(claim);
+        self
+    }
+
+    /// The transaction id this movement is written under (UUIDv7, time-ordered).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub fn kind(&self) -> TransactionKind {
+        self.kind
+    }
+
+    /// The account owner losing money (`system` for a credit).
+    pub fn from(&self) -> UserId {
+        self.from
+    }
+
+    /// The account owner gaining money (`system` for a debit).
+    pub fn to(&self) -> UserId {
+        self.to
+    }
+
+    pub fn amount(&self) -> Amount {
+        self.amount
+    }
+
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    pub fn description(&self) -> Option<&Description> {
+        self.description.as_ref()
+    }
+
+    pub fn reference(&self) -> Option<&Reference> {
+        self.reference.as_ref()
+    }
+
+    /// The authenticated user who asked for it; idempotency keys are scoped to this user.
+    pub fn initiated_by(&self) -> UserId {
+        self.initiated_by
+    }
+
+    /// What the initiator's right rests on; re-checked in the commit (see [`Authority`]).
+    pub fn authority(&self) -> Authority {
+        self.authority
+    }
+
+    pub fn idempotency(&self) -> Option<&IdempotencyClaim> {
+        self.idempotency.as_ref()
+    }
+
+    /// The user whose account the movement is about: the credited one of a credit, the
+    /// debited one otherwise.
+    pub fn owner(&self) -> UserId {
+        if self.kind == TransactionKind::Credit {
+            self.to
+        } else {
+            self.from
+        }
+    }
+
     /// The account that loses money: the one that needs a reservation (unless it is `system`,
-    /// which has no limit).
+    /// whose floor is the supply bound, which only the database knows the state of).
     pub fn debited(&self) -> AccountKey {
         AccountKey {
             user: self.from,
@@ -116,23 +313,21 @@ impl Movement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::SYSTEM_USER_ID;
+
+    fn user(n: u128) -> UserId {
+        UserId::from_uuid(Uuid::from_u128(n))
+    }
 
     fn movement(amount: i64, description: Option<&str>) -> Movement {
-        let user = UserId::from_uuid(Uuid::from_u128(7));
-        Movement {
-            id: Uuid::now_v7(),
-            kind: TransactionKind::Credit,
-            from: SYSTEM_USER_ID,
-            to: user,
-            amount: Amount::new(amount).unwrap(),
-            currency: Currency::parse("USD").unwrap(),
-            description: description.map(|d| Description::parse(d).unwrap()),
-            reference: None,
-            initiated_by: user,
-            authority: Authority::Owner,
-            idempotency: None,
-        }
+        Movement::credit(
+            user(7),
+            Amount::new(amount).unwrap(),
+            Currency::parse("USD").unwrap(),
+            user(7),
+            Authority::Owner,
+        )
+        .unwrap()
+        .with_details(description.map(|d| Description::parse(d).unwrap()), None)
     }
 
     #[test]
@@ -152,6 +347,37 @@ mod tests {
         assert_ne!(
             movement(5, Some("a")).request_hash(),
             movement(5, Some("b")).request_hash()
+        );
+    }
+
+    #[test]
+    fn constructors_keep_the_invariants() {
+        let (usd, one) = (Currency::parse("USD").unwrap(), Amount::new(1).unwrap());
+        let owner = Authority::Owner;
+        assert_eq!(
+            Movement::transfer(user(1), user(1), one, usd, user(1), owner).unwrap_err(),
+            MovementError::SameParty
+        );
+        for (from, to) in [(SYSTEM_USER_ID, user(1)), (user(1), SYSTEM_USER_ID)] {
+            assert_eq!(
+                Movement::transfer(from, to, one, usd, user(1), owner).unwrap_err(),
+                MovementError::SystemParty
+            );
+        }
+        assert!(Movement::credit(SYSTEM_USER_ID, one, usd, user(1), owner).is_err());
+        assert!(Movement::debit(SYSTEM_USER_ID, one, usd, user(1), owner).is_err());
+        assert!(Movement::credit(user(1), one, usd, SYSTEM_USER_ID, owner).is_err());
+        let credit = Movement::credit(user(1), one, usd, user(2), Authority::Admin).unwrap();
+        assert_eq!(
+            (credit.from(), credit.to(), credit.owner()),
+            (SYSTEM_USER_ID, user(1), user(1))
+        );
+        let keyed = credit
+            .clone()
+            .with_key(Some(IdempotencyKey::parse("k").unwrap()));
+        assert_eq!(
+            keyed.idempotency().unwrap().request_hash,
+            credit.request_hash()
         );
     }
 }

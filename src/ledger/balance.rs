@@ -104,7 +104,7 @@ impl BalanceActor {
             submission.answer(Err(SubmitError::Unavailable));
             return;
         };
-        let amount = submission.movement.amount.minor();
+        let amount = submission.movement.amount().minor();
         let limits: Limits = self.bounds.limits(self.account, cached.overdraft_limit);
         let snapshot = Snapshot {
             amount: cached.amount,

@@ -304,12 +304,12 @@ impl JournalWriter {
                                 .batch_items
                                 .fetch_add(atomic.movements.len() as u64, Ordering::Relaxed);
                             for movement in &atomic.movements {
-                                let kind = movement.kind.as_str();
+                                let kind = movement.kind().as_str();
                                 writer.metrics.transaction(kind, "completed");
                                 writer.metrics.volume(
                                     kind,
-                                    movement.currency,
-                                    movement.amount.minor(),
+                                    movement.currency(),
+                                    movement.amount().minor(),
                                 );
                             }
                             for state in report.accounts {
@@ -342,14 +342,14 @@ impl JournalWriter {
         let mut told: HashSet<AccountKey> = HashSet::new();
         for (item, written) in items.into_iter().zip(written) {
             let movement = &item.submission.movement;
-            let kind = movement.kind.as_str();
+            let kind = movement.kind().as_str();
             let debited = movement.debited();
             let result = match written {
                 Written::Posted(posting, at) => match posting {
                     Posting::Completed => {
                         self.metrics.transaction(kind, "completed");
                         self.metrics
-                            .volume(kind, movement.currency, movement.amount.minor());
+                            .volume(kind, movement.currency(), movement.amount().minor());
                         Ok(Outcome::Completed(Recorded {
                             created_at: at,
                             completed_at: Some(at),
@@ -379,7 +379,7 @@ impl JournalWriter {
                         request_hash,
                     } => {
                         let same_request = movement
-                            .idempotency
+                            .idempotency()
                             .as_ref()
                             .is_some_and(|claim| claim.request_hash[..] == request_hash[..]);
                         Ok(Outcome::Duplicate {

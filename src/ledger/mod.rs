@@ -272,10 +272,10 @@ impl Ledger {
     pub async fn submit(&self, movement: Movement) -> Result<Outcome, SubmitError> {
         let span = tracing::info_span!(
             "ledger.submit",
-            transaction.id = %movement.id,
-            "transaction.type" = movement.kind.as_str(),
+            transaction.id = %movement.id(),
+            "transaction.type" = movement.kind().as_str(),
         );
-        let kind = movement.kind.as_str();
+        let kind = movement.kind().as_str();
         let result = self.submit_in_span(movement).instrument(span).await;
         if let Err(SubmitError::Unavailable) = &result {
             tracing::debug!(kind, "submission refused: ledger unavailable");
@@ -309,7 +309,7 @@ impl Ledger {
             return Err(SubmitError::Overloaded);
         };
         let (reply, answer) = oneshot::channel();
-        let kind = movement.kind.as_str();
+        let kind = movement.kind().as_str();
         let submission = Submission {
             movement,
             reply,

@@ -49,7 +49,8 @@ impl StreamHandler<Submission> for Worker {
             tracing::Span::none(),
         ));
         debug_assert_ne!(
-            submission.movement.from, submission.movement.to,
+            submission.movement.from(),
+            submission.movement.to(),
             "handlers refuse self-transfers"
         );
         // do_send ignores the mailbox limit; the admission permits bound what is in flight.

@@ -153,18 +153,34 @@ pub async fn bulk(
 
     let mut movements: Vec<Movement> = specs
         .into_iter()
-        .map(|spec| Movement {
-            id: Uuid::now_v7(),
-            kind: spec.kind,
-            from: spec.from,
-            to: spec.to,
-            amount: spec.amount,
-            currency: spec.currency,
-            description: spec.description,
-            reference: spec.reference,
-            initiated_by: principal.user,
-            authority: spec.authority,
-            idempotency: None,
+        .map(|spec| {
+            let movement = match spec.kind {
+                TransactionKind::Credit => Movement::credit(
+                    spec.to,
+                    spec.amount,
+                    spec.currency,
+                    principal.user,
+                    spec.authority,
+                ),
+                TransactionKind::Debit => Movement::debit(
+                    spec.from,
+                    spec.amount,
+                    spec.currency,
+                    principal.user,
+                    spec.authority,
+                ),
+                _ => Movement::transfer(
+                    spec.from,
+                    spec.to,
+                    spec.amount,
+                    spec.currency,
+                    principal.user,
+                    spec.authority,
+                ),
+            };
+            movement
+                .expect("parse_item refuses system parties and self-transfers")
+                .with_details(spec.description, spec.reference)
         })
         .collect();
     if let Some(key) = &key {
@@ -184,16 +200,20 @@ pub async fn bulk(
             }
             hasher.finalize()
         };
-        for (index, movement) in movements.iter_mut().enumerate() {
-            let mut hasher = Sha256::new();
-            hasher.update(bulk_hash);
-            hasher.update((index as u64).to_be_bytes());
-            movement.idempotency = Some(IdempotencyClaim {
-                key: IdempotencyKey::parse(&format!("{}#{index}", key.as_str()))
-                    .expect("250 + 5 characters fit"),
-                request_hash: hasher.finalize().into(),
-            });
-        }
+        movements = movements
+            .into_iter()
+            .enumerate()
+            .map(|(index, movement)| {
+                let mut hasher = Sha256::new();
+                hasher.update(bulk_hash);
+                hasher.update((index as u64).to_be_bytes());
+                movement.with_claim(IdempotencyClaim {
+                    key: IdempotencyKey::parse(&format!("{}#{index}", key.as_str()))
+                        .expect("250 + 5 characters fit"),
+                    request_hash: hasher.finalize().into(),
+                })
+            })
+            .collect();
     }
 
     // The key decides first (invariant 4): a bulk applied before is answered from its stored
@@ -224,11 +244,11 @@ pub async fn bulk(
         .iter()
         .enumerate()
         .filter_map(|(index, movement)| {
-            let owner = if movement.kind == TransactionKind::Credit { movement.to } else { movement.from };
+            let owner = if movement.kind() == TransactionKind::Credit { movement.to() } else { movement.from() };
             (owner != principal.user).then(|| {
                 serde_json::json!({
-                    "index": index, "transaction_id": movement.id, "type": movement.kind.as_str(),
-                    "user_id": owner.as_uuid(), "amount": movement.amount.minor(), "currency": movement.currency.code(),
+                    "index": index, "transaction_id": movement.id(), "type": movement.kind().as_str(),
+                    "user_id": owner.as_uuid(), "amount": movement.amount().minor(), "currency": movement.currency().code(),
                 })
             })
         })
@@ -384,7 +404,7 @@ async fn check_parties(
 ) -> Result<(), ApiError> {
     let mut wanted: HashSet<Uuid> = HashSet::from([principal.user.as_uuid()]);
     for spec in specs {
-        for party in [spec.from, spec.to] {
+        for party in [spec.from(), spec.to()] {
             if !party.is_system() {
                 wanted.insert(party.as_uuid());
             }
@@ -403,10 +423,10 @@ async fn check_parties(
     }
     let mut errors = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
-        let named = match spec.kind {
-            TransactionKind::Transfer => [("from_user_id", spec.from), ("to_user_id", spec.to)],
-            TransactionKind::Credit => [("user_id", spec.to), ("user_id", spec.to)],
-            _ => [("user_id", spec.from), ("user_id", spec.from)],
+        let named = match spec.kind() {
+            TransactionKind::Transfer => [("from_user_id", spec.from()), ("to_user_id", spec.to())],
+            TransactionKind::Credit => [("user_id", spec.to()), ("user_id", spec.to())],
+            _ => [("user_id", spec.from()), ("user_id", spec.from())],
         };
         let mut reported = false;
         for (field, party) in named {
@@ -445,7 +465,7 @@ async fn replay_if_applied(
 ) -> Result<Stored, ApiError> {
     let keys: Vec<&str> = movements
         .iter()
-        .filter_map(|m| m.idempotency.as_ref().map(|c| c.key.as_str()))
+        .filter_map(|m| m.idempotency().map(|c| c.key.as_str()))
         .collect();
     let stored = {
         let client = state.pool.get().await?;
@@ -458,8 +478,7 @@ async fn replay_if_applied(
     let mut transaction_ids = Vec::with_capacity(movements.len());
     for movement in movements {
         let claim = movement
-            .idempotency
-            .as_ref()
+            .idempotency()
             .expect("every movement has a derived key");
         match stored.get(claim.key.as_str()) {
             Some(key) if key.request_hash[..] == claim.request_hash[..] => {
@@ -576,7 +595,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                     Some(&refusal),
                     recorded,
                 )),
-                error: Some(ApiError::refused(&refusal, Some(movement.id)).problem()),
+                error: Some(ApiError::refused(&refusal, Some(movement.id())).problem()),
             },
             Ok(Outcome::Forbidden) => BulkResult {
                 index,

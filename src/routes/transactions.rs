@@ -16,8 +16,8 @@ use super::input::{parse, Fields, JsonObject};
 use super::{AppState, Page};
 use crate::auth::Principal;
 use crate::domain::{
-    Authority, Description, IdempotencyClaim, IdempotencyKey, Movement, Reference, Refusal,
-    TransactionKind, TransactionStatus, UserId, SYSTEM_USER_ID,
+    Authority, Description, IdempotencyKey, Movement, Reference, Refusal, TransactionKind,
+    TransactionStatus, UserId,
 };
 use crate::error::ApiError;
 use crate::ledger::{Outcome, Recorded, SubmitError};
@@ -87,15 +87,15 @@ impl TransactionBody {
             Some(_) => TransactionStatus::Failed,
         };
         TransactionBody {
-            id: movement.id,
-            kind: movement.kind.as_str(),
+            id: movement.id(),
+            kind: movement.kind().as_str(),
             status: status.as_str(),
-            from_user_id: party(movement.from),
-            to_user_id: party(movement.to),
-            amount: movement.amount.minor(),
-            currency: movement.currency.code().to_owned(),
-            description: movement.description.as_ref().map(|d| d.as_str().to_owned()),
-            reference: movement.reference.as_ref().map(|r| r.as_str().to_owned()),
+            from_user_id: party(movement.from()),
+            to_user_id: party(movement.to()),
+            amount: movement.amount().minor(),
+            currency: movement.currency().code().to_owned(),
+            description: movement.description().map(|d| d.as_str().to_owned()),
+            reference: movement.reference().map(|r| r.as_str().to_owned()),
             failure_reason: refusal.map(|refusal| refusal.reason().to_owned()),
             created_at: recorded.created_at,
             completed_at: recorded.completed_at,
@@ -217,20 +217,17 @@ pub async fn transfer(
     let to = to.expect("finish() refuses missing fields");
     // Whether the recipient (and the caller) exist and are active is checked in the group
     // commit (`store::journal::lock_parties`), not with a query per request.
-    let movement = Movement {
-        id: Uuid::now_v7(),
-        kind: TransactionKind::Transfer,
-        from: principal.user,
-        to: UserId::from_uuid(to),
-        amount: amount.expect("finish() refuses missing fields"),
-        currency: currency.expect("finish() refuses missing fields"),
-        description,
-        reference,
-        initiated_by: principal.user,
-        authority: Authority::Owner,
-        idempotency: None,
-    };
-    submit(&state, with_claim(movement, idempotency)).await
+    let movement = Movement::transfer(
+        principal.user,
+        UserId::from_uuid(to),
+        amount.expect("finish() refuses missing fields"),
+        currency.expect("finish() refuses missing fields"),
+        principal.user,
+        Authority::Owner,
+    )
+    .map_err(|_| ApiError::field("to_user_id", "must be another user than the sender"))?
+    .with_details(description, reference);
+    submit(&state, movement.with_key(idempotency)).await
 }
 
 /// Submits a credit or debit; when an admin moves money on another user's account, the attempt
@@ -240,21 +237,21 @@ async fn submit_system_movement(
     req: &HttpRequest,
     movement: Movement,
 ) -> Result<HttpResponse, ApiError> {
-    let account = if movement.kind == TransactionKind::Credit {
-        movement.to
+    let account = if movement.kind() == TransactionKind::Credit {
+        movement.to()
     } else {
-        movement.from
+        movement.from()
     };
-    let on_behalf = account != movement.initiated_by;
+    let on_behalf = account != movement.initiated_by();
     let details = on_behalf.then(|| {
         json!({
-            "transaction_id": movement.id,
+            "transaction_id": movement.id(),
             "user_id": account.as_uuid(),
-            "amount": movement.amount.minor(),
-            "currency": movement.currency.code(),
+            "amount": movement.amount().minor(),
+            "currency": movement.currency().code(),
         })
     });
-    let (initiator, kind) = (movement.initiated_by, movement.kind);
+    let (initiator, kind) = (movement.initiated_by(), movement.kind());
     let result = submit(state, movement).await;
     if let Some(mut details) = details {
         let status = match &result {
@@ -302,24 +299,19 @@ async fn parse_system_movement(
     } else {
         Authority::Admin
     };
-    let (from, to) = match kind {
-        TransactionKind::Credit => (SYSTEM_USER_ID, account),
-        _ => (account, SYSTEM_USER_ID),
-    };
-    let movement = Movement {
-        id: Uuid::now_v7(),
-        kind,
-        from,
-        to,
-        amount: amount.expect("finish() refuses missing fields"),
-        currency: currency.expect("finish() refuses missing fields"),
-        description,
-        reference,
-        initiated_by: principal.user,
-        authority,
-        idempotency: None,
-    };
-    let movement = with_claim(movement, idempotency);
+    let (amount, currency) = (
+        amount.expect("finish() refuses missing fields"),
+        currency.expect("finish() refuses missing fields"),
+    );
+    let movement = match kind {
+        TransactionKind::Credit => {
+            Movement::credit(account, amount, currency, principal.user, authority)
+        }
+        _ => Movement::debit(account, amount, currency, principal.user, authority),
+    }
+    .map_err(|_| ApiError::field("user_id", "no such user"))?
+    .with_details(description, reference)
+    .with_key(idempotency);
     if authority == Authority::Admin && !principal.is_admin() {
         return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
             .await
@@ -346,13 +338,13 @@ pub(crate) async fn replay_or(
     movement: &Movement,
     refusal: ApiError,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(claim) = &movement.idempotency else {
+    let Some(claim) = &movement.idempotency() else {
         return Err(refusal);
     };
     let stored = async {
         let client = state.pool.get().await?;
         let found =
-            store::idempotency::find_many(&client, movement.initiated_by, &[claim.key.as_str()])
+            store::idempotency::find_many(&client, movement.initiated_by(), &[claim.key.as_str()])
                 .await?;
         Ok::<_, ApiError>(found.into_iter().next())
     };
@@ -379,14 +371,6 @@ pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey
         })
 }
 
-fn with_claim(mut movement: Movement, key: Option<IdempotencyKey>) -> Movement {
-    movement.idempotency = key.map(|key| IdempotencyClaim {
-        key,
-        request_hash: movement.request_hash(),
-    });
-    movement
-}
-
 /// Answers from a stored key when there is one, else submits to the pipeline.
 async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
     // No lookup here: the journal writer checks the parties (share-locked, in the batch) and
@@ -401,7 +385,7 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
         Outcome::Completed(recorded) => Ok(created(TransactionBody::committed(
             &movement, None, recorded,
         ))),
-        Outcome::Refused(refusal, _) => Err(ApiError::refused(&refusal, Some(movement.id))),
+        Outcome::Refused(refusal, _) => Err(ApiError::refused(&refusal, Some(movement.id()))),
         Outcome::Forbidden => Err(ApiError::Forbidden(ONLY_ADMIN)),
         Outcome::Duplicate {
             transaction_id,
@@ -429,10 +413,10 @@ pub(crate) fn submit_error(error: SubmitError, state: &AppState) -> ApiError {
 /// The problem for a movement naming an unknown or deleted user: 401 when it is the caller
 /// (a token outlives its user), else 422 naming the field that carried the user.
 pub(crate) fn inactive_party(movement: &Movement, user: UserId) -> ApiError {
-    if user == movement.initiated_by {
+    if user == movement.initiated_by() {
         return ApiError::Unauthorized("the user of this access token no longer exists");
     }
-    let field = if movement.kind == TransactionKind::Transfer && user == movement.to {
+    let field = if movement.kind() == TransactionKind::Transfer && user == movement.to() {
         "to_user_id"
     } else {
         "user_id"

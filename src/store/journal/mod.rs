@@ -304,8 +304,8 @@ fn duplicates_within_batch(movements: &[&Movement]) -> Vec<Option<usize>> {
         .iter()
         .enumerate()
         .map(|(i, movement)| {
-            let claim = movement.idempotency.as_ref()?;
-            match first.entry((movement.initiated_by, claim.key.as_str())) {
+            let claim = movement.idempotency()?;
+            match first.entry((movement.initiated_by(), claim.key.as_str())) {
                 std::collections::hash_map::Entry::Occupied(earlier) => Some(*earlier.get()),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     slot.insert(i);
@@ -329,7 +329,7 @@ fn resolve_duplicates_within_batch(
         let Some(i) = *first else { continue };
         let hash = |movement: &Movement| {
             movement
-                .idempotency
+                .idempotency()
                 .as_ref()
                 .map(|claim| claim.request_hash.to_vec())
                 .unwrap_or_default()
@@ -343,7 +343,7 @@ fn resolve_duplicates_within_batch(
                 Some(original.clone())
             }
             _ => Some(Posting::Duplicate {
-                transaction_id: movements[i].id,
+                transaction_id: movements[i].id(),
                 request_hash: hash(movements[i]),
             }),
         };
@@ -363,23 +363,23 @@ async fn decide_keys_and_parties(
 ) -> Result<(), BatchError> {
     let roles = sql::lock_parties(transaction, movements, indices).await?;
     let refusal = |movement: &Movement| -> Option<Posting> {
-        let inactive = [movement.initiated_by, movement.from, movement.to]
+        let inactive = [movement.initiated_by(), movement.from(), movement.to()]
             .into_iter()
             .find(|user| !user.is_system() && !roles.contains_key(&user.as_uuid()));
         if let Some(user) = inactive {
             return Some(Posting::InactiveParty { user });
         }
         let role = roles
-            .get(&movement.initiated_by.as_uuid())
+            .get(&movement.initiated_by().as_uuid())
             .map(String::as_str);
-        (movement.authority == Authority::Admin && role != Some("admin"))
+        (movement.authority() == Authority::Admin && role != Some("admin"))
             .then_some(Posting::Forbidden)
     };
     let refused: HashMap<usize, Posting> = indices
         .iter()
         .filter_map(|&i| refusal(movements[i]).map(|posting| (i, posting)))
         .collect();
-    let keyed = |i: &usize| movements[*i].idempotency.is_some();
+    let keyed = |i: &usize| movements[*i].idempotency().is_some();
     let claiming: Vec<usize> = indices
         .iter()
         .copied()
@@ -479,7 +479,7 @@ async fn check_and_apply(
     let decisions = check_sequence(
         indices.iter().map(|&i| {
             let movement = movements[i];
-            (movement.debited(), movement.credited(), movement.amount)
+            (movement.debited(), movement.credited(), movement.amount())
         }),
         &limits,
         &mut snapshots,

@@ -43,7 +43,7 @@ impl DeltaPlan {
         let mut deltas: BTreeMap<AccountKey, Vec<(usize, i64)>> = BTreeMap::new();
         for &i in indices {
             let movement = movements[i];
-            let amount = movement.amount.minor();
+            let amount = movement.amount().minor();
             deltas
                 .entry(movement.debited())
                 .or_default()
@@ -124,7 +124,7 @@ impl EntryRows {
         let mut balance = returned - plan.sum;
         for &(i, delta) in &plan.deltas {
             balance += delta;
-            self.transaction_ids.push(movements[i].id);
+            self.transaction_ids.push(movements[i].id());
             self.users.push(account.user.as_uuid());
             self.currencies.push(account.currency.code());
             self.deltas.push(delta);
@@ -149,23 +149,17 @@ impl EntryRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        Amount, Authority, Currency, CurrencyBounds, TransactionKind, UserId, SYSTEM_USER_ID,
-    };
+    use crate::domain::{Amount, Authority, Currency, CurrencyBounds, UserId, SYSTEM_USER_ID};
 
     fn movement(from: UserId, to: UserId, amount: i64) -> Movement {
-        Movement {
-            id: Uuid::now_v7(),
-            kind: TransactionKind::Transfer,
-            from,
-            to,
-            amount: Amount::new(amount).unwrap(),
-            currency: Currency::parse("USD").unwrap(),
-            description: None,
-            reference: None,
-            initiated_by: from,
-            authority: Authority::Owner,
-            idempotency: None,
+        let (amount, usd) = (
+            Amount::new(amount).unwrap(),
+            Currency::parse("USD").unwrap(),
+        );
+        if from.is_system() {
+            Movement::credit(to, amount, usd, to, Authority::Owner).unwrap()
+        } else {
+            Movement::transfer(from, to, amount, usd, from, Authority::Owner).unwrap()
         }
     }
 

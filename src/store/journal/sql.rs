@@ -29,7 +29,7 @@ pub(super) async fn lock_parties(
         .iter()
         .flat_map(|&i| {
             let movement = movements[i];
-            [movement.from, movement.to, movement.initiated_by]
+            [movement.from(), movement.to(), movement.initiated_by()]
         })
         .filter(|user| !user.is_system())
         .map(UserId::as_uuid)
@@ -72,16 +72,13 @@ pub(super) async fn claim_keys(
     let mut ids = Vec::with_capacity(indices.len());
     for &i in indices {
         let movement = movements[i];
-        let claim = movement
-            .idempotency
-            .as_ref()
-            .ok_or(BatchError::Inconsistent(
-                "claim_keys was given a movement without a key",
-            ))?;
-        users.push(movement.initiated_by.as_uuid());
+        let claim = movement.idempotency().ok_or(BatchError::Inconsistent(
+            "claim_keys was given a movement without a key",
+        ))?;
+        users.push(movement.initiated_by().as_uuid());
         keys.push(claim.key.as_str());
         hashes.push(&claim.request_hash);
-        ids.push(movement.id);
+        ids.push(movement.id());
     }
     let statement = transaction
         .prepare_cached(
@@ -100,7 +97,7 @@ pub(super) async fn claim_keys(
     Ok(indices
         .iter()
         .copied()
-        .filter(|&i| !claimed.contains(&movements[i].id))
+        .filter(|&i| !claimed.contains(&movements[i].id()))
         .collect())
 }
 
@@ -117,13 +114,10 @@ pub(super) async fn find_keys(
     let mut users = Vec::with_capacity(indices.len());
     let mut keys = Vec::with_capacity(indices.len());
     for &i in indices {
-        let claim = movements[i]
-            .idempotency
-            .as_ref()
-            .ok_or(BatchError::Inconsistent(
-                "find_keys was given a movement without a key",
-            ))?;
-        users.push(movements[i].initiated_by.as_uuid());
+        let claim = movements[i].idempotency().ok_or(BatchError::Inconsistent(
+            "find_keys was given a movement without a key",
+        ))?;
+        users.push(movements[i].initiated_by().as_uuid());
         keys.push(claim.key.as_str());
     }
     let statement = transaction
@@ -359,19 +353,19 @@ pub(super) async fn insert_transactions(
             None => TransactionStatus::Completed,
             Some(_) => TransactionStatus::Failed,
         };
-        ids.push(movement.id);
-        kinds.push(movement.kind.as_str());
+        ids.push(movement.id());
+        kinds.push(movement.kind().as_str());
         statuses.push(status.as_str());
-        froms.push(movement.from.as_uuid());
-        tos.push(movement.to.as_uuid());
-        amounts.push(movement.amount.minor());
-        currencies.push(movement.currency.code());
-        descriptions.push(movement.description.as_ref().map(|d| d.as_str()));
-        references.push(movement.reference.as_ref().map(|r| r.as_str()));
+        froms.push(movement.from().as_uuid());
+        tos.push(movement.to().as_uuid());
+        amounts.push(movement.amount().minor());
+        currencies.push(movement.currency().code());
+        descriptions.push(movement.description().map(|d| d.as_str()));
+        references.push(movement.reference().map(|r| r.as_str()));
         failure_reasons.push(refusal.map(Refusal::reason));
         failure_details.push(refusal.and_then(failure_detail));
-        initiators.push(movement.initiated_by.as_uuid());
-        keys.push(movement.idempotency.as_ref().map(|c| c.key.as_str()));
+        initiators.push(movement.initiated_by().as_uuid());
+        keys.push(movement.idempotency().map(|c| c.key.as_str()));
     }
     // Transactions and their events in one statement; the event payload carries the entries so
     // that replaying the log rebuilds every balance (invariant 5).
