@@ -107,7 +107,7 @@ impl Application {
         let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
         let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
         let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);
-        let openapi = web::Data::new(OpenApiDocument::render());
+        let openapi = web::Data::new(OpenApiDocument::render(settings.bulk.max_items));
         let cors_origins = settings.http.cors_allowed_origins.clone();
         bootstrap_admin(pool.inner(), &settings.bootstrap).await?;
         let workers = match settings.http.workers {

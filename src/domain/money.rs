@@ -85,6 +85,18 @@ impl Currency {
         Ok(Currency(currency))
     }
 
+    /// Every code [`Currency::parse`] accepts, in alphabetical order: found by asking `parse`
+    /// about every `[A-Z]{3}`, so that the OpenAPI document lists exactly these.
+    pub fn all() -> Vec<Currency> {
+        let letters = || b'A'..=b'Z';
+        letters()
+            .flat_map(|a| letters().flat_map(move |b| letters().map(move |c| [a, b, c])))
+            .filter_map(|code| {
+                Currency::parse(std::str::from_utf8(&code).expect("ASCII letters")).ok()
+            })
+            .collect()
+    }
+
     /// The three-letter code, e.g. `"USD"`.
     pub fn code(self) -> &'static str {
         self.0.code()
@@ -137,6 +149,12 @@ mod tests {
         assert_eq!(Currency::parse("ÜSD"), Err(CurrencyError::Malformed));
         assert_eq!(Currency::parse("ZZZ"), Err(CurrencyError::Unknown));
         assert_eq!(Currency::parse("XAU"), Err(CurrencyError::Unknown));
+        let all: Vec<&str> = Currency::all().into_iter().map(Currency::code).collect();
+        assert!(all.contains(&"USD") && all.contains(&"JPY") && !all.contains(&"XAU"));
+        assert!(
+            all.windows(2).all(|pair| pair[0] < pair[1]),
+            "sorted, no repeats"
+        );
     }
 
     proptest! {

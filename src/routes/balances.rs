@@ -26,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 const INTERVALS_MAX: i64 = 10_000;
 /// Changes per page when `limit` is not given, and the most allowed.
 const CHANGES_LIMIT_DEFAULT: i64 = 100;
-const CHANGES_LIMIT_MAX: i64 = 1_000;
+pub(crate) const CHANGES_LIMIT_MAX: i64 = 1_000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,7 @@ pub struct HistoricalQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Admins only: whose balance.
+    #[serde(default, deserialize_with = "super::input::optional_uuid")]
     user_id: Option<Uuid>,
 }
 
@@ -224,6 +225,7 @@ pub struct AtTimeQuery {
     /// ISO 4217 code.
     currency: String,
     /// Admins only: whose balance.
+    #[serde(default, deserialize_with = "super::input::optional_uuid")]
     user_id: Option<Uuid>,
 }
 
@@ -280,6 +282,7 @@ pub struct CurrentQuery {
     /// Only this ISO 4217 currency.
     currency: Option<String>,
     /// Admins only: whose balances.
+    #[serde(default, deserialize_with = "super::input::optional_uuid")]
     user_id: Option<Uuid>,
 }
 

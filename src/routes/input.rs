@@ -212,6 +212,18 @@ impl QueryErrors {
     }
 }
 
+/// Deserializes an optional query parameter that must be a hyphenated UUID (see
+/// [`parse::uuid`]), for `#[serde(default, deserialize_with = "...")]`.
+pub fn optional_uuid<'de, D>(deserializer: D) -> Result<Option<Uuid>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse::hyphenated_uuid(&text)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("user_id must be a UUID"))
+}
+
 /// Value parsers for [`Fields`]; each error message reads after the field name.
 pub mod parse {
     use super::*;
@@ -238,18 +250,38 @@ pub mod parse {
         Currency::parse(code).map_err(|error| error.to_string())
     }
 
+    /// A UUID in its hyphenated form (`67e55044-10b1-426f-9247-bb680e5fe0c8`), the only form
+    /// the OpenAPI `uuid` format admits; `Uuid::parse_str` alone would also take the simple,
+    /// braced and URN forms.
     pub fn uuid(value: &Value) -> Result<Uuid, String> {
         value
             .as_str()
-            .and_then(|text| Uuid::parse_str(text).ok())
+            .and_then(hyphenated_uuid)
             .ok_or_else(|| "must be a UUID string".to_owned())
     }
 
-    /// An RFC 3339 timestamp with an offset (`2026-11-21T10:00:00Z`).
+    pub(crate) fn hyphenated_uuid(text: &str) -> Option<Uuid> {
+        const HYPHENATED_LEN: usize = 36;
+        (text.len() == HYPHENATED_LEN)
+            .then(|| Uuid::parse_str(text).ok())
+            .flatten()
+    }
+
+    /// An RFC 3339 timestamp with an offset (`2026-11-21T10:00:00Z`), exactly the OpenAPI
+    /// `date-time` format: chrono also takes a space for the `T` and a leap second at any
+    /// minute, which RFC 3339 section 5.6 and 5.7 do not (a leap second is 23:59:60 UTC).
     pub fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, &'static str> {
-        chrono::DateTime::parse_from_rfc3339(text)
+        use chrono::Timelike;
+        const MESSAGE: &str = "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z";
+        let at = chrono::DateTime::parse_from_rfc3339(text)
             .map(|at| at.with_timezone(&chrono::Utc))
-            .map_err(|_| "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z")
+            .map_err(|_| MESSAGE)?;
+        let separator = text.as_bytes().get(10);
+        let leap_second = text.get(17..19) == Some("60");
+        if separator == Some(&b' ') || (leap_second && (at.hour(), at.minute()) != (23, 59)) {
+            return Err(MESSAGE);
+        }
+        Ok(at)
     }
 
     /// A string checked by a domain parser.

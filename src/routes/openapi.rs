@@ -3,8 +3,13 @@
 //! CDN) at `/docs/`.
 //!
 //! Request bodies are parsed field by field (`routes::input`) so that every bad field is
-//! reported; the request schemas below document that parsing and the API tests check the
-//! requests they send against them.
+//! reported. The request schemas below say exactly what those parsers accept: what utoipa's
+//! attributes cannot say (the currency list, enums, formats, cross-field rules, the bulk size
+//! from the configuration, the `Idempotency-Key` header) [`exact`] writes into the rendered
+//! document, from the same constants and functions the parsers use. `tests/api/openapi.rs`
+//! proves the two agree field by field: it derives valid and boundary-invalid values from each
+//! request schema and parameter, sends them to the real app, and requires a 422 naming the field
+//! exactly when the schema refuses the value.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -196,11 +201,294 @@ pub async fn openapi_json(document: web::Data<OpenApiDocument>) -> HttpResponse 
 pub struct OpenApiDocument(pub String);
 
 impl OpenApiDocument {
-    pub fn render() -> OpenApiDocument {
-        OpenApiDocument(
-            ApiDoc::openapi()
-                .to_json()
-                .expect("the OpenAPI document serializes"),
-        )
+    /// The document for a service whose bulk requests take at most `bulk_max_items` items
+    /// (`bulk.max_items`).
+    pub fn render(bulk_max_items: usize) -> OpenApiDocument {
+        let mut document =
+            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+        exact::apply(&mut document, bulk_max_items);
+        OpenApiDocument(document.to_string())
+    }
+}
+
+/// The request rules utoipa's attributes cannot express, written into the rendered document
+/// from the parsers' own constants. Each `set` names a location that must exist, so renaming a
+/// field or parameter without updating this fails at the first render (every API test).
+mod exact {
+    use serde_json::{json, Value};
+
+    use crate::domain::SYSTEM_USER_ID;
+    use crate::domain::{Amount, Currency, Description, Email, IdempotencyKey, Reference};
+    use crate::routes::{balances, transactions, users};
+
+    /// Where a request schema lives.
+    const SCHEMAS: &str = "/components/schemas";
+
+    pub fn apply(document: &mut Value, bulk_max_items: usize) {
+        let codes: Vec<&str> = Currency::all().into_iter().map(Currency::code).collect();
+        set(
+            document,
+            &format!("{SCHEMAS}/Currency"),
+            json!({
+                "type": "string",
+                "description": "An ISO 4217 code of a currency with minor units.",
+                "pattern": "^[A-Z]{3}$",
+                "enum": codes,
+            }),
+        );
+        let currency = json!({"$ref": "#/components/schemas/Currency"});
+        let not_system = json!({"not": {"const": SYSTEM_USER_ID.to_string()}});
+
+        // Accounts and users.
+        let email = json!({
+            "type": "string",
+            "format": "email",
+            "pattern": Email::PATTERN,
+            "maxLength": Email::MAX_CHARS,
+        });
+        set(
+            document,
+            &format!("{SCHEMAS}/RegisterRequest/properties/email"),
+            email.clone(),
+        );
+        let update = format!("{SCHEMAS}/UpdateUserRequest");
+        let mut nullable_email = email;
+        nullable_email["type"] = json!(["string", "null"]);
+        set(
+            document,
+            &format!("{update}/properties/email"),
+            nullable_email,
+        );
+        set(
+            document,
+            &format!("{update}/properties/role"),
+            json!({
+                "type": ["string", "null"],
+                "description": "Admins only.",
+                "enum": ["user", "admin", null],
+            }),
+        );
+        // `null` means "leave as is", so at least one field must be present and not null.
+        set(document, &format!("{update}/minProperties"), json!(1));
+        set(
+            document,
+            &format!("{update}/anyOf"),
+            json!(["email", "password", "role"]
+                .iter()
+                .map(|name| {
+                    let mut properties = serde_json::Map::new();
+                    properties.insert((*name).to_owned(), json!({"type": "string"}));
+                    json!({"required": [name], "properties": properties})
+                })
+                .collect::<Vec<_>>()),
+        );
+
+        // Money movements.
+        for schema in ["MovementRequest", "TransferRequest", "BulkItem"] {
+            let properties = format!("{SCHEMAS}/{schema}/properties");
+            set(
+                document,
+                &format!("{properties}/currency"),
+                currency.clone(),
+            );
+            set(
+                document,
+                &format!("{properties}/amount"),
+                json!({
+                    "type": "integer",
+                    "format": "int64",
+                    "description": "Minor units, 1 to 10^15.",
+                    "minimum": 1,
+                    "maximum": Amount::MAX_MINOR,
+                }),
+            );
+            set(
+                document,
+                &format!("{properties}/description"),
+                text(Description::MAX_CHARS, 0),
+            );
+            set(
+                document,
+                &format!("{properties}/reference"),
+                text(Reference::MAX_CHARS, 1),
+            );
+            for party in ["user_id", "from_user_id", "to_user_id"] {
+                let pointer = format!("{properties}/{party}");
+                if let Some(field) = document.pointer_mut(&pointer) {
+                    field["allOf"] = json!([not_system]);
+                }
+            }
+        }
+        let bulk = format!("{SCHEMAS}/BulkRequest/properties");
+        set(
+            document,
+            &format!("{bulk}/mode"),
+            json!({
+                "type": "string",
+                "description": "`atomic` (all or nothing) or `independent` (each item alone).",
+                "enum": ["atomic", "independent"],
+            }),
+        );
+        set(document, &format!("{bulk}/transactions/minItems"), json!(1));
+        set(
+            document,
+            &format!("{bulk}/transactions/maxItems"),
+            json!(bulk_max_items),
+        );
+        let item = format!("{SCHEMAS}/BulkItem");
+        set(
+            document,
+            &format!("{item}/properties/type"),
+            json!({"type": "string", "enum": ["credit", "debit", "transfer"]}),
+        );
+        // A transfer names its payee and never `user_id`; a credit or debit names neither end.
+        set(
+            document,
+            &format!("{item}/if"),
+            json!({"properties": {"type": {"const": "transfer"}}}),
+        );
+        set(
+            document,
+            &format!("{item}/then"),
+            json!({
+                "required": ["to_user_id"],
+                "properties": {"to_user_id": {"type": "string"}, "user_id": {"type": "null"}},
+            }),
+        );
+        set(
+            document,
+            &format!("{item}/else"),
+            json!({"properties": {"from_user_id": {"type": "null"}, "to_user_id": {"type": "null"}}}),
+        );
+
+        // Query parameters and headers.
+        let date_time = json!({"type": "string", "format": "date-time"});
+        let limit =
+            |max: i64| json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": max});
+        parameter(
+            document,
+            "get",
+            "/api/v1/users",
+            "limit",
+            limit(users::LIST_LIMIT_MAX),
+        );
+        let history = "/api/v1/transactions/history";
+        parameter(
+            document,
+            "get",
+            history,
+            "limit",
+            limit(transactions::HISTORY_LIMIT_MAX),
+        );
+        parameter(
+            document,
+            "get",
+            history,
+            "type",
+            json!({"type": "string", "enum": ["credit", "debit", "transfer", "reversal"]}),
+        );
+        parameter(
+            document,
+            "get",
+            history,
+            "status",
+            json!({"type": "string", "enum": ["pending", "completed", "failed", "reversed"]}),
+        );
+        parameter(document, "get", history, "currency", currency.clone());
+        for bound in ["min_amount", "max_amount"] {
+            parameter(
+                document,
+                "get",
+                history,
+                bound,
+                json!({"type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX}),
+            );
+        }
+        parameter(document, "get", history, "from", date_time.clone());
+        parameter(document, "get", history, "to", date_time.clone());
+        parameter(
+            document,
+            "get",
+            "/api/v1/balances/current",
+            "currency",
+            currency.clone(),
+        );
+        let historical = "/api/v1/balances/historical";
+        parameter(document, "get", historical, "currency", currency.clone());
+        parameter(document, "get", historical, "from", date_time.clone());
+        parameter(document, "get", historical, "to", date_time.clone());
+        parameter(
+            document,
+            "get",
+            historical,
+            "interval",
+            json!({"type": "string", "enum": ["hour", "day"]}),
+        );
+        parameter(
+            document,
+            "get",
+            historical,
+            "limit",
+            limit(balances::CHANGES_LIMIT_MAX),
+        );
+        let at_time = "/api/v1/balances/at-time";
+        parameter(document, "get", at_time, "at", date_time);
+        parameter(document, "get", at_time, "currency", currency);
+        for path in ["credit", "debit", "transfer", "bulk"] {
+            // A bulk item's key is `<key>#<index>`, and `#` plus up to four digits must fit.
+            let max = if path == "bulk" {
+                IdempotencyKey::MAX_LEN - 5
+            } else {
+                IdempotencyKey::MAX_LEN
+            };
+            parameter(
+                document,
+                "post",
+                &format!("/api/v1/transactions/{path}"),
+                transactions::IDEMPOTENCY_KEY,
+                json!({
+                    "type": "string",
+                    "description": "Visible ASCII characters.",
+                    "pattern": format!("^[!-~]{{1,{max}}}$"),
+                    "minLength": 1,
+                    "maxLength": max,
+                }),
+            );
+        }
+    }
+
+    /// Optional free text of `min..=max` characters without control characters (Unicode
+    /// category Cc, which `char::is_control` tests: U+0000 to U+001F and U+007F to U+009F). The
+    /// class holds the characters themselves, not `\u` escapes, which not every regex dialect
+    /// reads.
+    fn text(max: usize, min: usize) -> Value {
+        json!({
+            "type": ["string", "null"],
+            "minLength": min,
+            "maxLength": max,
+            "pattern": format!("^[^{}-{}{}-{}]*$", '\u{0}', '\u{1f}', '\u{7f}', '\u{9f}'),
+        })
+    }
+
+    /// Replaces (or adds) the value at `pointer`, whose parent must exist.
+    fn set(document: &mut Value, pointer: &str, value: Value) {
+        let (parent, key) = pointer.rsplit_once('/').expect("a JSON pointer");
+        let parent = document
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .unwrap_or_else(|| panic!("the OpenAPI document has no object at {parent}"));
+        parent.insert(key.replace("~1", "/"), value);
+    }
+
+    /// Replaces the schema of the parameter `name` of an operation, keeping its description.
+    fn parameter(document: &mut Value, method: &str, path: &str, name: &str, schema: Value) {
+        let parameters = document["paths"][path][method]["parameters"]
+            .as_array_mut()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameters"));
+        let parameter = parameters
+            .iter_mut()
+            .find(|parameter| parameter["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"));
+        parameter["schema"] = schema;
     }
 }

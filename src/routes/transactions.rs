@@ -500,6 +500,7 @@ pub struct HistoryQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Admins only: whose history.
+    #[serde(default, deserialize_with = "super::input::optional_uuid")]
     user_id: Option<Uuid>,
     /// `credit`, `debit`, `transfer` or `reversal`.
     #[serde(rename = "type")]
@@ -545,9 +546,9 @@ impl HistoryQuery {
             to: errors.check("to", self.to.as_deref(), super::input::parse::rfc3339),
             // Parsed here, not by the query deserializer, so that an error names the parameter.
             counterparty: errors.check("counterparty", self.counterparty.as_deref(), |id| {
-                Uuid::parse_str(id)
+                super::input::parse::hyphenated_uuid(id)
                     .map(UserId::from_uuid)
-                    .map_err(|_| "must be a user id (UUID)")
+                    .ok_or("must be a user id (UUID)")
             }),
             min_amount: errors.check("min_amount", self.min_amount.as_deref(), minor_units),
             max_amount: errors.check("max_amount", self.max_amount.as_deref(), minor_units),
@@ -574,7 +575,7 @@ fn minor_units(text: &str) -> Result<i64, &'static str> {
 
 /// Items per history page when `limit` is not given, and the most allowed.
 const HISTORY_LIMIT_DEFAULT: i64 = 50;
-const HISTORY_LIMIT_MAX: i64 = 200;
+pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
 
 /// `?limit&cursor&user_id` → 200 `{items, next_cursor}`, newest first. `user_id` is for admins.
 #[utoipa::path(

@@ -18,7 +18,7 @@ use crate::store::{self, users::DeleteUserError, users::InsertUserError, users::
 
 /// Users per page when `limit` is not given, and the most allowed.
 const LIST_LIMIT_DEFAULT: i64 = 50;
-const LIST_LIMIT_MAX: i64 = 200;
+pub(crate) const LIST_LIMIT_MAX: i64 = 200;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("").route(web::get().to(list_users)))

@@ -465,13 +465,16 @@ pub struct RowCounts {
 pub fn openapi() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        serde_json::from_str(&tally::routes::openapi::OpenApiDocument::render().0)
+        let bulk_max_items = test_settings().bulk.max_items;
+        serde_json::from_str(&tally::routes::openapi::OpenApiDocument::render(bulk_max_items).0)
             .expect("the OpenAPI document is JSON")
     })
 }
 
 /// `components` with every object schema closed (`additionalProperties: false` unless it says
-/// otherwise), so that undocumented reply fields fail.
+/// otherwise), so that undocumented reply fields fail. Only schemas that say `type: object` are
+/// closed: a bare `{required, properties}` inside `anyOf` or `if`/`then` (the request schemas'
+/// cross-field rules) constrains some fields of an object described elsewhere.
 fn closed_components() -> &'static Value {
     static COMPONENTS: OnceLock<Value> = OnceLock::new();
     COMPONENTS.get_or_init(|| {
@@ -484,7 +487,16 @@ fn closed_components() -> &'static Value {
 fn close_objects(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+            let is_object = map.get("type").is_some_and(|kind| {
+                kind == "object"
+                    || kind
+                        .as_array()
+                        .is_some_and(|kinds| kinds.contains(&json!("object")))
+            });
+            if is_object
+                && map.contains_key("properties")
+                && !map.contains_key("additionalProperties")
+            {
                 map.insert("additionalProperties".into(), Value::Bool(false));
             }
             map.values_mut().for_each(close_objects);
