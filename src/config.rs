@@ -67,6 +67,13 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Period of the database health ping, in milliseconds.
     pub health_check_interval_ms: u64,
+    /// PostgreSQL `statement_timeout` of every session Tally opens, in milliseconds: the longest
+    /// any one statement may run before the server cancels it (migrations and `tally verify`,
+    /// which work on whole tables, are exempt; see `store`).
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout` of every session Tally opens, in milliseconds: the longest any
+    /// statement waits for a row or table lock. Below `statement_timeout_ms`.
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +259,21 @@ impl Settings {
         anyhow::ensure!(
             self.database.health_check_interval_ms >= 10,
             "database.health_check_interval_ms must be at least 10"
+        );
+        // PostgreSQL reads 0 as "no limit": refused, every wait has a bound.
+        anyhow::ensure!(
+            self.database.lock_timeout_ms >= 1,
+            "database.lock_timeout_ms must be at least 1"
+        );
+        // A lock wait as long as the statement timeout could never end as a lock timeout.
+        anyhow::ensure!(
+            self.database.lock_timeout_ms < self.database.statement_timeout_ms,
+            "database.lock_timeout_ms must be shorter than database.statement_timeout_ms"
+        );
+        // PostgreSQL takes both as a 32-bit count of milliseconds.
+        anyhow::ensure!(
+            self.database.statement_timeout_ms <= i32::MAX as u64,
+            "database.statement_timeout_ms must be at most 2147483647"
         );
         Ok(())
     }

@@ -10,6 +10,7 @@ mod cache;
 mod concurrency;
 mod crash;
 mod database_fault;
+mod database_limits;
 mod history;
 mod import;
 mod load_smoke;
