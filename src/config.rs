@@ -260,6 +260,11 @@ impl Settings {
             self.database.health_check_interval_ms >= 10,
             "database.health_check_interval_ms must be at least 10"
         );
+        // Ten years: a bound far past any use, so the retention never overflows an interval.
+        anyhow::ensure!(
+            self.idempotency.retention_hours <= 87_600,
+            "idempotency.retention_hours must be at most 87600"
+        );
         // PostgreSQL reads 0 as "no limit": refused, every wait has a bound.
         anyhow::ensure!(
             self.database.lock_timeout_ms >= 1,
@@ -290,6 +295,12 @@ impl DatabaseSettings {
 
     pub fn health_check_interval(&self) -> Duration {
         Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+impl IdempotencySettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
     }
 }
 

@@ -163,7 +163,7 @@ async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
         tally::store::connect_for_maintenance(&settings.database, tally::store::VERIFY_APP_NAME)
             .await
             .context("connecting to database.url")?;
-    let report = tally::verify::verify(&client).await?;
+    let report = tally::verify::verify(&client, settings.idempotency.retention()).await?;
     drop(client);
     let _ = connection.await;
     print!("{report}");
