@@ -12,6 +12,7 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Everything Tally can be told at start.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `development` (the default) or another profile name; only `development` may run
     /// without a configured JWT key.
@@ -31,6 +32,7 @@ pub struct Settings {
 
 /// `POST /transactions/bulk` limits.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BulkSettings {
     /// Most items in one request (at most `pipeline.queue_capacity`, so a bulk always fits).
     pub max_items: usize,
@@ -40,6 +42,7 @@ pub struct BulkSettings {
 
 /// The Redis balance cache (`cache.rs`).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port`; empty disables the cache.
     pub url: String,
@@ -57,6 +60,7 @@ pub struct RedisSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// A libpq-style URL, `postgres://user@host:port/dbname`. The database is created if missing.
     pub url: String,
@@ -77,6 +81,7 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// `host:port`; port 0 picks a free one (tests), reported by `Application::port`.
     pub bind: String,
@@ -96,6 +101,7 @@ pub struct HttpSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 key; empty means "generate one and warn" (development only).
     pub jwt_secret: String,
@@ -110,6 +116,7 @@ pub struct AuthSettings {
 
 /// GCRA limits (governor): per client IP on `/auth/*`, per user elsewhere.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
     pub auth_per_second: u32,
@@ -120,6 +127,7 @@ pub struct RateLimitSettings {
 
 /// An admin created at start when all three are set and the username is free.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootstrapSettings {
     pub admin_username: String,
     pub admin_email: String,
@@ -127,6 +135,7 @@ pub struct BootstrapSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     /// Transactions admitted and not yet answered, at most (the submission queue's capacity).
     pub queue_capacity: usize,
@@ -147,12 +156,14 @@ pub struct PipelineSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
     /// Age in hours after which an idempotency key is forgotten.
     pub retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `json` or `pretty`.
     pub format: String,
@@ -163,6 +174,7 @@ pub struct LogSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// OTLP/HTTP collector URL; empty disables span export.
     pub otlp_endpoint: String,
@@ -200,9 +212,9 @@ impl Settings {
                 .set_override("profile", profile.as_str())
                 .context("profile")?;
         }
-        let settings = builder
-            .build()
-            .context("reading configuration")?
+        let merged = builder.build().context("reading configuration")?;
+        refuse_unknown_keys(&merged)?;
+        let settings = merged
             .try_deserialize::<Settings>()
             .context("invalid configuration")?;
         settings.validate()?;
@@ -295,6 +307,61 @@ impl DatabaseSettings {
 
     pub fn health_check_interval(&self) -> Duration {
         Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+/// Refuses keys that Tally does not know, naming every one of them and the variable that
+/// would set it, so that a misspelt setting (`TALLY__LOG__LEVEL` for `log.filter`) stops the
+/// start instead of being silently ignored. The known keys are those of the compiled-in
+/// `config/default.toml`, which documents every key; `deny_unknown_fields` on every settings
+/// struct keeps the two equal (a key missing from the file fails as a missing field, one
+/// missing from the structs as an unknown field).
+fn refuse_unknown_keys(merged: &config::Config) -> anyhow::Result<()> {
+    let known = known_keys();
+    let mut given = Vec::new();
+    key_paths(&merged.cache, "", &mut given);
+    let unknown: Vec<String> = given
+        .into_iter()
+        .filter(|key| !known.contains(key))
+        .map(|key| {
+            let variable = format!("TALLY__{}", key.replace('.', "__").to_uppercase());
+            format!("`{key}` (in a file in config/, or the variable {variable})")
+        })
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown configuration key {}: config/default.toml lists every key",
+        unknown.join(", ")
+    );
+    Ok(())
+}
+
+/// Every configuration key, dotted (`database.url`, `profile`): those of the compiled-in
+/// `config/default.toml`.
+pub fn known_keys() -> Vec<String> {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .expect("the compiled-in defaults are valid TOML (every test loads them)");
+    let mut known = Vec::new();
+    key_paths(&defaults.cache, "", &mut known);
+    known
+}
+
+/// The dotted path of every leaf under `value` (tables are walked, arrays are leaves).
+fn key_paths(value: &config::Value, prefix: &str, paths: &mut Vec<String>) {
+    match &value.kind {
+        config::ValueKind::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                key_paths(value, &path, paths);
+            }
+        }
+        _ => paths.push(prefix.to_owned()),
     }
 }
 

@@ -8,6 +8,7 @@ mod bad_input;
 mod bulk;
 mod cache;
 mod concurrency;
+mod config;
 mod crash;
 mod database_fault;
 mod database_limits;
