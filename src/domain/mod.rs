@@ -11,4 +11,4 @@ pub use movement::{AccountKey, IdempotencyClaim, Movement};
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,
 };
-pub use user::{Email, Password, Role, UserId, Username, SYSTEM_USER_ID};
+pub use user::{Email, LoginName, Password, Role, UserId, Username, SYSTEM_USER_ID};
