@@ -324,7 +324,9 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn check_invariants(database_url: &str) -> anyhow::Result<()> {
     let (db, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let report = tally::verify::verify(&db).await?;
+    // The retention this environment configures, as `tally verify` would read it.
+    let retention = tally::config::Settings::load(None)?.idempotency.retention();
+    let report = tally::verify::verify(&db, retention).await?;
     print!("{report}");
     anyhow::ensure!(report.is_clean(), "ledger invariants violated");
     Ok(())

@@ -12,6 +12,7 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Everything Tally can be told at start.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `development` (the default) or another profile name; only `development` may run
     /// without a configured JWT key.
@@ -32,6 +33,7 @@ pub struct Settings {
 
 /// The bounds of invariant 7 (DESIGN.md section 2), in minor units of each currency.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LedgerSettings {
     /// Highest balance any account may hold.
     pub balance_max_minor: i64,
@@ -46,6 +48,7 @@ pub struct LedgerSettings {
 
 /// One currency's overrides in `[ledger.currencies.<CODE>]`; a missing key keeps the default.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CurrencyBoundsSettings {
     pub balance_max_minor: Option<i64>,
     pub supply_max_minor: Option<i64>,
@@ -82,6 +85,7 @@ impl LedgerSettings {
 
 /// `POST /transactions/bulk` limits.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BulkSettings {
     /// Most items in one request (at most `pipeline.queue_capacity`, so a bulk always fits).
     pub max_items: usize,
@@ -91,6 +95,7 @@ pub struct BulkSettings {
 
 /// The Redis balance cache (`cache.rs`).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// `redis://host:port`; empty disables the cache.
     pub url: String,
@@ -108,6 +113,7 @@ pub struct RedisSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// A libpq-style URL, `postgres://user@host:port/dbname`. The database is created if missing.
     pub url: String,
@@ -118,9 +124,17 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// Period of the database health ping, in milliseconds.
     pub health_check_interval_ms: u64,
+    /// PostgreSQL `statement_timeout` of every session Tally opens, in milliseconds: the longest
+    /// any one statement may run before the server cancels it (migrations and `tally verify`,
+    /// which work on whole tables, are exempt; see `store`).
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout` of every session Tally opens, in milliseconds: the longest any
+    /// statement waits for a row or table lock. Below `statement_timeout_ms`.
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// `host:port`; port 0 picks a free one (tests), reported by `Application::port`.
     pub bind: String,
@@ -140,6 +154,7 @@ pub struct HttpSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 key; empty means "generate one and warn" (development only).
     pub jwt_secret: String,
@@ -154,6 +169,7 @@ pub struct AuthSettings {
 
 /// GCRA limits (governor): per client IP on `/auth/*`, per user elsewhere.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub enabled: bool,
     pub auth_per_second: u32,
@@ -164,6 +180,7 @@ pub struct RateLimitSettings {
 
 /// An admin created at start when all three are set and the username is free.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BootstrapSettings {
     pub admin_username: String,
     pub admin_email: String,
@@ -171,6 +188,7 @@ pub struct BootstrapSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     /// Transactions admitted and not yet answered, at most (the submission queue's capacity).
     pub queue_capacity: usize,
@@ -191,12 +209,14 @@ pub struct PipelineSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
     /// Age in hours after which an idempotency key is forgotten.
     pub retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `json` or `pretty`.
     pub format: String,
@@ -207,6 +227,7 @@ pub struct LogSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// OTLP/HTTP collector URL; empty disables span export.
     pub otlp_endpoint: String,
@@ -244,9 +265,9 @@ impl Settings {
                 .set_override("profile", profile.as_str())
                 .context("profile")?;
         }
-        let settings = builder
-            .build()
-            .context("reading configuration")?
+        let merged = builder.build().context("reading configuration")?;
+        refuse_unknown_keys(&merged)?;
+        let settings = merged
             .try_deserialize::<Settings>()
             .context("invalid configuration")?;
         settings.validate()?;
@@ -304,6 +325,26 @@ impl Settings {
             self.database.health_check_interval_ms >= 10,
             "database.health_check_interval_ms must be at least 10"
         );
+        // Ten years: a bound far past any use, so the retention never overflows an interval.
+        anyhow::ensure!(
+            self.idempotency.retention_hours <= 87_600,
+            "idempotency.retention_hours must be at most 87600"
+        );
+        // PostgreSQL reads 0 as "no limit": refused, every wait has a bound.
+        anyhow::ensure!(
+            self.database.lock_timeout_ms >= 1,
+            "database.lock_timeout_ms must be at least 1"
+        );
+        // A lock wait as long as the statement timeout could never end as a lock timeout.
+        anyhow::ensure!(
+            self.database.lock_timeout_ms < self.database.statement_timeout_ms,
+            "database.lock_timeout_ms must be shorter than database.statement_timeout_ms"
+        );
+        // PostgreSQL takes both as a 32-bit count of milliseconds.
+        anyhow::ensure!(
+            self.database.statement_timeout_ms <= i32::MAX as u64,
+            "database.statement_timeout_ms must be at most 2147483647"
+        );
         self.ledger.bounds()?;
         // The deltas of one group commit statement must stay inside ±MONEY_BOUND_MINOR, so that
         // no sum in it can overflow 64 bits (invariant 7; see domain::rules).
@@ -329,6 +370,67 @@ impl DatabaseSettings {
 
     pub fn health_check_interval(&self) -> Duration {
         Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+/// Refuses keys that Tally does not know, naming every one of them and the variable that
+/// would set it, so that a misspelt setting (`TALLY__LOG__LEVEL` for `log.filter`) stops the
+/// start instead of being silently ignored. The known keys are those of the compiled-in
+/// `config/default.toml`, which documents every key; `deny_unknown_fields` on every settings
+/// struct keeps the two equal (a key missing from the file fails as a missing field, one
+/// missing from the structs as an unknown field).
+fn refuse_unknown_keys(merged: &config::Config) -> anyhow::Result<()> {
+    let known = known_keys();
+    let mut given = Vec::new();
+    key_paths(&merged.cache, "", &mut given);
+    let unknown: Vec<String> = given
+        .into_iter()
+        .filter(|key| !known.contains(key))
+        .map(|key| {
+            let variable = format!("TALLY__{}", key.replace('.', "__").to_uppercase());
+            format!("`{key}` (in a file in config/, or the variable {variable})")
+        })
+        .collect();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown configuration key {}: config/default.toml lists every key",
+        unknown.join(", ")
+    );
+    Ok(())
+}
+
+/// Every configuration key, dotted (`database.url`, `profile`): those of the compiled-in
+/// `config/default.toml`.
+pub fn known_keys() -> Vec<String> {
+    let defaults = config::Config::builder()
+        .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        .build()
+        .expect("the compiled-in defaults are valid TOML (every test loads them)");
+    let mut known = Vec::new();
+    key_paths(&defaults.cache, "", &mut known);
+    known
+}
+
+/// The dotted path of every leaf under `value` (tables are walked, arrays are leaves).
+fn key_paths(value: &config::Value, prefix: &str, paths: &mut Vec<String>) {
+    match &value.kind {
+        config::ValueKind::Table(table) => {
+            for (key, value) in table {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                key_paths(value, &path, paths);
+            }
+        }
+        _ => paths.push(prefix.to_owned()),
+    }
+}
+
+impl IdempotencySettings {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
     }
 }
 

@@ -324,6 +324,12 @@ impl From<tokio_postgres::Error> for ApiError {
         if crate::store::is_connection_error(&error) {
             tracing::warn!(%error, "database connection lost");
             ApiError::Unavailable
+        } else if crate::store::is_timeout(&error) {
+            // `database.lock_timeout_ms` or `database.statement_timeout_ms` ran out: the
+            // database is busy (or another session holds a lock too long), not wrong; nothing
+            // was written, and a retry may pass.
+            tracing::warn!(%error, "database statement timed out");
+            ApiError::Unavailable
         } else {
             ApiError::Internal(anyhow::Error::new(error).context("database query"))
         }

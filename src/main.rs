@@ -160,11 +160,10 @@ async fn main() -> anyhow::Result<ExitCode> {
 /// Prints one line per check of the ledger contract and every violation found.
 async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
     let (client, connection) =
-        tokio_postgres::connect(&settings.database.url, tokio_postgres::NoTls)
+        tally::store::connect_for_maintenance(&settings.database, tally::store::VERIFY_APP_NAME)
             .await
             .context("connecting to database.url")?;
-    let connection = actix_web::rt::spawn(connection);
-    let report = tally::verify::verify(&client).await?;
+    let report = tally::verify::verify(&client, settings.idempotency.retention()).await?;
     drop(client);
     let _ = connection.await;
     print!("{report}");

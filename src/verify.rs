@@ -6,6 +6,7 @@
 //! invariant holds at every commit.
 
 use std::fmt;
+use std::time::Duration;
 
 /// How many offending rows a check lists (its count is always complete).
 const EXAMPLES_MAX: i64 = 10;
@@ -80,7 +81,8 @@ impl fmt::Display for Report {
 }
 
 /// `(name, invariant, query)`: each query returns one text column describing each offending
-/// row, with the total in a second column (`count(*) OVER ()`).
+/// row, with the total in a second column (`count(*) OVER ()`). `{retention}` in a query stands
+/// for the idempotency retention, an `interval`.
 const CHECKS: &[(&str, &str, &str)] = &[
     (
         "conservation",
@@ -174,8 +176,13 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ),
     (
         "idempotency",
-        "every idempotency key names a transaction of the same user and key, and each key \
-         made one transaction (invariant 4)",
+        "every idempotency key names a transaction of the same user and key, and each key made \
+         one transaction while it was kept: two transactions of one user with one key are at \
+         least idempotency.retention_hours apart (invariant 4)",
+        // A key is forgotten only when it is older than the retention (`store::idempotency::
+        // expire`), after which the same key is a new request. The transaction that claims it
+        // again is stamped with its batch's start (`now()`), which can precede the sweep that
+        // freed the key by the length of a batch: hence the minute of slack.
         "SELECT format('key %s of user %s: %s', k.key, k.user_id,
                        CASE WHEN t.id IS NULL THEN 'no transaction'
                             ELSE 'names transaction ' || t.id || ' of another user or key' END)
@@ -183,20 +190,32 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE t.id IS NULL OR t.initiated_by <> k.user_id
             OR t.idempotency_key IS DISTINCT FROM k.key
          UNION ALL
-         SELECT format('key %s of user %s made %s transactions', idempotency_key, initiated_by, count(*))
-         FROM transactions WHERE idempotency_key IS NOT NULL
-         GROUP BY initiated_by, idempotency_key HAVING count(*) > 1",
+         SELECT format('key %s of user %s made transaction %s at %s and %s at %s, within the retention of %s',
+                       idempotency_key, initiated_by, previous_id, previous_at, id, created_at,
+                       {retention})
+         FROM (SELECT id, initiated_by, idempotency_key, created_at,
+                      lag(id) OVER claims AS previous_id, lag(created_at) OVER claims AS previous_at
+               FROM transactions WHERE idempotency_key IS NOT NULL
+               WINDOW claims AS (PARTITION BY initiated_by, idempotency_key ORDER BY created_at, id)) c
+         WHERE previous_id IS NOT NULL
+           AND created_at < previous_at + {retention} - interval '1 minute'",
     ),
 ];
 
 /// Runs every check on one snapshot of the database `client` is connected to.
+/// `idempotency_retention` is `idempotency.retention_hours`: a key may make a second transaction
+/// only after it was forgotten (give the longest retention in force since the oldest key was
+/// claimed, or a shortened retention reads as keys that were forgotten early).
 ///
 /// Errors: a query failed (the database is unreachable, or its schema is not Tally's).
-pub async fn verify(client: &tokio_postgres::Client) -> Result<Report, tokio_postgres::Error> {
+pub async fn verify(
+    client: &tokio_postgres::Client,
+    idempotency_retention: Duration,
+) -> Result<Report, tokio_postgres::Error> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    let report = run_checks(client).await;
+    let report = run_checks(client, idempotency_retention).await;
     // Read-only: ending it either way changes nothing.
     let end = client
         .batch_execute(if report.is_ok() { "COMMIT" } else { "ROLLBACK" })
@@ -206,9 +225,18 @@ pub async fn verify(client: &tokio_postgres::Client) -> Result<Report, tokio_pos
     Ok(report)
 }
 
-async fn run_checks(client: &tokio_postgres::Client) -> Result<Report, tokio_postgres::Error> {
+async fn run_checks(
+    client: &tokio_postgres::Client,
+    idempotency_retention: Duration,
+) -> Result<Report, tokio_postgres::Error> {
+    // An integer literal: nothing from outside reaches the SQL text.
+    let retention = format!(
+        "({}::bigint * interval '1 millisecond')",
+        i64::try_from(idempotency_retention.as_millis()).unwrap_or(i64::MAX)
+    );
     let mut checks = Vec::with_capacity(CHECKS.len());
     for &(name, invariant, query) in CHECKS {
+        let query = query.replace("{retention}", &retention);
         let rows = client
             .query(
                 &format!(

@@ -8,7 +8,8 @@
 //! - `tally-load compare`: one run on this machine and this PostgreSQL: pgbench's built-in TPC-B
 //!   script at `--clients`, then every Tally workload against a Tally it starts itself (the
 //!   `tally` binary next to this one, on a fresh database); prints each figure and the ratios,
-//!   and can write them into BENCHMARKS.md.
+//!   and can write them into BENCHMARKS.md. Every database it creates (pgbench's, one per
+//!   Tally it starts) is dropped at the end of its step, on errors and Ctrl-C too.
 //!
 //! - `tally-load touch --accounts N`: the memory benchmark. Registers enough users to have N
 //!   accounts over every currency Tally accepts, funds them with admin bulks, then debits one
@@ -248,7 +249,15 @@ async fn main() -> anyhow::Result<()> {
             let report = run(&args).await?;
             finish(&report, print_report, args.json, &report.contract)
         }
-        Cmd::Compare(args) => compare(&args).await,
+        // Ctrl-C drops the comparison future, and with it the services it started and the
+        // databases it created.
+        Cmd::Compare(args) => tokio::select! {
+            result = compare(&args) => result,
+            interrupted = tokio::signal::ctrl_c() => {
+                interrupted?;
+                bail!("interrupted: the databases of this run were dropped")
+            }
+        },
         Cmd::Touch(args) => {
             let report = touch(&args).await?;
             finish(&report, print_touch_report, args.json, &report.contract)
@@ -862,11 +871,80 @@ async fn check_contract(
     Ok(checks)
 }
 
-/// A `tally serve` child on a fresh database, killed on drop.
+/// A database this run creates on `server`, dropped (`WITH (FORCE)`) when the guard goes out of
+/// scope: at the end of its step, and on an error or a panic alike, so that no run leaves
+/// databases behind. Only an interruption that skips destructors (SIGKILL) can.
+struct ScratchDatabase {
+    server: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// A new, unused name `<prefix>_<uuid>` on `server`; the database itself is created by
+    /// whoever uses it.
+    fn new(server: &str, prefix: &str) -> ScratchDatabase {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        eprintln!("tally-load: database {name} (dropped at the end of its step)");
+        ScratchDatabase {
+            server: server.trim_end_matches('/').to_owned(),
+            name,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    /// On a thread of its own with its own runtime: `drop` cannot wait on the caller's runtime.
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || drop_database(&server, &name))
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread dropping it panicked")));
+        match dropped {
+            Ok(()) => eprintln!("tally-load: dropped database {}", self.name),
+            Err(error) => eprintln!(
+                "tally-load: could not drop database {} (drop it by hand): {error:#}",
+                self.name
+            ),
+        }
+    }
+}
+
+/// `DROP DATABASE IF EXISTS name WITH (FORCE)` through the server's `postgres` database.
+fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config: tokio_postgres::Config = format!("{server}/postgres")
+            .parse()
+            .context("the server URL")?;
+        config.connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting")?;
+        tokio::spawn(connection);
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .await
+            .context("DROP DATABASE")?;
+        anyhow::Ok(())
+    })
+}
+
+/// A `tally serve` child on a fresh database; on drop the child is killed, then its database
+/// dropped.
 struct Service {
     child: Child,
     base: String,
     database_url: String,
+    /// Dropped after [`Service::drop`] killed the child (fields drop after `drop`).
+    _database: ScratchDatabase,
 }
 
 impl Service {
@@ -887,7 +965,9 @@ async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let database_url = format!("{server}/tally_bench_{}", Uuid::new_v4().simple());
+    // Before the child starts: whatever happens next, the database it creates is dropped.
+    let database = ScratchDatabase::new(server, "tally_bench");
+    let database_url = database.url();
     let child = Command::new(binary)
         .arg("serve")
         .env("TALLY__DATABASE__URL", &database_url)
@@ -905,14 +985,18 @@ async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> 
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
-    let service = Service {
+    let mut service = Service {
         child,
         base: format!("http://127.0.0.1:{port}"),
         database_url,
+        _database: database,
     };
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
+        if let Some(status) = service.child.try_wait()? {
+            bail!("tally exited before it was ready: {status}");
+        }
         if let Ok(reply) = http
             .get(format!("{}/health/ready", service.base))
             .send()
@@ -932,7 +1016,8 @@ async fn start_tally(binary: &PathBuf, server: &str) -> anyhow::Result<Service> 
 
 /// pgbench's built-in TPC-B-like script: one database transaction per transfer.
 fn pgbench(server: &str, clients: usize, duration_s: u64, scale: u32) -> anyhow::Result<f64> {
-    let database = format!("tally_pgbench_{}", Uuid::new_v4().simple());
+    let scratch = ScratchDatabase::new(server, "tally_pgbench");
+    let database = scratch.name.clone();
     let url = |db: &str| format!("{server}/{db}");
     let status = Command::new("psql")
         .arg(url("postgres"))
@@ -957,10 +1042,7 @@ fn pgbench(server: &str, clients: usize, duration_s: u64, scale: u32) -> anyhow:
         ])
         .arg(url(&database))
         .output()?;
-    let _ = Command::new("psql")
-        .arg(url("postgres"))
-        .args(["-qc", &format!("DROP DATABASE {database}")])
-        .status();
+    drop(scratch);
     let text = String::from_utf8_lossy(&output.stdout);
     text.lines()
         .find_map(|line| {

@@ -18,4 +18,4 @@ pub use rules::{
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,
 };
-pub use user::{Email, Password, Role, UserId, Username, SYSTEM_USER_ID};
+pub use user::{Email, LoginName, Password, Role, UserId, Username, SYSTEM_USER_ID};

@@ -154,6 +154,31 @@ impl Email {
     }
 }
 
+/// What a user logs in with: their username or their email, so 1 to 254 characters (an email's
+/// limit) without control characters. Anything longer or stranger names no account; it is
+/// refused before it reaches the database, where the failed-login counter is keyed by it (and a
+/// key of a few kilobytes would not fit its index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginName(String);
+
+impl LoginName {
+    pub const MAX_CHARS: usize = 254;
+
+    pub fn parse(login: &str) -> Result<LoginName, TextErrorKind> {
+        let chars = login.chars().count();
+        if !(1..=Self::MAX_CHARS).contains(&chars) || login.chars().any(char::is_control) {
+            return Err(TextErrorKind::Invalid(
+                "must be a username or an email: 1 to 254 characters without control characters",
+            ));
+        }
+        Ok(LoginName(login.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A password in clear text, only on its way to the hasher: 8 to 128 characters (NIST SP 800-63B
 /// section 5.1.1.2 asks for at least 8 and for allowing at least 64). Its `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
@@ -212,6 +237,16 @@ mod tests {
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(64))).is_ok());
         assert!(Email::parse(&format!("a@{}.com", "b".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn login_names() {
+        assert!(LoginName::parse("alice").is_ok());
+        assert!(LoginName::parse("alice@example.com").is_ok());
+        assert!(LoginName::parse("").is_err());
+        assert!(LoginName::parse("ali\0ce").is_err());
+        assert!(LoginName::parse(&"a".repeat(254)).is_ok());
+        assert!(LoginName::parse(&"a".repeat(255)).is_err());
     }
 
     #[test]

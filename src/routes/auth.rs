@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::input::{parse, Fields, JsonObject};
 use super::{audit, AppState};
 use crate::auth::{self, JwtKeys};
-use crate::domain::{Email, Password, Role, UserId, Username};
+use crate::domain::{Email, LoginName, Password, Role, UserId, Username};
 use crate::error::{ApiError, Problem};
 use crate::store::{
     self, lockout::LockoutPolicy, tokens::Rotation, users::InsertUserError, users::UserRecord,
@@ -154,11 +154,14 @@ pub async fn login(
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let mut fields = Fields::new(body);
-    let login = fields.required("username", parse::text(|text: &str| Ok(text.to_owned())));
+    let login = fields.required("username", parse::text(LoginName::parse));
     let password = fields.required("password", parse::text(|text: &str| Ok(text.to_owned())));
     fields.finish()?;
     let (login, password) = (
-        login.expect("finish() refuses missing fields"),
+        login
+            .expect("finish() refuses missing fields")
+            .as_str()
+            .to_owned(),
         password.expect("finish() refuses missing fields"),
     );
     let client = state.pool.get().await?;

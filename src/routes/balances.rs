@@ -156,6 +156,21 @@ pub async fn historical(
         if (to - from).num_seconds() / seconds > INTERVALS_MAX {
             errors.push("interval", "the range spans more than 10000 intervals");
         }
+        // The last interval is the one `to` falls in (its start is `to` truncated), and its end
+        // is answered: it must be an instant RFC 3339 can write too.
+        // Whole seconds since the epoch: UTC days and hours are epoch-aligned.
+        let last_start = (to - chrono::Duration::microseconds(1))
+            .timestamp()
+            .div_euclid(seconds)
+            * seconds;
+        let last_end = DateTime::from_timestamp(last_start + seconds, 0);
+        if !last_end.is_some_and(|end| parse::instants().contains(&end)) {
+            errors.push(
+                "to",
+                "must leave the last interval ending within year 9999 (at most \
+                 9999-12-31T00:00:00Z by day, 9999-12-31T23:00:00Z by hour)",
+            );
+        }
     }
     errors.finish()?;
     let currency = currency.expect("finish() refuses a bad currency");

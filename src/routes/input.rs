@@ -268,8 +268,9 @@ pub mod parse {
     }
 
     /// An RFC 3339 timestamp with an offset (`2026-11-21T10:00:00Z`), exactly the OpenAPI
-    /// `date-time` format: chrono also takes a space for the `T` and a leap second at any
-    /// minute, which RFC 3339 section 5.6 and 5.7 do not (a leap second is 23:59:60 UTC).
+    /// `date-time` format (chrono also takes a space for the `T` and a leap second at any
+    /// minute, which RFC 3339 sections 5.6 and 5.7 do not: a leap second is 23:59:60 UTC),
+    /// whose instant, in UTC, is within years 0000 to 9999 ([`instants`]).
     pub fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, &'static str> {
         use chrono::Timelike;
         const MESSAGE: &str = "must be an RFC 3339 timestamp such as 2026-11-21T10:00:00Z";
@@ -281,10 +282,30 @@ pub mod parse {
         if separator == Some(&b' ') || (leap_second && (at.hour(), at.minute()) != (23, 59)) {
             return Err(MESSAGE);
         }
+        if !instants().contains(&at) {
+            return Err("must be an instant within years 0000 to 9999 in UTC");
+        }
         Ok(at)
     }
 
-    /// A string checked by a domain parser.
+    /// The instants Tally accepts and answers with: those whose UTC form RFC 3339 can write,
+    /// 0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (its years have four digits,
+    /// section 5.6). An offset can carry a timestamp past them
+    /// (`9999-12-31T23:59:59-23:59` is `+10000-01-01T23:58:59Z`), which could not be echoed
+    /// back as RFC 3339.
+    pub fn instants() -> std::ops::RangeInclusive<chrono::DateTime<chrono::Utc>> {
+        let first = chrono::NaiveDate::from_ymd_opt(0, 1, 1)
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .expect("0000-01-01T00:00:00 is a valid date and time");
+        let last = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|day| day.and_hms_nano_opt(23, 59, 59, 999_999_999))
+            .expect("9999-12-31T23:59:59.999999999 is a valid date and time");
+        first.and_utc()..=last.and_utc()
+    }
+
+    /// A string checked by a domain parser. Strings with a NUL character (U+0000) are refused
+    /// for every field before the domain parser sees them: PostgreSQL cannot store one in
+    /// `text` or `jsonb`, so it could only end in a 500.
     pub fn text<T>(
         parse: impl FnOnce(&str) -> Result<T, TextError>,
     ) -> impl FnOnce(&Value) -> Result<T, String> {
@@ -292,6 +313,9 @@ pub mod parse {
             let Value::String(text) = value else {
                 return Err("must be a string".into());
             };
+            if text.contains('\0') {
+                return Err("must not contain a NUL character (U+0000)".into());
+            }
             parse(text).map_err(|error| error.to_string())
         }
     }

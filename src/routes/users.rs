@@ -14,7 +14,14 @@ use super::{audit, AppState, Page};
 use crate::auth::{self, Principal};
 use crate::domain::{Email, Password, Role, UserId};
 use crate::error::ApiError;
-use crate::store::{self, users::DeleteUserError, users::InsertUserError, users::UserChanges};
+use crate::store::{self, users::DeleteUserError, users::UpdateUserError, users::UserChanges};
+
+/// 409 for a demotion or deletion that would leave no active admin: someone must always be able
+/// to manage users and roles.
+const LAST_ADMIN: ApiError = ApiError::Conflict {
+    code: "last_admin",
+    detail: "this is the last admin: make another user an admin first",
+};
 
 /// Users per page when `limit` is not given, and the most allowed.
 const LIST_LIMIT_DEFAULT: i64 = 50;
@@ -205,7 +212,7 @@ pub async fn update_user(
         ),
         None => None,
     };
-    let client = state.pool.get().await?;
+    let mut client = state.pool.get().await?;
     let before = store::users::find(&client, id)
         .await?
         .filter(|user| user.deleted_at.is_none());
@@ -217,18 +224,15 @@ pub async fn update_user(
         password_hash: password_hash.as_deref(),
         role,
     };
-    let user = store::users::update(&client, id, &changes)
+    let user = store::users::update(&mut client, id, &changes)
         .await
         .map_err(|error| match error {
-            InsertUserError::EmailTaken => ApiError::Conflict {
+            UpdateUserError::EmailTaken => ApiError::Conflict {
                 code: "email_taken",
                 detail: "this email is already registered",
             },
-            InsertUserError::UsernameTaken => ApiError::Conflict {
-                code: "username_taken",
-                detail: "this username is already registered",
-            },
-            InsertUserError::Database(error) => error.into(),
+            UpdateUserError::LastAdmin => LAST_ADMIN,
+            UpdateUserError::Database(error) => error.into(),
         })?
         .ok_or(ApiError::NotFound("no such user"))?;
     let user_id = UserId::from_uuid(id);
@@ -293,6 +297,7 @@ pub async fn delete_user(
                 code: "balance_not_zero",
                 detail: "move the money out first: every balance must be zero to delete a user",
             },
+            DeleteUserError::LastAdmin => LAST_ADMIN,
             DeleteUserError::Database(error) => error.into(),
         })?;
     audit(

@@ -34,6 +34,8 @@ pub const APP_NAME: &str = "tally";
 pub const JOURNAL_APP_NAME: &str = "tally-journal";
 /// `application_name` of the health check's connection.
 pub const HEALTH_APP_NAME: &str = "tally-health";
+/// `application_name` of `tally verify`'s connection.
+pub const VERIFY_APP_NAME: &str = "tally-verify";
 
 /// Session settings of the journal writer's connections, on top of [`pg_config`]'s.
 ///
@@ -51,21 +53,76 @@ pub const HEALTH_APP_NAME: &str = "tally-health";
 const JOURNAL_PLANNER_OPTIONS: &str =
     "-c enable_hashjoin=off -c enable_mergejoin=off -c enable_seqscan=off -c jit=off";
 
+/// The connection settings of every session the service opens: `application_name`, the connect
+/// timeout, and the startup options of [`session_options`] with the configured
+/// `database.statement_timeout_ms`.
 fn pg_config(
     settings: &DatabaseSettings,
     application_name: &str,
+) -> anyhow::Result<tokio_postgres::Config> {
+    session_config(settings, application_name, settings.statement_timeout_ms)
+}
+
+/// Like [`pg_config`] with no statement timeout, for work that scans or rewrites whole tables
+/// and so legitimately runs longer than any request (migrations, `tally verify`). The lock
+/// timeout still applies: such a session must not queue behind a lock (and make every request
+/// queue behind it) for longer than a request would.
+fn maintenance_config(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> anyhow::Result<tokio_postgres::Config> {
+    session_config(settings, application_name, 0)
+}
+
+fn session_config(
+    settings: &DatabaseSettings,
+    application_name: &str,
+    statement_timeout_ms: u64,
 ) -> anyhow::Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config = settings
         .url
         .parse()
         .context("database.url is not a PostgreSQL URL")?;
+    let options = session_options(
+        config.get_options(),
+        statement_timeout_ms,
+        settings.lock_timeout_ms,
+    );
     config
         .application_name(application_name)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        // Invariant 3: a 2xx means the commit reached disk. Set explicitly so that a server-wide
-        // `synchronous_commit = off` cannot weaken it.
-        .options("-c synchronous_commit=on");
+        .options(options);
     Ok(config)
+}
+
+/// The startup options (`-c name=value`, sent with the connection request, so they cost no round
+/// trip and hold from the session's first statement) of every session: `url_options` (the
+/// `options` of `database.url`, if any) first, then Tally's own, which therefore win.
+///
+/// - `synchronous_commit=on`: invariant 3, a 2xx means the commit reached disk; set explicitly
+///   so that a server-wide `synchronous_commit = off` cannot weaken it.
+/// - `statement_timeout` and `lock_timeout` (`database.statement_timeout_ms`,
+///   `database.lock_timeout_ms`): no request waits on the database without a bound.
+/// - `timezone=UTC`: the server's, database's or role's default time zone must not change what
+///   Tally computes; `timestamptz` arithmetic (`+ interval '1 day'`, `generate_series`,
+///   `date_trunc`) follows the session's zone, and Tally's calendar is UTC (DESIGN.md section 8).
+///   Startup options override `ALTER DATABASE ... SET` and `ALTER ROLE ... SET`.
+fn session_options(
+    url_options: Option<&str>,
+    statement_timeout_ms: u64,
+    lock_timeout_ms: u64,
+) -> String {
+    let ours = format!(
+        "-c synchronous_commit=on -c statement_timeout={statement_timeout_ms} \
+         -c lock_timeout={lock_timeout_ms} -c timezone=UTC"
+    );
+    match url_options
+        .map(str::trim)
+        .filter(|options| !options.is_empty())
+    {
+        Some(theirs) => format!("{theirs} {ours}"),
+        None => ours,
+    }
 }
 
 /// Creates the configured database if it does not exist (connecting to the `postgres`
@@ -109,7 +166,7 @@ pub async fn prepare_database(settings: &DatabaseSettings) -> anyhow::Result<()>
 
 /// Applies the embedded refinery migrations (`migrations/`) that have not run yet.
 pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<()> {
-    let (mut client, connection) = pg_config(settings, APP_NAME)?
+    let (mut client, connection) = maintenance_config(settings, APP_NAME)?
         .connect(NoTls)
         .await
         .context("connecting to the database")?;
@@ -124,6 +181,27 @@ pub async fn migrate(settings: &DatabaseSettings) -> anyhow::Result<()> {
     drop(client);
     let _ = connection.await;
     Ok(())
+}
+
+/// One connection for whole-ledger maintenance work (`tally verify`): the session settings of
+/// [`maintenance_config`] (no statement timeout; the lock timeout and UTC apply). Returns the
+/// client and the task driving the connection, which ends when the client is dropped.
+///
+/// Errors: `database.url` is not a URL, or the server cannot be reached.
+pub async fn connect_for_maintenance(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+    let (client, connection) = maintenance_config(settings, application_name)?
+        .connect(NoTls)
+        .await
+        .context("connecting to the database")?;
+    let connection = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "maintenance connection failed");
+        }
+    });
+    Ok((client, connection))
 }
 
 /// A pool of at most `size` connections named `application_name`. Connections are made on
@@ -192,14 +270,14 @@ pub fn is_connection_error(error: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// True when the server cancelled the statement because a bound of the session ran out:
+/// `lock_timeout` (SQLSTATE 55P03) or `statement_timeout` (57014, which a cancel request also
+/// gives; Tally sends none).
+pub fn is_timeout(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::QUERY_CANCELED)
+}
+
 /// True for errors that a retry of the same transaction can cure (deadlock, serialization).
 pub fn is_transient(error: &tokio_postgres::Error) -> bool {
     matches!(error.code(), Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE)
-}
-
-/// A statement or lock wait ran past `statement_timeout` or `lock_timeout`: the database is
-/// too slow or a row is held too long, which the caller reports as unavailable (503), never as
-/// a broken request.
-pub fn is_timeout(error: &tokio_postgres::Error) -> bool {
-    matches!(error.code(), Some(code) if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE)
 }

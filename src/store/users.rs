@@ -169,20 +169,38 @@ pub struct UserChanges<'a> {
     pub role: Option<Role>,
 }
 
-/// Applies `changes` to the active user `id`; `None` when there is no such user. Errors: the
-/// email is taken.
+/// Why an update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateUserError {
+    #[error("email taken")]
+    EmailTaken,
+    /// The change would take the admin role from the last active admin.
+    #[error("last admin")]
+    LastAdmin,
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Applies `changes` to the active user `id`; `None` when there is no such user. A change of
+/// role away from `admin` is refused for the last active admin, race-free ([`only_admin`]: two
+/// admins demoting each other at once, through any number of processes, leave one).
+/// Errors: the email is taken; the last admin.
 pub async fn update(
-    client: &impl GenericClient,
+    client: &mut deadpool_postgres::Client,
     id: Uuid,
     changes: &UserChanges<'_>,
-) -> Result<Option<UserRecord>, InsertUserError> {
+) -> Result<Option<UserRecord>, UpdateUserError> {
+    let transaction = client.transaction().await?;
+    if changes.role.is_some_and(|role| role != Role::Admin) && only_admin(&transaction, id).await? {
+        return Err(UpdateUserError::LastAdmin);
+    }
     let statement = format!(
         "UPDATE users SET email = coalesce($2, email), password_hash = coalesce($3, password_hash),
                           role = coalesce($4, role), updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'
          RETURNING {COLUMNS}"
     );
-    client
+    let row = transaction
         .query_opt(
             &statement,
             &[
@@ -193,8 +211,40 @@ pub async fn update(
             ],
         )
         .await
-        .map(|row| row.map(|row| record(&row)))
-        .map_err(unique_violation)
+        .map_err(|error| match unique_violation(error) {
+            InsertUserError::Database(error) => UpdateUserError::Database(error),
+            InsertUserError::EmailTaken | InsertUserError::UsernameTaken => {
+                UpdateUserError::EmailTaken
+            }
+        })?;
+    transaction.commit().await?;
+    Ok(row.map(|row| record(&row)))
+}
+
+/// Locks the user `id` and every active admin (`FOR UPDATE`, one statement, in id order: the
+/// order in which the group commit share-locks users, so the two cannot deadlock) and returns
+/// whether `id` is the only active admin. Held to the end of `transaction`, the locks make
+/// "is there another admin" and the demotion or deletion that follows one step: a concurrent
+/// demotion or deletion of another admin waits, then sees this one's outcome (READ COMMITTED
+/// re-checks a locked row's latest version, so a row demoted meanwhile no longer counts).
+async fn only_admin(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+) -> Result<bool, tokio_postgres::Error> {
+    let admins: Vec<Uuid> = transaction
+        .query(
+            "SELECT id, role FROM users
+             WHERE (id = $1 OR role = 'admin') AND deleted_at IS NULL AND role <> 'system'
+             ORDER BY id
+             FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .filter(|row| row.get::<_, &str>(1) == Role::Admin.as_str())
+        .map(|row| row.get(0))
+        .collect();
+    Ok(admins == [id])
 }
 
 /// Why a delete was refused.
@@ -205,23 +255,36 @@ pub enum DeleteUserError {
     /// Some balance is not zero; the money must be moved out first.
     #[error("balance not zero")]
     BalanceNotZero,
+    /// The user is the last active admin.
+    #[error("last admin")]
+    LastAdmin,
     #[error(transparent)]
     Database(#[from] tokio_postgres::Error),
 }
 
 /// Soft-deletes the active user `id`: it can no longer log in or receive money; its ledger
-/// history stays. Refused while any of its balances is not zero. The balance rows are locked
-/// for the check, so a commit touching them waits for the delete (or the delete for it).
+/// history stays. Refused while any of its balances is not zero, and for the last active admin
+/// (race-free, see [`only_admin`]). The user row (with every admin's) and then the balance rows
+/// are locked for the checks, so a commit touching them waits for the delete (or the delete
+/// for it).
 pub async fn soft_delete(
     client: &mut deadpool_postgres::Client,
     id: Uuid,
 ) -> Result<UserRecord, DeleteUserError> {
     let transaction = client.transaction().await?;
+    let last_admin = only_admin(&transaction, id).await?;
+    // Locked by `only_admin` when it exists.
     let user = transaction
-        .query_opt("SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL AND role <> 'system' FOR UPDATE", &[&id])
+        .query_opt(
+            "SELECT 1 FROM users WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'",
+            &[&id],
+        )
         .await?;
     if user.is_none() {
         return Err(DeleteUserError::NotFound);
+    }
+    if last_admin {
+        return Err(DeleteUserError::LastAdmin);
     }
     let non_zero: i64 = transaction
         .query(

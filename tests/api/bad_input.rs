@@ -844,3 +844,125 @@ async fn json_content_types_with_parameters_or_odd_case_are_accepted() {
     assert_eq!(s.app.balance(&s.user, "USD").await, 1_030);
     assert_eq!(s.app.assert_ledger_invariants().await, 4);
 }
+
+/// PostgreSQL cannot store a NUL character (U+0000) in `text` or `jsonb`: every text field of
+/// every request refuses one with a 422 naming the field, instead of failing in the database
+/// with a 500 (found by fuzzing: `POST /auth/login` with a NUL in `username`).
+#[actix_web::test]
+async fn text_fields_with_a_nul_character_are_422_naming_the_field() {
+    let s = setup().await;
+    let nul = |text: &str| Value::String(format!("{text}\u{0}{text}"));
+
+    let login = json!({"username": nul(&s.user.username), "password": s.user.password});
+    let reply = s.app.post("/api/v1/auth/login", None, &login).await;
+    assert_fields(&reply, &["username"], "login username");
+    let login = json!({"username": s.user.username, "password": nul("correct horse")});
+    let reply = s.app.post("/api/v1/auth/login", None, &login).await;
+    assert_fields(&reply, &["password"], "login password");
+    // A login name longer than any username or email (the failed-login counter is keyed by
+    // it, and a few kilobytes do not fit its index).
+    let long: String = (0..400).map(|i| format!("{i:x}")).collect();
+    let login = json!({"username": long, "password": "correct horse"});
+    let reply = s.app.post("/api/v1/auth/login", None, &login).await;
+    assert_fields(&reply, &["username"], "login username of 1,000 characters");
+
+    let register = json!({
+        "username": nul("newcomer"),
+        "email": nul("newcomer@example.com"),
+        "password": nul("long enough password"),
+    });
+    let reply = s.app.post("/api/v1/auth/register", None, &register).await;
+    assert_fields(&reply, &["username", "email", "password"], "register");
+
+    let update = json!({"email": nul("new@example.com"), "password": nul("another long password")});
+    let reply = s
+        .app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/users/{}", s.user.id),
+            Some(&s.user.token),
+            Some(&update),
+            None,
+        )
+        .await;
+    assert_fields(&reply, &["email", "password"], "user update");
+
+    let refresh = json!({"refresh_token": nul("token")});
+    let reply = s.app.post("/api/v1/auth/refresh", None, &refresh).await;
+    assert_fields(&reply, &["refresh_token"], "refresh");
+
+    for endpoint in money_endpoints(&s.user, &s.peer) {
+        let body = with(
+            &with(&endpoint.valid, "description", nul("rent")),
+            "reference",
+            nul("INV-1"),
+        );
+        let reply = post_json(&s.app, &endpoint, &s.user, &body).await;
+        assert_fields(&reply, &["description", "reference"], endpoint.path);
+    }
+    s.assert_unchanged("NUL characters").await;
+    s.finish().await;
+}
+
+/// RFC 3339 years have four digits: an instant outside years 0000 to 9999 in UTC (reachable
+/// through an offset) could not be answered as RFC 3339, so it is refused with a 422 naming the
+/// parameter (found by fuzzing: `at=9999-12-31T23:59:59-23:59` was echoed as
+/// `+10000-01-01T23:58:59Z`).
+#[actix_web::test]
+async fn instants_outside_years_0000_to_9999_are_422_naming_the_parameter() {
+    let s = setup().await;
+    let get = |path: String| {
+        let (app, token) = (&s.app, s.user.token.clone());
+        async move { app.get(&path, &token).await }
+    };
+    // `+` must be sent percent-encoded in a query string.
+    let late = "9999-12-31T23:59:59-23:59";
+    let early = "0000-01-01T00:00:00%2B00:01";
+    for at in [late, early] {
+        let reply = get(format!("/api/v1/balances/at-time?currency=USD&at={at}")).await;
+        assert_fields(&reply, &["at"], &format!("at-time at={at}"));
+    }
+    for (query, field) in [
+        (format!("from={early}&to=2024-01-01T00:00:00Z"), "from"),
+        (format!("from=2024-01-01T00:00:00Z&to={late}"), "to"),
+        // Every instant is within range, but the last day would end in year 10000.
+        (
+            "from=9999-12-30T00:00:00Z&to=9999-12-31T12:00:00Z&interval=day".to_owned(),
+            "to",
+        ),
+        (
+            "from=9999-12-31T22:00:00Z&to=9999-12-31T23:30:00Z&interval=hour".to_owned(),
+            "to",
+        ),
+    ] {
+        let reply = get(format!("/api/v1/balances/historical?currency=USD&{query}")).await;
+        assert_fields(&reply, &[field], &format!("historical {query}"));
+    }
+    let reply = get(format!("/api/v1/transactions/history?to={late}")).await;
+    assert_fields(&reply, &["to"], "history to");
+
+    // The edges themselves are fine, and answered as they were asked.
+    let reply =
+        get("/api/v1/balances/at-time?currency=USD&at=9999-12-31T23:59:59Z".to_owned()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["at"], "9999-12-31T23:59:59Z");
+    assert_eq!(reply.body["amount"], 1_000);
+    let reply =
+        get("/api/v1/balances/at-time?currency=USD&at=0000-01-01T00:00:00Z".to_owned()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["at"], "0000-01-01T00:00:00Z");
+    assert_eq!(reply.body["amount"], 0);
+    let reply = get("/api/v1/balances/historical?currency=USD&interval=day\
+         &from=9999-12-30T00:00:00Z&to=9999-12-31T00:00:00Z"
+        .to_owned())
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["items"][0]["end"], "9999-12-31T00:00:00Z");
+    let reply = get("/api/v1/balances/historical?currency=USD&interval=hour\
+         &from=9999-12-31T22:00:00Z&to=9999-12-31T23:00:00Z"
+        .to_owned())
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["items"][0]["end"], "9999-12-31T23:00:00Z");
+    s.finish().await;
+}

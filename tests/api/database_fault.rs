@@ -293,7 +293,13 @@ async fn journal_waiting_on_lock(db: &tokio_postgres::Client, not: Option<i32>) 
 
 #[actix_web::test]
 async fn a_batch_that_loses_its_connection_before_commit_is_retried_on_a_new_one() {
-    let app = TestApp::spawn().await;
+    // The batch must still be waiting on the lock when it is terminated and again when the lock
+    // is released: lock waits far longer than the default `database.lock_timeout_ms`.
+    let app = TestApp::spawn_with(|settings| {
+        settings.database.lock_timeout_ms = 30_000;
+        settings.database.statement_timeout_ms = 60_000;
+    })
+    .await;
     let alice = app.user("retry").await;
     let bob = app.user("retry").await;
     app.credit(&alice, 10_000, "USD").await;

@@ -432,7 +432,9 @@ impl TestApp {
     /// of completed transactions.
     pub async fn assert_ledger_invariants(&self) -> i64 {
         let db = self.db().await;
-        let report = tally::verify::verify(&db).await.expect("verify queries");
+        let report = tally::verify::verify(&db, self.settings.idempotency.retention())
+            .await
+            .expect("verify queries");
         assert!(
             report.is_clean(),
             "the ledger contract is broken:\n{report}"

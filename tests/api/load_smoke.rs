@@ -105,3 +105,53 @@ async fn the_memory_benchmark_touches_every_account_once_and_reports_the_actors(
         assert_eq!(check[1], true, "{check}");
     }
 }
+
+/// `tally-load compare`, as small as it goes, drops every database it created: pgbench's and
+/// one per Tally it started (they used to stay behind, five per run). It names each database
+/// as it creates it; none of them may exist afterwards.
+#[actix_web::test]
+async fn compare_drops_every_database_it_creates() {
+    let output = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_tally-load"))
+            .args(["compare", "--server", &database_server()])
+            .args(["--tally", env!("CARGO_BIN_EXE_tally")])
+            .args(["--clients", "2", "--duration-s", "1", "--scale", "1"])
+            .args(["--accounts", "20", "--memory-accounts", "0"])
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("tally-load runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let created: Vec<String> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("tally-load: database "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    // pgbench's, four workloads and the paced run.
+    assert_eq!(created.len(), 6, "{stderr}");
+    let (admin, connection) = tokio_postgres::connect(
+        &format!("{}/postgres", database_server()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the server");
+    actix_web::rt::spawn(connection);
+    let left: Vec<String> = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname = ANY($1)",
+            &[&created],
+        )
+        .await
+        .expect("list databases")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}\n{stderr}");
+}

@@ -141,7 +141,9 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("tamper with a balance");
-    let report = tally::verify::verify(&db).await.expect("verify");
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(
         failed,
@@ -168,7 +170,9 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("delete an entry");
-    let report = tally::verify::verify(&db).await.expect("verify");
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(failed, ["double_entry", "entries_sum"], "{report}");
 
@@ -188,7 +192,9 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("point a transaction at no user");
-    let report = tally::verify::verify(&db).await.expect("verify");
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
     let references = report
         .checks
         .iter()
@@ -208,4 +214,101 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
             "{expected}: {report}"
         );
     }
+}
+
+/// A credit of 1,000 USD with `key` as its Idempotency-Key; returns the reply.
+async fn keyed_credit(app: &TestApp, user: &TestUser, key: &str) -> Reply {
+    app.request(
+        reqwest::Method::POST,
+        "/api/v1/transactions/credit",
+        Some(&user.token),
+        Some(&json!({"amount": 1_000, "currency": "USD"})),
+        Some(key),
+    )
+    .await
+}
+
+/// Invariant 4 with expiry: once a key is older than `idempotency.retention_hours` it is
+/// forgotten and the same key is a new request, so a healthy ledger can hold two transactions
+/// with one key, a retention apart; `tally verify` accepts that, and still catches a key that
+/// made two transactions within the retention (a key forgotten early).
+#[actix_web::test]
+async fn verify_accepts_a_key_reused_after_it_expired_but_not_within_the_retention() {
+    let app = TestApp::spawn().await;
+    let retention_hours = app.settings.idempotency.retention_hours;
+    assert_eq!(retention_hours, 24, "the default retention");
+    let alice = app.user("expiry").await;
+    let db = app.db().await;
+
+    let first = keyed_credit(&app, &alice, "monthly-fee").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    // The credit was made 25 hours ago: its key and transaction are aged as time would have.
+    let first_id: uuid::Uuid = first.body["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = created_at - interval '25 hours' WHERE user_id = $1",
+        &[&alice.id],
+    )
+    .await
+    .expect("age the key");
+    db.execute(
+        "UPDATE transactions SET created_at = created_at - interval '25 hours',
+                                 completed_at = completed_at - interval '25 hours'
+         WHERE id = $1",
+        &[&first_id],
+    )
+    .await
+    .expect("age the transaction");
+    // What the hourly sweeper runs.
+    let pool = tally::store::pool(&app.settings.database, tally::store::APP_NAME, 1).expect("pool");
+    let expired =
+        tally::store::idempotency::expire(&pool.get().await.expect("connection"), retention_hours)
+            .await
+            .expect("expire keys");
+    assert_eq!(expired, 1);
+    let second = keyed_credit(&app, &alice, "monthly-fee").await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    assert_ne!(
+        second.body["id"], first.body["id"],
+        "a forgotten key is a new request"
+    );
+    assert!(second.headers.get("idempotent-replayed").is_none());
+    assert_eq!(app.balance(&alice, "USD").await, 2_000);
+    assert_eq!(app.assert_ledger_invariants().await, 2);
+    let (clean, printed) = run_verify(&app.database_url);
+    assert!(clean, "tally verify on a healthy ledger:\n{printed}");
+
+    // A key forgotten before its time (deleted behind the sweeper's back) lets a repeat apply
+    // twice within the retention: a broken invariant 4.
+    let third = keyed_credit(&app, &alice, "one-off").await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.body);
+    db.execute(
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = 'one-off'",
+        &[&alice.id],
+    )
+    .await
+    .expect("forget the key early");
+    let fourth = keyed_credit(&app, &alice, "one-off").await;
+    assert_eq!(fourth.status, StatusCode::CREATED, "{}", fourth.body);
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
+    let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
+    assert_eq!(failed, ["idempotency"], "{report}");
+    let idempotency = &report
+        .checks
+        .iter()
+        .find(|check| check.name == "idempotency");
+    let idempotency = idempotency.expect("the idempotency check runs");
+    assert_eq!(idempotency.violations, 1, "{report}");
+    assert!(
+        idempotency.examples[0].contains("key one-off of user")
+            && idempotency.examples[0].contains("within the retention of 24:00:00"),
+        "{report}"
+    );
+    let (clean, printed) = run_verify(&app.database_url);
+    assert!(!clean, "tally verify must exit non-zero:\n{printed}");
 }

@@ -668,3 +668,135 @@ async fn tally_admin_create_reads_the_password_from_stdin_and_is_idempotent() {
         .get(0);
     assert_eq!(admins, 1);
 }
+
+/// The active admins, by id, as the database has them.
+async fn active_admins(app: &TestApp) -> Vec<Uuid> {
+    app.db()
+        .await
+        .query(
+            "SELECT id FROM users WHERE role = 'admin' AND deleted_at IS NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("admins")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Someone must always be able to manage users and roles: the last active admin can neither
+/// demote nor delete itself (409 `last_admin`); with a second admin, either can.
+#[actix_web::test]
+async fn the_last_admin_cannot_demote_or_delete_itself() {
+    let (app, root) = TestApp::spawn_with_admin(|_| {}).await;
+    let before = stored(&app, root.id).await;
+    put_user(&app, &root.token, root.id, &json!({"role": "user"}))
+        .await
+        .assert_problem(409, "last_admin");
+    delete_user(&app, &root.token, root.id)
+        .await
+        .assert_problem(409, "last_admin");
+    assert_eq!(stored(&app, root.id).await, before, "nothing changed");
+    // Changing anything else of the last admin is fine.
+    let email = put_user(
+        &app,
+        &root.token,
+        root.id,
+        &json!({"email": "root2@example.com"}),
+    )
+    .await;
+    assert_eq!(email.status, StatusCode::OK, "{}", email.body);
+
+    let bob = app.user("second").await;
+    let promoted = put_user(&app, &root.token, bob.id, &json!({"role": "admin"})).await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
+    let demoted = put_user(&app, &root.token, root.id, &json!({"role": "user"})).await;
+    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
+    assert_eq!(active_admins(&app).await, [bob.id]);
+    delete_user(&app, &bob.token, bob.id)
+        .await
+        .assert_problem(409, "last_admin");
+    // Deleting a user who is not an admin needs no other admin.
+    let deleted = delete_user(&app, &bob.token, root.id).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    assert_eq!(active_admins(&app).await, [bob.id]);
+}
+
+/// Two admins take the role from each other at the same moment, through two instances of the
+/// service on one database (one demotes, the other deletes): exactly one succeeds, the other
+/// is refused with 409 `last_admin`, and one admin is left. A session of the test holds both
+/// admin rows locked until both requests are waiting on them, so that both check "is there
+/// another admin" before either has acted.
+#[actix_web::test]
+async fn two_admins_removing_each_other_at_once_leave_one() {
+    let long_lock_waits = |settings: &mut tally::config::Settings| {
+        settings.database.lock_timeout_ms = 30_000;
+        settings.database.statement_timeout_ms = 60_000;
+    };
+    let (first, root) = TestApp::spawn_with_admin(long_lock_waits).await;
+    let second = TestApp::spawn_with(|settings| {
+        settings.database.url = first.database_url.clone();
+        long_lock_waits(settings);
+    })
+    .await;
+    let bob = first.user("rival").await;
+    let promoted = put_user(&first, &root.token, bob.id, &json!({"role": "admin"})).await;
+    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
+
+    let mut blocker = first.db().await;
+    let monitor = first.db().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.query(
+        "SELECT 1 FROM users WHERE id = ANY($1) FOR UPDATE",
+        &[&vec![root.id, bob.id]],
+    )
+    .await
+    .expect("lock both admins");
+
+    let demotion = json!({"role": "user"});
+    let demote_bob = put_user(&first, &root.token, bob.id, &demotion);
+    let delete_root = delete_user(&second, &bob.token, root.id);
+    let release = async {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let waiting: i64 = monitor
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'tally'
+                       AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the two requests never both waited on the admin rows ({waiting} waiting)"
+            );
+            // Spaces the polls; the condition above is what synchronizes.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        lock.rollback().await.expect("release the admins");
+    };
+    let (demoted, deleted, ()) =
+        futures_util::future::join3(demote_bob, delete_root, release).await;
+    let outcomes = [demoted.status.as_u16(), deleted.status.as_u16()];
+    assert!(
+        outcomes == [200, 409] || outcomes == [409, 204],
+        "exactly one succeeds: demote {} {}, delete {} {}",
+        demoted.status,
+        demoted.body,
+        deleted.status,
+        deleted.body
+    );
+    let refused = if outcomes[0] == 409 {
+        &demoted
+    } else {
+        &deleted
+    };
+    refused.assert_problem(409, "last_admin");
+    assert_eq!(active_admins(&first).await.len(), 1, "one admin is left");
+}
