@@ -101,14 +101,23 @@ pub struct RegisterRequest {
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    /// The username or the email.
+    /// The username or the email: 1 to 254 characters without control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = "^[^\u{0}-\u{1f}\u{7f}-\u{9f}]*$"
+    )]
     pub username: String,
+    /// No NUL character (PostgreSQL cannot store one).
+    #[schema(pattern = "^[^\u{0}]*$")]
     pub password: String,
 }
 
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
+    /// No NUL character.
+    #[schema(pattern = "^[^\u{0}]*$")]
     pub refresh_token: String,
 }
 
