@@ -67,7 +67,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Creates a user with role `user`.
 #[utoipa::path(
     post, path = "/api/v1/auth/register", tag = "auth",
-    request_body(content = super::openapi::RegisterRequest, content_type = "application/json"),
+    request_body(content = super::schemas::RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Registered", body = UserBody),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
@@ -136,7 +136,7 @@ pub async fn register(
 /// `login_locked`), whether or not such a user exists.
 #[utoipa::path(
     post, path = "/api/v1/auth/login", tag = "auth",
-    request_body(content = super::openapi::LoginRequest, content_type = "application/json"),
+    request_body(content = super::schemas::LoginRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Tokens", body = TokenBody),
         (status = 401, description = "Invalid username or password", body = Problem, content_type = "application/problem+json"),
@@ -237,7 +237,7 @@ fn seconds_until(until: DateTime<Utc>) -> u64 {
 /// an already rotated token revokes its whole family (reuse detection).
 #[utoipa::path(
     post, path = "/api/v1/auth/refresh", tag = "auth",
-    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    request_body(content = super::schemas::RefreshRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "New tokens", body = TokenBody),
         (status = 401, description = "Unknown, expired, revoked or reused token", body = Problem, content_type = "application/problem+json"),
@@ -295,7 +295,7 @@ pub async fn refresh(
 /// so it reveals nothing about the token.
 #[utoipa::path(
     post, path = "/api/v1/auth/logout", tag = "auth",
-    request_body(content = super::openapi::RefreshRequest, content_type = "application/json"),
+    request_body(content = super::schemas::RefreshRequest, content_type = "application/json"),
     responses(
         (status = 204, description = "Logged out"),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::input::{parse, BulkJsonObject, Fields, JsonObject};
-use super::transactions::{idempotency_key, TransactionBody};
+use super::posting::{idempotency_key, TransactionBody};
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::{
@@ -81,7 +81,7 @@ enum Mode {
 #[utoipa::path(
     post, path = "/api/v1/transactions/bulk", tag = "transactions", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Covers the whole bulk (at most 250 characters)")),
-    request_body(content = super::openapi::BulkRequest, content_type = "application/json"),
+    request_body(content = super::schemas::BulkRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "One result per item, in request order", body = BulkBody),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
@@ -106,7 +106,7 @@ pub async fn bulk(
         .is_some_and(|key| key.as_str().len() > IdempotencyKey::MAX_LEN - 5)
     {
         return Err(ApiError::field(
-            super::transactions::IDEMPOTENCY_KEY,
+            super::posting::IDEMPOTENCY_KEY,
             "must be at most 250 characters on a bulk",
         ));
     }
@@ -551,10 +551,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
         .iter()
         .all(|outcome| matches!(outcome, Err(SubmitError::Overloaded)))
     {
-        return Err(super::transactions::submit_error(
-            SubmitError::Overloaded,
-            state,
-        ));
+        return Err(super::posting::submit_error(SubmitError::Overloaded, state));
     }
     let duplicates: Vec<Uuid> = outcomes
         .iter()
@@ -601,7 +598,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                 index,
                 status: "error",
                 transaction: None,
-                error: Some(ApiError::Forbidden(super::transactions::ONLY_ADMIN).problem()),
+                error: Some(ApiError::Forbidden(super::posting::ONLY_ADMIN).problem()),
             },
             Ok(Outcome::Duplicate {
                 transaction_id,
@@ -617,7 +614,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                 index,
                 status: "error",
                 transaction: None,
-                error: Some(super::transactions::inactive_party(movement, user).problem()),
+                error: Some(super::posting::inactive_party(movement, user).problem()),
             },
             Ok(Outcome::Duplicate {
                 same_request: false,
@@ -632,7 +629,7 @@ async fn independent(state: &AppState, movements: Vec<Movement>) -> Result<HttpR
                 index,
                 status: "error",
                 transaction: None,
-                error: Some(super::transactions::submit_error(error, state).problem()),
+                error: Some(super::posting::submit_error(error, state).problem()),
             },
         })
         .collect();
@@ -648,7 +645,7 @@ async fn atomic(
         .ledger
         .submit_atomic(movements.clone())
         .await
-        .map_err(|error| super::transactions::submit_error(error, state))?
+        .map_err(|error| super::posting::submit_error(error, state))?
     {
         AtomicResult::Committed(recorded) => {
             let results = movements
@@ -663,7 +660,7 @@ async fn atomic(
                 .collect();
             Ok(HttpResponse::Ok().json(BulkBody { results }))
         }
-        AtomicResult::Forbidden(_) => Err(ApiError::Forbidden(super::transactions::ONLY_ADMIN)),
+        AtomicResult::Forbidden(_) => Err(ApiError::Forbidden(super::posting::ONLY_ADMIN)),
         AtomicResult::Refused(refused) => {
             let failing: HashMap<usize, crate::domain::Refusal> = refused.into_iter().collect();
             let results: Vec<BulkResult> = (0..movements.len())
@@ -696,7 +693,7 @@ async fn atomic(
             parties
                 .into_iter()
                 .map(|(index, user)| {
-                    let field = super::transactions::inactive_party(&movements[index], user);
+                    let field = super::posting::inactive_party(&movements[index], user);
                     let name = match &field {
                         ApiError::Validation(errors) => errors[0].field.clone(),
                         _ => "initiator".to_owned(),

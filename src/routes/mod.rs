@@ -9,6 +9,8 @@ pub mod input;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
+pub mod posting;
+pub mod schemas;
 pub mod transactions;
 pub mod users;
 

@@ -12,13 +12,17 @@
 //! exactly when the schema refuses the value.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-use uuid::Uuid;
+use utoipa::{Modify, OpenApi};
 
 use super::auth::{TokenBody, UserBody};
-use super::transactions::TransactionBody;
+use super::posting::TransactionBody;
+use super::schemas::{
+    BulkItem, BulkRequest, LoginRequest, MovementRequest, RefreshRequest, RegisterRequest,
+    TransferRequest, UpdateUserRequest,
+};
+use super::transactions::TransactionPage;
+use super::users::UserPage;
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -65,139 +69,6 @@ impl Modify for BearerScheme {
     }
 }
 
-/// A page of users.
-#[derive(ToSchema)]
-pub struct UserPage {
-    pub items: Vec<UserBody>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-/// A page of transactions, newest first.
-#[derive(ToSchema)]
-pub struct TransactionPage {
-    pub items: Vec<TransactionBody>,
-    /// Pass as `cursor` for the next page; `null` on the last page.
-    pub next_cursor: Option<String>,
-}
-
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterRequest {
-    /// 3 to 32 of `[A-Za-z0-9_.-]`, starting with a letter or digit; unique regardless of case.
-    #[schema(
-        min_length = 3,
-        max_length = 32,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-    )]
-    pub username: String,
-    #[schema(max_length = 254)]
-    pub email: String,
-    /// 8 to 128 characters.
-    #[schema(min_length = 8, max_length = 128)]
-    pub password: String,
-}
-
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    /// The username or the email: 1 to 254 characters without control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 254,
-        pattern = "^[^\u{0}-\u{1f}\u{7f}-\u{9f}]*$"
-    )]
-    pub username: String,
-    /// No NUL character (PostgreSQL cannot store one).
-    #[schema(pattern = "^[^\u{0}]*$")]
-    pub password: String,
-}
-
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RefreshRequest {
-    /// No NUL character.
-    #[schema(pattern = "^[^\u{0}]*$")]
-    pub refresh_token: String,
-}
-
-/// At least one field. `role` only by an admin.
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateUserRequest {
-    pub email: Option<String>,
-    #[schema(min_length = 8, max_length = 128)]
-    pub password: Option<String>,
-    /// `user` or `admin`.
-    pub role: Option<String>,
-}
-
-/// A credit (money from the system account) or a debit (to it).
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MovementRequest {
-    /// Minor units, 1 to 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
-    /// ISO 4217 code with minor units, e.g. `USD`.
-    #[schema(pattern = "^[A-Z]{3}$")]
-    pub currency: String,
-    /// Admins only: the account to move money on (default: the caller's).
-    pub user_id: Option<Uuid>,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    #[schema(min_length = 1, max_length = 128)]
-    pub reference: Option<String>,
-}
-
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransferRequest {
-    /// An active user other than the caller.
-    pub to_user_id: Uuid,
-    /// Minor units, 1 to 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
-    #[schema(pattern = "^[A-Z]{3}$")]
-    pub currency: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    #[schema(min_length = 1, max_length = 128)]
-    pub reference: Option<String>,
-}
-
-/// A bulk of transactions.
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRequest {
-    /// `atomic` (all or nothing) or `independent` (each item alone).
-    pub mode: String,
-    /// 1 to `bulk.max_items` (10,000 by default) items.
-    pub transactions: Vec<BulkItem>,
-}
-
-/// One item of a bulk: a credit or debit (`user_id`, default the caller) or a transfer
-/// (`from_user_id`, default the caller, and `to_user_id`).
-#[derive(ToSchema, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BulkItem {
-    /// `credit`, `debit` or `transfer`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub user_id: Option<Uuid>,
-    pub from_user_id: Option<Uuid>,
-    pub to_user_id: Option<Uuid>,
-    /// Minor units, 1 to 10^15.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
-    pub amount: i64,
-    #[schema(pattern = "^[A-Z]{3}$")]
-    pub currency: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
-    #[schema(min_length = 1, max_length = 128)]
-    pub reference: Option<String>,
-}
-
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json")))]
 pub async fn openapi_json(document: web::Data<OpenApiDocument>) -> HttpResponse {
@@ -228,7 +99,7 @@ mod exact {
 
     use crate::domain::SYSTEM_USER_ID;
     use crate::domain::{Amount, Currency, Description, Email, IdempotencyKey, Reference};
-    use crate::routes::{balances, transactions, users};
+    use crate::routes::{balances, posting, transactions, users};
 
     /// Where a request schema lives.
     const SCHEMAS: &str = "/components/schemas";
@@ -454,7 +325,7 @@ mod exact {
                 document,
                 "post",
                 &format!("/api/v1/transactions/{path}"),
-                transactions::IDEMPOTENCY_KEY,
+                posting::IDEMPOTENCY_KEY,
                 json!({
                     "type": "string",
                     "description": "Visible ASCII characters.",

@@ -7,101 +7,26 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::DateTime;
+use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
+use super::posting::{
+    created, idempotency_key, inactive_party, replay, replay_or, submit_error, TransactionBody,
+    ONLY_ADMIN,
+};
 use super::{AppState, Page};
 use crate::auth::Principal;
 use crate::domain::{
-    Authority, Description, IdempotencyKey, Movement, Reference, Refusal, TransactionKind,
-    TransactionStatus, UserId,
+    Authority, Description, Movement, Reference, TransactionKind, TransactionStatus, UserId,
 };
 use crate::error::ApiError;
-use crate::ledger::{Outcome, Recorded, SubmitError};
+use crate::ledger::Outcome;
 use crate::store::{
     self, transactions::HistoryCursor, transactions::HistoryFilter, transactions::TransactionRecord,
 };
-
-/// Header naming the client's idempotency key.
-pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
-/// Header set on a reply that repeats a stored result.
-pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
-
-/// A transaction on the wire (DESIGN.md section 4). The system side of a credit or debit is
-/// `null`. Amounts are integers of minor units.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TransactionBody {
-    pub id: Uuid,
-    /// `credit`, `debit`, `transfer` or `reversal`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// `pending`, `completed`, `failed` or `reversed`.
-    pub status: &'static str,
-    pub from_user_id: Option<Uuid>,
-    pub to_user_id: Option<Uuid>,
-    pub amount: i64,
-    pub currency: String,
-    pub description: Option<String>,
-    pub reference: Option<String>,
-    pub failure_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-fn party(user: UserId) -> Option<Uuid> {
-    (!user.is_system()).then(|| user.as_uuid())
-}
-
-impl From<TransactionRecord> for TransactionBody {
-    fn from(record: TransactionRecord) -> TransactionBody {
-        TransactionBody {
-            id: record.id,
-            kind: record.kind.as_str(),
-            status: record.status.as_str(),
-            from_user_id: party(record.from),
-            to_user_id: party(record.to),
-            amount: record.amount,
-            currency: record.currency,
-            description: record.description,
-            reference: record.reference,
-            failure_reason: record.failure_reason,
-            created_at: record.created_at,
-            completed_at: record.completed_at,
-        }
-    }
-}
-
-impl TransactionBody {
-    /// The transaction the ledger just wrote for `movement`: completed, or failed with
-    /// `refusal`'s reason.
-    pub(crate) fn committed(
-        movement: &Movement,
-        refusal: Option<&Refusal>,
-        recorded: Recorded,
-    ) -> TransactionBody {
-        let status = match refusal {
-            None => TransactionStatus::Completed,
-            Some(_) => TransactionStatus::Failed,
-        };
-        TransactionBody {
-            id: movement.id(),
-            kind: movement.kind().as_str(),
-            status: status.as_str(),
-            from_user_id: party(movement.from()),
-            to_user_id: party(movement.to()),
-            amount: movement.amount().minor(),
-            currency: movement.currency().code().to_owned(),
-            description: movement.description().map(|d| d.as_str().to_owned()),
-            reference: movement.reference().map(|r| r.as_str().to_owned()),
-            failure_reason: refusal.map(|refusal| refusal.reason().to_owned()),
-            created_at: recorded.created_at,
-            completed_at: recorded.completed_at,
-        }
-    }
-}
 
 /// Each path is a `web::resource` with a method route (not `cfg.route`, which turns the method
 /// into a resource guard): a wrong method then gets 405 instead of falling through to `/{id}`.
@@ -119,7 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(
     post, path = "/api/v1/transactions/credit", tag = "transactions", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
-    request_body(content = super::openapi::MovementRequest, content_type = "application/json"),
+    request_body(content = super::schemas::MovementRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Committed", body = TransactionBody),
         (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -149,7 +74,7 @@ pub async fn credit(
 #[utoipa::path(
     post, path = "/api/v1/transactions/debit", tag = "transactions", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
-    request_body(content = super::openapi::MovementRequest, content_type = "application/json"),
+    request_body(content = super::schemas::MovementRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Committed", body = TransactionBody),
         (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -180,7 +105,7 @@ pub async fn debit(
 #[utoipa::path(
     post, path = "/api/v1/transactions/transfer", tag = "transactions", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
-    request_body(content = super::openapi::TransferRequest, content_type = "application/json"),
+    request_body(content = super::schemas::TransferRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Committed", body = TransactionBody),
         (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -326,51 +251,6 @@ pub(crate) enum Parsed {
     Answered(HttpResponse),
 }
 
-/// Why a movement on another user's account was refused.
-pub(crate) const ONLY_ADMIN: &str = "only an admin may move money on another user's account";
-
-/// `refusal`, unless `movement` carries an idempotency key already stored for its initiator:
-/// then the stored result (replayed) or `idempotency_key_reused` (another body), because the
-/// key is decided before any other check (invariant 4): a request the initiator could make
-/// then is answered the same after their role or a party changed.
-pub(crate) async fn replay_or(
-    state: &AppState,
-    movement: &Movement,
-    refusal: ApiError,
-) -> Result<HttpResponse, ApiError> {
-    let Some(claim) = &movement.idempotency() else {
-        return Err(refusal);
-    };
-    let stored = async {
-        let client = state.pool.get().await?;
-        let found =
-            store::idempotency::find_many(&client, movement.initiated_by(), &[claim.key.as_str()])
-                .await?;
-        Ok::<_, ApiError>(found.into_iter().next())
-    };
-    match stored.await? {
-        Some((_, stored)) if stored.request_hash[..] == claim.request_hash[..] => {
-            replay(state, stored.transaction_id).await
-        }
-        Some(_) => Err(ApiError::IdempotencyKeyReused),
-        None => Err(refusal),
-    }
-}
-
-pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
-    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|text| IdempotencyKey::parse(text).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters")
-        })
-}
-
 /// Answers from a stored key when there is one, else submits to the pipeline.
 async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, ApiError> {
     // No lookup here: the journal writer checks the parties (share-locked, in the batch) and
@@ -397,64 +277,6 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
     }
-}
-
-/// The problem for a submission the pipeline could not settle.
-pub(crate) fn submit_error(error: SubmitError, state: &AppState) -> ApiError {
-    match error {
-        SubmitError::Overloaded => ApiError::Overloaded {
-            retry_after_s: state.settings.pipeline.retry_after_s,
-        },
-        SubmitError::Unavailable => ApiError::Unavailable,
-        error @ SubmitError::Internal(_) => ApiError::Internal(anyhow::Error::new(error)),
-    }
-}
-
-/// The problem for a movement naming an unknown or deleted user: 401 when it is the caller
-/// (a token outlives its user), else 422 naming the field that carried the user.
-pub(crate) fn inactive_party(movement: &Movement, user: UserId) -> ApiError {
-    if user == movement.initiated_by() {
-        return ApiError::Unauthorized("the user of this access token no longer exists");
-    }
-    let field = if movement.kind() == TransactionKind::Transfer && user == movement.to() {
-        "to_user_id"
-    } else {
-        "user_id"
-    };
-    ApiError::field(field, "no such user")
-}
-
-/// The reply the first request with this key got, rebuilt from its transaction.
-async fn replay(state: &AppState, transaction_id: Uuid) -> Result<HttpResponse, ApiError> {
-    let client = state.pool.get().await?;
-    let record = store::transactions::find(&client, transaction_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!(
-                "idempotency key points at missing {transaction_id}"
-            ))
-        })?;
-    match record.status {
-        TransactionStatus::Failed => Err(ApiError::recorded_failure(
-            transaction_id,
-            record.failure_reason.as_deref(),
-            record.failure_detail.as_ref(),
-        )),
-        _ => {
-            let mut response = created(TransactionBody::from(record));
-            response.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
-                actix_web::http::header::HeaderValue::from_static("true"),
-            );
-            Ok(response)
-        }
-    }
-}
-
-fn created(body: TransactionBody) -> HttpResponse {
-    HttpResponse::Created()
-        .insert_header(("Location", format!("/api/v1/transactions/{}", body.id)))
-        .json(body)
 }
 
 /// Whether `principal` may see `record`: an admin, the sender, whoever asked for it (a
@@ -582,7 +404,7 @@ pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
     get, path = "/api/v1/transactions/history", tag = "transactions", security(("bearer" = [])),
     params(HistoryQuery),
     responses(
-        (status = 200, description = "A page, newest first", body = super::openapi::TransactionPage),
+        (status = 200, description = "A page, newest first", body = TransactionPage),
         (status = 403, description = "Another user's history (admins only)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -664,4 +486,12 @@ mod tests {
         assert_eq!(decode_cursor("not-a-cursor"), None);
         assert_eq!(decode_cursor(""), None);
     }
+}
+
+/// A page of transactions, newest first.
+#[derive(utoipa::ToSchema)]
+pub struct TransactionPage {
+    pub items: Vec<TransactionBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }

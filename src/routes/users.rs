@@ -51,7 +51,7 @@ pub struct ListQuery {
 #[utoipa::path(
     get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListQuery),
     responses(
-        (status = 200, description = "A page of users", body = super::openapi::UserPage),
+        (status = 200, description = "A page of users", body = UserPage),
         (status = 401, description = "No valid access token", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -162,7 +162,7 @@ pub async fn get_user(
 #[utoipa::path(
     put, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "User id")),
-    request_body(content = super::openapi::UpdateUserRequest, content_type = "application/json"),
+    request_body(content = super::schemas::UpdateUserRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The updated user", body = UserBody),
         (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -310,4 +310,12 @@ pub async fn delete_user(
     )
     .await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// A page of users.
+#[derive(utoipa::ToSchema)]
+pub struct UserPage {
+    pub items: Vec<UserBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }

@@ -5,6 +5,7 @@
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -16,6 +17,35 @@ const BULK: &str = "/api/v1/transactions/bulk";
 async fn post_keyed(app: &TestApp, token: &str, path: &str, body: &Value, key: &str) -> Reply {
     app.request(Method::POST, path, Some(token), Some(body), Some(key))
         .await
+}
+
+/// An admin sets `user`'s role; asserts 200.
+async fn set_role(app: &TestApp, admin: &TestUser, user: Uuid, role: &str) {
+    let reply = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/users/{user}"),
+            Some(&admin.token),
+            Some(&json!({"role": role})),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["role"], role);
+}
+
+/// `token`'s holder deletes `user`; asserts 204.
+async fn delete_user(app: &TestApp, token: &str, user: Uuid) {
+    let reply = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/users/{user}"),
+            Some(token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.body);
 }
 
 /// The committed supply of `currency` (the negated `system` balance), by SQL.
@@ -267,16 +297,7 @@ async fn repeats_get_the_original_reply_whatever_changed() {
         )
         .await;
     assert_eq!(spent.status, StatusCode::CREATED, "{}", spent.body);
-    let deleted = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/users/{}", payee.id),
-            Some(&root.token),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    delete_user(&app, &root.token, payee.id).await;
     let again = post_keyed(&app, &payer.token, TRANSFER, &body, "pay-1").await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
     assert_eq!(again.body, first.body);
@@ -285,30 +306,12 @@ async fn repeats_get_the_original_reply_whatever_changed() {
     // After the role changed: an admin's credit on another account, repeated with a token
     // that no longer carries the role.
     let helper = app.user("helper").await;
-    let promoted = app
-        .request(
-            Method::PUT,
-            &format!("/api/v1/users/{}", helper.id),
-            Some(&root.token),
-            Some(&json!({"role": "admin"})),
-            None,
-        )
-        .await;
-    assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
+    set_role(&app, &root, helper.id, "admin").await;
     let helper = app.login(&helper.username, &helper.password).await;
     let grant = json!({"user_id": payer.id, "amount": 70, "currency": "USD"});
     let granted = post_keyed(&app, &helper.token, CREDIT, &grant, "grant-1").await;
     assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.body);
-    let demoted = app
-        .request(
-            Method::PUT,
-            &format!("/api/v1/users/{}", helper.id),
-            Some(&root.token),
-            Some(&json!({"role": "user"})),
-            None,
-        )
-        .await;
-    assert_eq!(demoted.status, StatusCode::OK, "{}", demoted.body);
+    set_role(&app, &root, helper.id, "user").await;
     let plain = app.login(&helper.username, &helper.password).await;
     let before = app.row_counts().await;
     for token in [&helper.token, &plain.token] {
@@ -337,24 +340,9 @@ async fn repeats_get_the_original_reply_whatever_changed() {
 async fn a_demoted_admins_token_cannot_credit_another_user() {
     let (app, root) = TestApp::spawn_with_admin(|_| {}).await;
     let (former, victim) = (app.user("former").await, app.user("victim").await);
-    let set_role = |role: &'static str| {
-        let (app, root, id) = (&app, &root, former.id);
-        async move {
-            let reply = app
-                .request(
-                    Method::PUT,
-                    &format!("/api/v1/users/{id}"),
-                    Some(&root.token),
-                    Some(&json!({"role": role})),
-                    None,
-                )
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        }
-    };
-    set_role("admin").await;
+    set_role(&app, &root, former.id, "admin").await;
     let token = app.login(&former.username, &former.password).await.token;
-    set_role("user").await;
+    set_role(&app, &root, former.id, "user").await;
     let before = app.row_counts().await;
 
     let credit = json!({"user_id": victim.id, "amount": 5, "currency": "USD"});
@@ -399,16 +387,7 @@ async fn a_batch_mate_repeating_a_refused_request_gets_the_same_refusal() {
     .await;
     let (payer, payee) = (app.user("payer").await, app.user("gone").await);
     app.credit(&payer, 100, "USD").await;
-    let deleted = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/users/{}", payee.id),
-            Some(&root.token),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    delete_user(&app, &root.token, payee.id).await;
     let body = json!({"to_user_id": payee.id, "amount": 10, "currency": "USD"});
     let replies =
         join_all((0..4).map(|_| post_keyed(&app, &payer.token, TRANSFER, &body, "same-key"))).await;

@@ -1,0 +1,201 @@
+//! What the money endpoints share: the transaction on the wire, the `Idempotency-Key` header,
+//! replays from a stored key, and the problems for what the pipeline answered. Used by the
+//! single-request handlers (`transactions`) and the bulk endpoint (`bulk`), which depend on it
+//! and not on each other.
+
+use actix_web::{HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::domain::{
+    IdempotencyKey, Movement, Refusal, TransactionKind, TransactionStatus, UserId,
+};
+use crate::error::ApiError;
+use crate::ledger::{Recorded, SubmitError};
+use crate::store::{self, transactions::TransactionRecord};
+
+/// Header naming the client's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Header set on a reply that repeats a stored result.
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+
+/// A transaction on the wire (DESIGN.md section 4). The system side of a credit or debit is
+/// `null`. Amounts are integers of minor units.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TransactionBody {
+    pub id: Uuid,
+    /// `credit`, `debit`, `transfer` or `reversal`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `pending`, `completed`, `failed` or `reversed`.
+    pub status: &'static str,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
+    pub amount: i64,
+    pub currency: String,
+    pub description: Option<String>,
+    pub reference: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn party(user: UserId) -> Option<Uuid> {
+    (!user.is_system()).then(|| user.as_uuid())
+}
+
+impl From<TransactionRecord> for TransactionBody {
+    fn from(record: TransactionRecord) -> TransactionBody {
+        TransactionBody {
+            id: record.id,
+            kind: record.kind.as_str(),
+            status: record.status.as_str(),
+            from_user_id: party(record.from),
+            to_user_id: party(record.to),
+            amount: record.amount,
+            currency: record.currency,
+            description: record.description,
+            reference: record.reference,
+            failure_reason: record.failure_reason,
+            created_at: record.created_at,
+            completed_at: record.completed_at,
+        }
+    }
+}
+
+impl TransactionBody {
+    /// The transaction the ledger just wrote for `movement`: completed, or failed with
+    /// `refusal`'s reason.
+    pub(crate) fn committed(
+        movement: &Movement,
+        refusal: Option<&Refusal>,
+        recorded: Recorded,
+    ) -> TransactionBody {
+        let status = match refusal {
+            None => TransactionStatus::Completed,
+            Some(_) => TransactionStatus::Failed,
+        };
+        TransactionBody {
+            id: movement.id(),
+            kind: movement.kind().as_str(),
+            status: status.as_str(),
+            from_user_id: party(movement.from()),
+            to_user_id: party(movement.to()),
+            amount: movement.amount().minor(),
+            currency: movement.currency().code().to_owned(),
+            description: movement.description().map(|d| d.as_str().to_owned()),
+            reference: movement.reference().map(|r| r.as_str().to_owned()),
+            failure_reason: refusal.map(|refusal| refusal.reason().to_owned()),
+            created_at: recorded.created_at,
+            completed_at: recorded.completed_at,
+        }
+    }
+}
+
+/// Why a movement on another user's account was refused.
+pub(crate) const ONLY_ADMIN: &str = "only an admin may move money on another user's account";
+
+/// `refusal`, unless `movement` carries an idempotency key already stored for its initiator:
+/// then the stored result (replayed) or `idempotency_key_reused` (another body), because the
+/// key is decided before any other check (invariant 4): a request the initiator could make
+/// then is answered the same after their role or a party changed.
+pub(crate) async fn replay_or(
+    state: &AppState,
+    movement: &Movement,
+    refusal: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    let Some(claim) = &movement.idempotency() else {
+        return Err(refusal);
+    };
+    let stored = async {
+        let client = state.pool.get().await?;
+        let found =
+            store::idempotency::find_many(&client, movement.initiated_by(), &[claim.key.as_str()])
+                .await?;
+        Ok::<_, ApiError>(found.into_iter().next())
+    };
+    match stored.await? {
+        Some((_, stored)) if stored.request_hash[..] == claim.request_hash[..] => {
+            replay(state, stored.transaction_id).await
+        }
+        Some(_) => Err(ApiError::IdempotencyKeyReused),
+        None => Err(refusal),
+    }
+}
+
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| IdempotencyKey::parse(text).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters")
+        })
+}
+
+/// The problem for a submission the pipeline could not settle.
+pub(crate) fn submit_error(error: SubmitError, state: &AppState) -> ApiError {
+    match error {
+        SubmitError::Overloaded => ApiError::Overloaded {
+            retry_after_s: state.settings.pipeline.retry_after_s,
+        },
+        SubmitError::Unavailable => ApiError::Unavailable,
+        error @ SubmitError::Internal(_) => ApiError::Internal(anyhow::Error::new(error)),
+    }
+}
+
+/// The problem for a movement naming an unknown or deleted user: 401 when it is the caller
+/// (a token outlives its user), else 422 naming the field that carried the user.
+pub(crate) fn inactive_party(movement: &Movement, user: UserId) -> ApiError {
+    if user == movement.initiated_by() {
+        return ApiError::Unauthorized("the user of this access token no longer exists");
+    }
+    let field = if movement.kind() == TransactionKind::Transfer && user == movement.to() {
+        "to_user_id"
+    } else {
+        "user_id"
+    };
+    ApiError::field(field, "no such user")
+}
+
+/// The reply the first request with this key got, rebuilt from its transaction.
+pub(crate) async fn replay(
+    state: &AppState,
+    transaction_id: Uuid,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await?;
+    let record = store::transactions::find(&client, transaction_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "idempotency key points at missing {transaction_id}"
+            ))
+        })?;
+    match record.status {
+        TransactionStatus::Failed => Err(ApiError::recorded_failure(
+            transaction_id,
+            record.failure_reason.as_deref(),
+            record.failure_detail.as_ref(),
+        )),
+        _ => {
+            let mut response = created(TransactionBody::from(record));
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+                actix_web::http::header::HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+    }
+}
+
+pub(crate) fn created(body: TransactionBody) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/transactions/{}", body.id)))
+        .json(body)
+}

@@ -1,0 +1,127 @@
+//! The request bodies as the OpenAPI document describes them. The handlers do not deserialize
+//! into these types: they parse field by field (`routes::input`) so that every bad field is
+//! reported; these schemas say exactly what those parsers accept (`routes::openapi` adds what
+//! utoipa's attributes cannot express, and `tests/api/openapi.rs` proves the agreement). They
+//! live apart from both, so that the handlers and the document depend on them and not on each
+//! other.
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// 3 to 32 of `[A-Za-z0-9_.-]`, starting with a letter or digit; unique regardless of case.
+    #[schema(
+        min_length = 3,
+        max_length = 32,
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )]
+    pub username: String,
+    #[schema(max_length = 254)]
+    pub email: String,
+    /// 8 to 128 characters.
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The username or the email: 1 to 254 characters without control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = "^[^\u{0}-\u{1f}\u{7f}-\u{9f}]*$"
+    )]
+    pub username: String,
+    /// No NUL character (PostgreSQL cannot store one).
+    #[schema(pattern = "^[^\u{0}]*$")]
+    pub password: String,
+}
+
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// No NUL character.
+    #[schema(pattern = "^[^\u{0}]*$")]
+    pub refresh_token: String,
+}
+
+/// At least one field. `role` only by an admin.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    pub email: Option<String>,
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: Option<String>,
+    /// `user` or `admin`.
+    pub role: Option<String>,
+}
+
+/// A credit (money from the system account) or a debit (to it).
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementRequest {
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    /// ISO 4217 code with minor units, e.g. `USD`.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    /// Admins only: the account to move money on (default: the caller's).
+    pub user_id: Option<Uuid>,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}
+
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// An active user other than the caller.
+    pub to_user_id: Uuid,
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}
+
+/// A bulk of transactions.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// `atomic` (all or nothing) or `independent` (each item alone).
+    pub mode: String,
+    /// 1 to `bulk.max_items` (10,000 by default) items.
+    pub transactions: Vec<BulkItem>,
+}
+
+/// One item of a bulk: a credit or debit (`user_id`, default the caller) or a transfer
+/// (`from_user_id`, default the caller, and `to_user_id`).
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkItem {
+    /// `credit`, `debit` or `transfer`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<Uuid>,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}
