@@ -21,8 +21,8 @@ pub struct RegisterRequest {
     pub username: String,
     #[schema(max_length = 254)]
     pub email: String,
-    /// 8 to 128 characters.
-    #[schema(min_length = 8, max_length = 128)]
+    /// 8 to 128 characters, no NUL character (PostgreSQL cannot store one).
+    #[schema(min_length = 8, max_length = 128, pattern = "^[^\u{0}]*$")]
     pub password: String,
 }
 
@@ -54,7 +54,8 @@ pub struct RefreshRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     pub email: Option<String>,
-    #[schema(min_length = 8, max_length = 128)]
+    /// 8 to 128 characters, no NUL character.
+    #[schema(min_length = 8, max_length = 128, pattern = "^[^\u{0}]*$")]
     pub password: Option<String>,
     /// `user` or `admin`.
     pub role: Option<String>,

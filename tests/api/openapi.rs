@@ -512,6 +512,8 @@ fn awkward_values() -> Vec<Value> {
         "week",
         "a\u{0}b",
         "\u{0}",
+        // Long enough for the length bounds of passwords, so that the NUL rule alone decides.
+        "correct\u{0}horse battery",
         "tab\there",
         "line\nbreak",
         "\u{7f}",
