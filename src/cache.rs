@@ -14,8 +14,12 @@
 //! marked dirty: reads bypass it until `INCR tally:cache:epoch` succeeds, which moves every
 //! reader and writer to fresh, empty keys. A process also starts dirty: a predecessor killed
 //! between a commit and its write-through leaves an older balance behind, which must never be
-//! served after the restart. Redis down or slow never fails a request; it only
-//! costs a PostgreSQL read and makes `/health/ready` report `degraded`.
+//! served after the restart. Several processes share the cache, so a lost write-through is
+//! followed by that invalidation before the callers are answered ([`WriteThrough`]); only when
+//! Redis neither takes the write nor the invalidation, and does not refuse connections either
+//! (it hangs for this process, and may answer another), is the commit answered as of unknown
+//! outcome. Redis down never fails a request; it only costs a PostgreSQL read and makes
+//! `/health/ready` report `degraded`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -50,6 +54,30 @@ pub struct CachedBalance {
 pub struct CommittedBalance {
     pub state: AccountState,
     pub at: DateTime<Utc>,
+}
+
+/// What became of a write-through, and so whether its commit may be acknowledged (DESIGN.md
+/// section 2, invariant 6: no process may serve the old balance after the new one was
+/// acknowledged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteThrough {
+    /// Written, or there is no cache.
+    Landed,
+    /// Not written, but every process moved to fresh keys: acknowledge.
+    Invalidated,
+    /// Redis refuses connections: nobody can read the old balances: acknowledge.
+    Unreachable,
+    /// Neither written nor invalidated while Redis may still answer other processes (it timed
+    /// out): the commit must be answered as of unknown outcome (503; the retry with the same
+    /// Idempotency-Key replays it once Redis answers again).
+    Unknown,
+}
+
+impl WriteThrough {
+    /// Whether the callers may be told their transactions committed.
+    pub fn may_acknowledge(self) -> bool {
+        self != WriteThrough::Unknown
+    }
 }
 
 /// What a cache lookup found.
@@ -146,6 +174,8 @@ impl Breaker {
 
 pub struct BalanceCache {
     pool: Option<bb8::Pool<RedisConnectionManager>>,
+    /// For invalidations that must not wait behind the pool or the breaker (`invalidate_now`).
+    client: Option<redis::Client>,
     breaker: Breaker,
     /// Set when a write-through failed or was skipped: reads bypass the cache until the epoch
     /// is bumped.
@@ -208,8 +238,14 @@ impl BalanceCache {
                     .build_unchecked(manager),
             )
         };
+        let client = if settings.url.is_empty() {
+            None
+        } else {
+            Some(redis::Client::open(settings.url.as_str())?)
+        };
         Ok(Arc::new(BalanceCache {
             pool,
+            client,
             breaker: Breaker {
                 state: AtomicU8::new(CLOSED),
                 failures: AtomicU32::new(0),
@@ -401,11 +437,13 @@ impl BalanceCache {
         self.run_write(args, false).await;
     }
 
-    /// Writes committed balances through, before their callers are answered. A failure marks
-    /// the cache dirty (reads bypass it until it is invalidated).
-    pub async fn write_through(&self, balances: &[CommittedBalance]) {
+    /// Writes committed balances through, before their callers are answered. When the write
+    /// fails or is skipped (breaker open), another process could still serve the old balances
+    /// from Redis after this one acknowledges the new ones, so the whole cache is invalidated
+    /// at once (`invalidate_now`); the result says whether the callers may be told.
+    pub async fn write_through(&self, balances: &[CommittedBalance]) -> WriteThrough {
         if self.pool.is_none() || balances.is_empty() {
-            return;
+            return WriteThrough::Landed;
         }
         let mut args: Vec<String> = vec![
             PREFIX.to_owned(),
@@ -423,10 +461,64 @@ impl BalanceCache {
                 state.version.to_string(),
             ]);
         }
-        self.run_write(args, true).await;
+        if self.run_write(args, true).await {
+            WriteThrough::Landed
+        } else {
+            self.invalidate_now().await
+        }
     }
 
-    async fn run_write(&self, args: Vec<String>, must_land: bool) {
+    /// Before an acknowledgement that does not go through `write_through` (an idempotent
+    /// replay): when a write-through of this process was lost and not yet made up for by an
+    /// invalidation, make it now. `false` means the replay must not be acknowledged yet.
+    pub async fn ready_to_acknowledge(&self) -> bool {
+        if self.pool.is_none() || !self.dirty.load(Ordering::Acquire) {
+            return true;
+        }
+        self.invalidate_now().await != WriteThrough::Unknown
+    }
+
+    /// Bumps the epoch on a connection of its own, past the breaker and the pool, within
+    /// `redis.timeout_ms`: every process then reads and writes fresh keys, so none can serve a
+    /// balance written before. Connecting refused means no Redis serves anyone (nothing stale
+    /// can be read); a timeout or an error once connected leaves the outcome unknown.
+    async fn invalidate_now(&self) -> WriteThrough {
+        let Some(client) = &self.client else {
+            return WriteThrough::Landed;
+        };
+        let connection =
+            tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection()).await;
+        let mut connection = match connection {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) if error.is_connection_refusal() => {
+                self.dirty.store(true, Ordering::Release);
+                return WriteThrough::Unreachable;
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.dirty.store(true, Ordering::Release);
+                metrics::counter!(names::CACHE_REQUESTS, "result" => "error").increment(1);
+                return WriteThrough::Unknown;
+            }
+        };
+        let bumped = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("INCR")
+                .arg(EPOCH_KEY)
+                .query_async::<i64>(&mut connection),
+        )
+        .await;
+        if let Ok(Ok(_)) = bumped {
+            self.dirty.store(false, Ordering::Release);
+            tracing::info!("balance cache invalidated (epoch bumped) after a lost write-through");
+            WriteThrough::Invalidated
+        } else {
+            self.dirty.store(true, Ordering::Release);
+            WriteThrough::Unknown
+        }
+    }
+
+    /// Whether the write landed (a fill's refusal under a newer epoch counts as landed).
+    async fn run_write(&self, args: Vec<String>, must_land: bool) -> bool {
         let written = self
             .call(|mut connection| {
                 let mut invocation = self.write.key(EPOCH_KEY);
@@ -439,6 +531,7 @@ impl BalanceCache {
         if written.is_none() && must_land {
             self.dirty.store(true, Ordering::Release);
         }
+        written.is_some()
     }
 }
 

@@ -222,15 +222,16 @@ impl JournalWriter {
         }
         let write = async move {
             let (written, committed, retries) = write_batch(&pool, &bounds, &items).await;
-            // Before any caller is answered, so that every client reads its own writes.
-            cache.write_through(&committed).await;
+            // Before any caller is answered, so that every client reads its own writes, on
+            // any process (or is told the outcome is unknown when that cannot be made sure).
+            let acknowledge = cache.write_through(&committed).await.may_acknowledge();
             let accounts: Vec<AccountState> =
                 committed.into_iter().map(|balance| balance.state).collect();
-            (items, written, accounts, retries)
+            (items, written, accounts, retries, acknowledge)
         }
         .instrument(span);
         ctx.spawn(write.into_actor(self).map(
-            move |(items, written, accounts, retries), writer, ctx| {
+            move |(items, written, accounts, retries, acknowledge), writer, ctx| {
                 writer.metrics.batch_size.record(items.len() as f64);
                 writer
                     .metrics
@@ -253,7 +254,7 @@ impl JournalWriter {
                 stats
                     .retries_reconnect
                     .fetch_add(retries.reconnect, Ordering::Relaxed);
-                writer.settle(items, written, accounts);
+                writer.settle(items, written, accounts, acknowledge);
                 writer.in_flight -= 1;
                 writer.stats.journal_heartbeat();
                 // What arrived during the commit has waited long enough: write it now.
@@ -269,7 +270,7 @@ impl JournalWriter {
         let started = Instant::now();
         let span = tracing::info_span!(parent: None, "ledger.commit_atomic", batch.size = atomic.movements.len());
         let write = async move {
-            let result = write_atomic(&pool, &bounds, &atomic.movements).await;
+            let mut result = write_atomic(&pool, &bounds, &atomic.movements).await;
             if let Ok(AtomicOutcome::Committed(report)) = &result {
                 let committed: Vec<CommittedBalance> = report
                     .accounts
@@ -279,7 +280,11 @@ impl JournalWriter {
                         at: report.committed_at,
                     })
                     .collect();
-                cache.write_through(&committed).await;
+                if !cache.write_through(&committed).await.may_acknowledge() {
+                    // Committed, but another process could still serve the old balances: the
+                    // outcome is answered as unknown (the retry with the same key replays it).
+                    result = Err(SubmitError::Unavailable);
+                }
             }
             (atomic, result)
         }
@@ -338,7 +343,15 @@ impl JournalWriter {
     }
 
     /// Settles holds, shares the observed balances, and answers the callers.
-    fn settle(&mut self, items: Vec<Item>, written: Vec<Written>, accounts: Vec<AccountState>) {
+    /// `acknowledge` is false when the batch's write-through neither landed nor invalidated the
+    /// cache: its completed movements are answered `Unavailable` (outcome unknown).
+    fn settle(
+        &mut self,
+        items: Vec<Item>,
+        written: Vec<Written>,
+        accounts: Vec<AccountState>,
+        acknowledge: bool,
+    ) {
         let mut told: HashSet<AccountKey> = HashSet::new();
         for (item, written) in items.into_iter().zip(written) {
             let movement = &item.submission.movement;
@@ -346,6 +359,11 @@ impl JournalWriter {
             let debited = movement.debited();
             let result = match written {
                 Written::Posted(posting, at) => match posting {
+                    Posting::Completed if !acknowledge => {
+                        self.metrics.transaction(kind, "completed");
+                        self.metrics.failure(kind, "cache_unknown");
+                        Err(SubmitError::Unavailable)
+                    }
                     Posting::Completed => {
                         self.metrics.transaction(kind, "completed");
                         self.metrics

@@ -508,6 +508,10 @@ fn replayed(mut response: HttpResponse) -> HttpResponse {
 
 /// Results rebuilt from stored transactions, in the given order.
 async fn replay_results(state: &AppState, ids: Vec<Uuid>) -> Result<Vec<BulkResult>, ApiError> {
+    // Acknowledgements like the first replies (see `posting::replay`).
+    if !state.cache.ready_to_acknowledge().await {
+        return Err(ApiError::Unavailable);
+    }
     let records = {
         let client = state.pool.get().await?;
         store::transactions::find_many(&client, &ids).await?

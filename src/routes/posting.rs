@@ -184,6 +184,11 @@ pub(crate) async fn replay(
             record.failure_detail.as_ref(),
         )),
         _ => {
+            // An acknowledgement like the first reply: not while this process may have lost a
+            // write-through that no invalidation has made up for (see `BalanceCache`).
+            if !state.cache.ready_to_acknowledge().await {
+                return Err(ApiError::Unavailable);
+            }
             let mut response = created(TransactionBody::from(record));
             response.headers_mut().insert(
                 actix_web::http::header::HeaderName::from_static("idempotent-replayed"),

@@ -217,13 +217,18 @@ fn expected(model: &Model, user: usize) -> BTreeMap<String, i64> {
 /// One random money movement by one of `users`, then an immediate read of the balances of
 /// everyone it touched: each must equal the model (read-your-writes, never stale). Returns the
 /// longest request time.
-async fn step(
-    app: &TestApp,
-    users: &[TestUser],
-    model: &mut Model,
-    rng: &mut StdRng,
-    context: &str,
-) -> Duration {
+/// One random write of `step`: the request, and how the model changes when it commits.
+struct Write {
+    path: &'static str,
+    body: serde_json::Value,
+    /// `(user, currency, delta)` applied to the model on commit.
+    effects: Vec<(usize, &'static str, i64)>,
+    /// The model says it must be refused (`insufficient_funds`).
+    refused: bool,
+    readers: [usize; 2],
+}
+
+fn random_write(users: &[TestUser], model: &Model, rng: &mut StdRng) -> Write {
     let user = rng.random_range(0..users.len());
     let other = (user + 1) % users.len();
     let currency = ["USD", "EUR"][rng.random_range(0..2)];
@@ -234,46 +239,88 @@ async fn step(
     } else {
         rng.random_range(1..=balance)
     };
-    let (path, body) = match kind {
+    let (path, body, effects) = match kind {
         0 => (
             "/api/v1/transactions/credit",
             json!({"amount": amount, "currency": currency}),
+            vec![(user, currency, amount)],
         ),
         1 => (
             "/api/v1/transactions/debit",
             json!({"amount": amount, "currency": currency}),
+            vec![(user, currency, -amount)],
         ),
         _ => (
             "/api/v1/transactions/transfer",
             json!({"to_user_id": users[other].id, "amount": amount, "currency": currency}),
+            vec![(user, currency, -amount), (other, currency, amount)],
         ),
     };
-    let started = Instant::now();
-    let reply = app.post(path, Some(&users[user].token), &body).await;
-    let mut slowest = started.elapsed();
-    if kind != 0 && amount > balance {
+    Write {
+        path,
+        body,
+        effects,
+        refused: kind != 0 && amount > balance,
+        readers: [user, other],
+    }
+}
+
+/// Sends `write` as `users[writer]` (with `key` when given) and returns the reply.
+async fn send_write(app: &TestApp, token: &str, write: &Write, key: Option<&str>) -> Reply {
+    app.request(
+        reqwest::Method::POST,
+        write.path,
+        Some(token),
+        Some(&write.body),
+        key,
+    )
+    .await
+}
+
+/// A committed (201) or refused (422) reply to `write`, checked against the model and applied
+/// to it.
+fn settle(model: &mut Model, write: &Write, reply: &Reply, context: &str) {
+    if write.refused {
         reply.assert_problem(422, "insufficient_funds");
     } else {
         assert_eq!(
             reply.status,
             StatusCode::CREATED,
-            "{context}: {path} {body}: {}",
+            "{context}: {} {}: {}",
+            write.path,
+            write.body,
             reply.body
         );
-        let sign = if kind == 0 { 1 } else { -1 };
-        *model.entry((user, currency)).or_insert(0) += sign * amount;
-        if kind == 2 {
-            *model.entry((other, currency)).or_insert(0) += amount;
+        for &(user, currency, delta) in &write.effects {
+            *model.entry((user, currency)).or_insert(0) += delta;
         }
     }
-    for reader in [user, other] {
+}
+
+/// One random write by a random user, then both parties read their balances back: they must be
+/// what the model says (read your writes). Returns the slowest of the three requests.
+async fn step(
+    app: &TestApp,
+    users: &[TestUser],
+    model: &mut Model,
+    rng: &mut StdRng,
+    context: &str,
+) -> Duration {
+    let write = random_write(users, model, rng);
+    let started = Instant::now();
+    let reply = send_write(app, &users[write.readers[0]].token, &write, None).await;
+    let mut slowest = started.elapsed();
+    settle(model, &write, &reply, context);
+    for reader in write.readers {
         let started = Instant::now();
         let got = current(app, &users[reader]).await;
         slowest = slowest.max(started.elapsed());
         assert_eq!(
             got,
             expected(model, reader),
-            "{context}: user {reader} read a stale balance right after {path} {body}"
+            "{context}: user {reader} read a stale balance right after {} {}",
+            write.path,
+            write.body
         );
     }
     slowest
@@ -434,25 +481,43 @@ async fn no_stale_balance_across_a_redis_outage_and_recovery() {
         .await;
     }
 
-    // 4. Redis frozen (SIGSTOP) keeps its data while writes go on; when it resumes, nothing it
-    //    held from before may be served.
+    // 4. Redis frozen (SIGSTOP) keeps its data and would answer another Tally process again
+    //    later: a write whose write-through neither lands nor can invalidate the cache commits
+    //    but is answered 503 `unavailable` (outcome unknown: no process may serve the old
+    //    balance after the new one was acknowledged), and so is a replay while the cache is in
+    //    doubt. Refusals change no balance and are answered as usual. Once Redis answers, the
+    //    same keys replay the committed writes, and nothing Redis held from before is served.
     redis.signal("STOP");
-    let frozen = async {
-        for i in 0..30 {
-            step(
-                &app,
-                &users,
-                &mut model,
-                &mut rng,
-                &format!("frozen, step {i}"),
-            )
-            .await;
+    let mut unknown = Vec::new();
+    for i in 0..12 {
+        let write = random_write(&users, &model, &mut rng);
+        let key = format!("frozen-{i}");
+        let token = &users[write.readers[0]].token;
+        let reply = send_write(&app, token, &write, Some(&key)).await;
+        if write.refused {
+            settle(&mut model, &write, &reply, "frozen");
+            continue;
         }
-        wait_for_cache(&app, "degraded", Duration::from_secs(10), || async {}).await;
-    };
-    frozen.await;
+        reply.assert_problem(503, "unavailable");
+        // Not acknowledged, and not acknowledged on a retry either while Redis is frozen.
+        send_write(&app, token, &write, Some(&key))
+            .await
+            .assert_problem(503, "unavailable");
+        // The writes that follow are judged on what committed.
+        for &(user, currency, delta) in &write.effects {
+            *model.entry((user, currency)).or_insert(0) += delta;
+        }
+        unknown.push((write, key));
+    }
+    assert!(!unknown.is_empty(), "the freeze must catch writes");
+    wait_for_cache(&app, "degraded", Duration::from_secs(10), || async {}).await;
     redis.signal("CONT");
     wait_for_cache(&app, "ok", Duration::from_secs(20), || async {}).await;
+    for (write, key) in &unknown {
+        let reply = send_write(&app, &users[write.readers[0]].token, write, Some(key)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{key}: {}", reply.body);
+        assert_eq!(reply.header("idempotent-replayed"), Some("true"), "{key}");
+    }
     for (user, _) in users.iter().enumerate() {
         assert_eq!(
             current(&app, &users[user]).await,
@@ -565,4 +630,141 @@ async fn readers_and_a_writer_on_one_account() {
     assert_eq!(app.balance(&owner, "USD").await, acknowledged.get());
     app.assert_ledger_invariants().await;
     drop(redis);
+}
+
+/// A TCP proxy in front of a Redis server that can be frozen: while frozen it forwards nothing
+/// (to the process behind it, Redis hangs), while other clients reach Redis directly.
+struct FreezableProxy {
+    port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl FreezableProxy {
+    async fn start(target_port: u16) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (frozen, watch) = tokio::sync::watch::channel(false);
+        actix_web::rt::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                actix_web::rt::spawn(forward(client_read, server_write, watch.clone()));
+                actix_web::rt::spawn(forward(server_read, client_write, watch.clone()));
+            }
+        });
+        FreezableProxy { port, frozen }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the proxy is frozen.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.wait_for(|frozen| !*frozen).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Issue 10: two instances share one Redis; A's write-through can neither land nor invalidate
+/// the cache (Redis hangs for A only), while B still reads Redis. A must not acknowledge the
+/// commit (503, outcome unknown), nor its replay while the cache is in doubt; once A reaches
+/// Redis again, the replay is acknowledged only after the cache was invalidated, and B never
+/// serves the old balance after that acknowledgement.
+#[actix_web::test]
+async fn no_instance_serves_the_old_balance_after_another_acknowledged_the_new() {
+    let redis = RedisServer::start(free_port()).await;
+    let proxy = FreezableProxy::start(redis.port).await;
+    let (proxy_url, redis_url) = (proxy.url(), redis.url());
+    let a = TestApp::spawn_with(|settings| {
+        settings.redis.url = proxy_url;
+        settings.redis.timeout_ms = 200;
+    })
+    .await;
+    let database_url = a.database_url.clone();
+    let b = TestApp::spawn_with(|settings| {
+        settings.database.url = database_url;
+        settings.redis.url = redis_url;
+        settings.redis.timeout_ms = 200;
+    })
+    .await;
+    let user = a.user("shared").await;
+    a.credit(&user, 1_000, "USD").await;
+    // B caches the balance: a miss fills it, the next read is a hit.
+    assert_eq!(b.balance(&user, "USD").await, 1_000);
+    let (hits, _, _) = cache_counts(&b).await;
+    assert_eq!(b.balance(&user, "USD").await, 1_000);
+    assert!(cache_counts(&b).await.0 > hits, "B reads from Redis");
+
+    proxy.freeze(true);
+    let debit = json!({"amount": 300, "currency": "USD"});
+    let send = || {
+        a.request(
+            reqwest::Method::POST,
+            "/api/v1/transactions/debit",
+            Some(&user.token),
+            Some(&debit),
+            Some("debit-1"),
+        )
+    };
+    send().await.assert_problem(503, "unavailable");
+    let committed: i64 = a
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE idempotency_key = 'debit-1' AND status = 'completed'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(committed, 1, "committed, but not acknowledged");
+    send().await.assert_problem(503, "unavailable");
+
+    proxy.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acknowledged = loop {
+        let reply = send().await;
+        if reply.status == StatusCode::CREATED || Instant::now() >= deadline {
+            break reply;
+        }
+        reply.assert_problem(503, "unavailable");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        acknowledged.status,
+        StatusCode::CREATED,
+        "{}",
+        acknowledged.body
+    );
+    assert_eq!(acknowledged.header("idempotent-replayed"), Some("true"));
+    assert_eq!(b.balance(&user, "USD").await, 700, "B after A acknowledged");
+    assert_eq!(a.balance(&user, "USD").await, 700);
+    a.assert_ledger_invariants().await;
 }
