@@ -182,6 +182,7 @@ pub struct BalanceCache {
     dirty: AtomicBool,
     ttl_s: u64,
     timeout: Duration,
+    invalidate_timeout: Duration,
     read: Script,
     write: Script,
 }
@@ -260,6 +261,7 @@ impl BalanceCache {
             dirty: AtomicBool::new(true),
             ttl_s: settings.ttl_s.max(1),
             timeout,
+            invalidate_timeout: Duration::from_millis(settings.invalidate_timeout_ms),
             read: Script::new(READ_SCRIPT),
             write: Script::new(WRITE_SCRIPT),
         }))
@@ -478,16 +480,20 @@ impl BalanceCache {
         self.invalidate_now().await != WriteThrough::Unknown
     }
 
-    /// Bumps the epoch on a connection of its own, past the breaker and the pool, within
-    /// `redis.timeout_ms`: every process then reads and writes fresh keys, so none can serve a
-    /// balance written before. Connecting refused means no Redis serves anyone (nothing stale
-    /// can be read); a timeout or an error once connected leaves the outcome unknown.
+    /// Bumps the epoch on a connection of its own, past the breaker and the pool: every process
+    /// then reads and writes fresh keys, so none can serve a balance written before. Connecting refused means no Redis serves anyone (nothing stale
+    /// can be read); a timeout (`redis.invalidate_timeout_ms`, connecting included) or an error
+    /// once connected leaves the outcome unknown.
     async fn invalidate_now(&self) -> WriteThrough {
         let Some(client) = &self.client else {
             return WriteThrough::Landed;
         };
-        let connection =
-            tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection()).await;
+        let started = tokio::time::Instant::now();
+        let connection = tokio::time::timeout(
+            self.invalidate_timeout,
+            client.get_multiplexed_async_connection(),
+        )
+        .await;
         let mut connection = match connection {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) if error.is_connection_refusal() => {
@@ -500,8 +506,8 @@ impl BalanceCache {
                 return WriteThrough::Unknown;
             }
         };
-        let bumped = tokio::time::timeout(
-            self.timeout,
+        let bumped = tokio::time::timeout_at(
+            started + self.invalidate_timeout,
             redis::cmd("INCR")
                 .arg(EPOCH_KEY)
                 .query_async::<i64>(&mut connection),

@@ -102,6 +102,9 @@ pub struct RedisSettings {
     pub pool_size: u32,
     /// Longest wait for any Redis call, in milliseconds.
     pub timeout_ms: u64,
+    /// Longest wait, in milliseconds, for the invalidation that follows a lost write-through
+    /// (connecting included) before the commit is answered 503 as of unknown outcome.
+    pub invalidate_timeout_ms: u64,
     /// Lifetime of a cached user's balances, in seconds.
     pub ttl_s: u64,
     /// Consecutive failures that open the breaker.

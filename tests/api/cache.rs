@@ -336,6 +336,7 @@ async fn no_stale_balance_across_a_redis_outage_and_recovery() {
     let app = TestApp::spawn_with(|settings| {
         settings.redis.url = url;
         settings.redis.timeout_ms = 250;
+        settings.redis.invalidate_timeout_ms = 400;
         settings.redis.breaker_failures = 3;
         settings.redis.breaker_cooldown_ms = 200;
     })
@@ -551,6 +552,7 @@ async fn readers_and_a_writer_on_one_account() {
     let app = TestApp::spawn_with(|settings| {
         settings.redis.url = url;
         settings.redis.timeout_ms = 250;
+        settings.redis.invalidate_timeout_ms = 400;
         settings.redis.ttl_s = 1;
     })
     .await;
@@ -705,6 +707,7 @@ async fn no_instance_serves_the_old_balance_after_another_acknowledged_the_new()
     let a = TestApp::spawn_with(|settings| {
         settings.redis.url = proxy_url;
         settings.redis.timeout_ms = 200;
+        settings.redis.invalidate_timeout_ms = 400;
     })
     .await;
     let database_url = a.database_url.clone();
@@ -712,6 +715,7 @@ async fn no_instance_serves_the_old_balance_after_another_acknowledged_the_new()
         settings.database.url = database_url;
         settings.redis.url = redis_url;
         settings.redis.timeout_ms = 200;
+        settings.redis.invalidate_timeout_ms = 400;
     })
     .await;
     let user = a.user("shared").await;
