@@ -46,8 +46,9 @@ use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, P
 use crate::store::{AcquireError, DbPool};
 use crate::telemetry::{names, CounterFamily};
 
-/// Transient database errors (deadlock, serialization failure) are retried this many times
-/// before the batch is split.
+/// Transient database errors (deadlock, serialization failure, a lock wait past
+/// `database.lock_timeout_ms`) are retried this many times before the batch is split (or, for a
+/// lock timeout, answered `Unavailable`).
 const TRANSIENT_RETRIES_MAX: u32 = 3;
 
 /// Movements to apply all or nothing, in one commit of their own (the bulk endpoint's atomic
@@ -507,7 +508,9 @@ async fn write_batch(
             }
             Err(Failure::Batch(error)) => error,
         };
-        if error.is_transient() && transient_attempts < TRANSIENT_RETRIES_MAX {
+        if (error.is_transient() || error.is_lock_timeout())
+            && transient_attempts < TRANSIENT_RETRIES_MAX
+        {
             tracing::info!(%error, "journal writer: transient failure, retrying the batch");
             retries.transient += 1;
             pending.push((range, transient_attempts + 1, reconnected));
@@ -644,7 +647,10 @@ async fn write_atomic(
         }
         match result {
             Ok(outcome) => return Ok(outcome),
-            Err(error) if error.is_transient() && attempts <= TRANSIENT_RETRIES_MAX => {
+            Err(error)
+                if (error.is_transient() || error.is_lock_timeout())
+                    && attempts <= TRANSIENT_RETRIES_MAX =>
+            {
                 tracing::info!(error = ?error, "journal writer: transient failure, retrying the atomic set");
             }
             Err(error) if error.is_connection_lost() || error.is_timeout() => {

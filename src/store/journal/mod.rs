@@ -145,6 +145,16 @@ impl BatchError {
             || self.database_error().is_some_and(super::is_transient)
     }
 
+    /// A lock wait ran past `database.lock_timeout_ms`. In a group commit that is a queue
+    /// behind other batches' row locks on a loaded machine (or a row held outside Tally):
+    /// nothing was written, and the batch may be run again a few times before it is answered
+    /// `Unavailable`.
+    pub fn is_lock_timeout(&self) -> bool {
+        self.database_error().is_some_and(|error| {
+            error.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+        })
+    }
+
     /// A statement or lock waited longer than `database.statement_timeout_ms` or
     /// `database.lock_timeout_ms`.
     pub fn is_timeout(&self) -> bool {
