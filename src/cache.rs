@@ -30,8 +30,7 @@ use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
 
 use crate::config::RedisSettings;
-use crate::domain::AccountState;
-use crate::domain::{Currency, UserId};
+use crate::domain::{CommittedBalance, Currency, UserId};
 use crate::store::balances::BalanceRecord;
 use crate::telemetry::names;
 
@@ -46,14 +45,6 @@ pub struct CachedBalance {
     pub pending: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
-}
-
-/// A balance a commit produced, to write through: the state the database returned and the
-/// commit's timestamp (`balances.last_updated_at`).
-#[derive(Debug, Clone, Copy)]
-pub struct CommittedBalance {
-    pub state: AccountState,
-    pub at: DateTime<Utc>,
 }
 
 /// What became of a write-through, and so whether its commit may be acknowledged (DESIGN.md

@@ -9,7 +9,8 @@ mod user;
 
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use movement::{
-    AccountKey, AccountState, Authority, IdempotencyClaim, Movement, MovementError,
+    AccountKey, AccountState, Authority, CommittedBalance, IdempotencyClaim, Movement,
+    MovementError,
 };
 pub use rules::{
     check_sequence, Bounds, BoundsError, CurrencyBounds, LimitBreach, LimitKind, Limits, Prefixes,

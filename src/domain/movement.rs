@@ -26,6 +26,14 @@ pub struct AccountState {
     pub version: i64,
 }
 
+/// A balance a commit produced, to write through to the cache: the state the database returned
+/// and the commit's timestamp (`balances.last_updated_at`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedBalance {
+    pub state: AccountState,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// What the initiator's right to a movement rests on. The handler decides it from the request
 /// and the access token; the group commit checks it again against the initiator's role as it
 /// is at the commit (the user row is share-locked there), so a demoted or deleted admin's token

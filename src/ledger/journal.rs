@@ -40,8 +40,8 @@ use super::messages::{Append, Item, Observed, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
-use crate::cache::{BalanceCache, CommittedBalance};
-use crate::domain::{AccountKey, AccountState, Bounds, Currency, Movement};
+use crate::cache::BalanceCache;
+use crate::domain::{AccountKey, AccountState, Bounds, CommittedBalance, Currency, Movement};
 use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
 use crate::store::{AcquireError, DbPool};
 use crate::telemetry::{names, CounterFamily};
