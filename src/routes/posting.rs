@@ -189,12 +189,7 @@ pub(crate) async fn replay(
             if !state.cache.ready_to_acknowledge().await {
                 return Err(ApiError::Unavailable);
             }
-            let mut response = created(TransactionBody::from(record));
-            response.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
-                actix_web::http::header::HeaderValue::from_static("true"),
-            );
-            Ok(response)
+            Ok(replayed(created(TransactionBody::from(record))))
         }
     }
 }
@@ -203,4 +198,13 @@ pub(crate) fn created(body: TransactionBody) -> HttpResponse {
     HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/transactions/{}", body.id)))
         .json(body)
+}
+
+/// `response`, marked as the repeat of a stored result (`Idempotent-Replayed: true`).
+pub(crate) fn replayed(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    response
 }

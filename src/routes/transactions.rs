@@ -162,11 +162,7 @@ async fn submit_system_movement(
     req: &HttpRequest,
     movement: Movement,
 ) -> Result<HttpResponse, ApiError> {
-    let account = if movement.kind() == TransactionKind::Credit {
-        movement.to()
-    } else {
-        movement.from()
-    };
+    let account = movement.owner();
     let on_behalf = account != movement.initiated_by();
     let details = on_behalf.then(|| {
         json!({

@@ -27,7 +27,7 @@ use super::input::{parse, BulkJsonObject, Fields, JsonObject};
 use super::posting::{idempotency_key, TransactionBody};
 use super::AppState;
 use crate::auth::Principal;
-use crate::domain::{Authority, IdempotencyKey, TransactionKind};
+use crate::domain::{Authority, IdempotencyKey};
 use crate::error::{ApiError, Problem};
 
 /// One item's result.
@@ -165,7 +165,7 @@ pub async fn bulk(
         .iter()
         .enumerate()
         .filter_map(|(index, movement)| {
-            let owner = if movement.kind() == TransactionKind::Credit { movement.to() } else { movement.from() };
+            let owner = movement.owner();
             (owner != principal.user).then(|| {
                 serde_json::json!({
                     "index": index, "transaction_id": movement.id(), "type": movement.kind().as_str(),

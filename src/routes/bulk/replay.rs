@@ -10,7 +10,7 @@ use super::{BulkBody, BulkResult};
 use crate::auth::Principal;
 use crate::domain::{Movement, TransactionStatus};
 use crate::error::ApiError;
-use crate::routes::posting::TransactionBody;
+use crate::routes::posting::{replayed, TransactionBody};
 use crate::routes::AppState;
 use crate::store;
 
@@ -64,14 +64,6 @@ pub(super) async fn replay_if_applied(
     Ok(Stored::All(replayed(
         HttpResponse::Ok().json(BulkBody { results }),
     )))
-}
-
-fn replayed(mut response: HttpResponse) -> HttpResponse {
-    response.headers_mut().insert(
-        actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
-        actix_web::http::header::HeaderValue::from_static("true"),
-    );
-    response
 }
 
 /// Results rebuilt from stored transactions, in the given order.

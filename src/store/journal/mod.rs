@@ -371,19 +371,16 @@ async fn decide_keys_and_parties(
     indices: &[usize],
     postings: &mut [Option<Posting>],
 ) -> Result<(), BatchError> {
-    let roles = sql::lock_parties(transaction, movements, indices).await?;
+    let admins = sql::lock_parties(transaction, movements, indices).await?;
     let refusal = |movement: &Movement| -> Option<Posting> {
         let inactive = [movement.initiated_by(), movement.from(), movement.to()]
             .into_iter()
-            .find(|user| !user.is_system() && !roles.contains_key(&user.as_uuid()));
+            .find(|user| !user.is_system() && !admins.contains_key(&user.as_uuid()));
         if let Some(user) = inactive {
             return Some(Posting::InactiveParty { user });
         }
-        let role = roles
-            .get(&movement.initiated_by().as_uuid())
-            .map(String::as_str);
-        (movement.authority() == Authority::Admin && role != Some("admin"))
-            .then_some(Posting::Forbidden)
+        let is_admin = admins.get(&movement.initiated_by().as_uuid()) == Some(&true);
+        (movement.authority() == Authority::Admin && !is_admin).then_some(Posting::Forbidden)
     };
     let refused: HashMap<usize, Posting> = indices
         .iter()
@@ -450,7 +447,7 @@ enum Apply {
     AllOrNothing,
 }
 
-/// The checked path: locks the rows the movements `indices` touch (creating missing ones),
+/// The checked path: locks the rows the movements `indices` touch (creating the missing ones),
 /// decides each movement in order with the posting rule, then applies the admitted ones with
 /// the conditional update, which must agree (the rows are locked). Returns one decision per
 /// movement of `indices`.
@@ -469,8 +466,18 @@ async fn check_and_apply(
         .collect();
     in_lock_order(&mut accounts);
     accounts.dedup();
-    sql::insert_missing_balances(transaction, &accounts).await?;
-    let locked = sql::lock_balances(transaction, &accounts).await?;
+    // Lock what exists first; only the rows missing then are created (and locked) — in the
+    // steady state every row exists and this is one statement.
+    let mut locked = sql::lock_balances(transaction, &accounts).await?;
+    if locked.len() != accounts.len() {
+        let missing: Vec<AccountKey> = accounts
+            .iter()
+            .filter(|account| !locked.contains_key(account))
+            .copied()
+            .collect();
+        sql::insert_missing_balances(transaction, &missing).await?;
+        locked.extend(sql::lock_balances(transaction, &missing).await?);
+    }
     if locked.len() != accounts.len() {
         return Err(BatchError::Inconsistent(
             "a balance row was missing after it was created",

@@ -17,14 +17,15 @@ use crate::domain::{
 };
 
 /// Share-locks the users the movements `indices` name (in id order, `system` excluded: it is
-/// never deleted and every credit names it) and returns the role of each active one. One
+/// never deleted and every credit names it) and returns, for each active one, whether it is an
+/// admin. One
 /// statement per batch, race-free with `store::users::soft_delete` and role changes, which lock
 /// the same row for update: what the commit sees stays true until it commits.
 pub(super) async fn lock_parties(
     transaction: &Transaction<'_>,
     movements: &[&Movement],
     indices: &[usize],
-) -> Result<HashMap<Uuid, String>, BatchError> {
+) -> Result<HashMap<Uuid, bool>, BatchError> {
     let mut wanted: Vec<Uuid> = indices
         .iter()
         .flat_map(|&i| {
@@ -41,7 +42,7 @@ pub(super) async fn lock_parties(
     }
     let statement = transaction
         .prepare_cached(
-            "SELECT id, role FROM users
+            "SELECT id, role = 'admin' FROM users
              WHERE id = ANY($1) AND deleted_at IS NULL AND role <> 'system'
              ORDER BY id
              FOR SHARE",
