@@ -3,7 +3,9 @@
 //! the database returned, and answers every caller. One fsync serves the whole batch.
 //!
 //! Batching: a batch is written when it reaches `batch_size_max`, or `batch_linger_us` after
-//! its first movement arrived. Up to `pipeline.commit_concurrency` batches are committed at once,
+//! its first movement arrived, or at once when requests come one at a time (no commit in
+//! flight, the last batch carried one movement, and every movement admitted to the pipeline is
+//! already in it: nothing could join it by lingering). Up to `pipeline.commit_concurrency` batches are committed at once,
 //! each on its own connection (while one waits for its fsync, the next is already written);
 //! whatever arrives while all are busy forms the next batch, written as soon as one is done, so
 //! the batch size grows with the load by itself. Overlapping batches stay correct because each
@@ -78,6 +80,19 @@ pub(super) struct JournalSettings {
     pub commit_concurrency: usize,
 }
 
+/// The pipeline's admission count, read by the writer: movements admitted (each holds a permit
+/// of the ledger's admission semaphore until it is answered) and not yet answered.
+pub(super) struct Admitted {
+    pub semaphore: Arc<tokio::sync::Semaphore>,
+    pub capacity: usize,
+}
+
+impl Admitted {
+    fn count(&self) -> usize {
+        self.capacity - self.semaphore.available_permits()
+    }
+}
+
 pub(super) struct JournalWriter {
     pool: DbPool,
     bounds: Arc<Bounds>,
@@ -94,6 +109,9 @@ pub(super) struct JournalWriter {
     /// Batches and atomic sets being committed now (at most `commit_concurrency`).
     in_flight: usize,
     linger_timer: Option<SpawnHandle>,
+    admitted: Admitted,
+    /// Movements in the last batch written: 1 when requests come one at a time.
+    last_batch_size: usize,
 }
 
 /// The writer's metric handles.
@@ -176,6 +194,7 @@ impl JournalWriter {
         directory: Recipient<Observed>,
         settings: JournalSettings,
         stats: Arc<PipelineStats>,
+        admitted: Admitted,
     ) -> JournalWriter {
         JournalWriter {
             pool,
@@ -190,6 +209,8 @@ impl JournalWriter {
             last_was_batch: false,
             in_flight: 0,
             linger_timer: None,
+            admitted,
+            last_batch_size: 1,
         }
     }
 
@@ -211,6 +232,7 @@ impl JournalWriter {
         self.in_flight += 1;
         self.last_was_batch = true;
         let take = self.buffer.len().min(self.settings.batch_size_max);
+        self.last_batch_size = take;
         let items: Vec<Item> = self.buffer.drain(..take).collect();
         let (pool, cache, bounds) = (self.pool.clone(), self.cache.clone(), self.bounds.clone());
         let started = Instant::now();
@@ -614,7 +636,18 @@ impl Handler<Append> for JournalWriter {
         if self.in_flight >= self.settings.commit_concurrency {
             return;
         }
-        if self.buffer.len() >= self.settings.batch_size_max {
+        // Lingering only pays when another movement can join the batch. When requests come
+        // one at a time (the last batch carried one movement), no commit is in flight and
+        // every admitted movement is already in the buffer, none can arrive before a new
+        // request is admitted, so the batch is written at once (PostgreSQL's `commit_delay`
+        // applies a like test: it waits only with `commit_siblings` others active). Under
+        // load the batch lingers: admitted movements are upstream, and after a wave of
+        // replies the last batch was large, so the first request of the next wave waits for
+        // the rest instead of taking a commit (and its row locks) alone.
+        let alone = self.in_flight == 0
+            && self.last_batch_size <= 1
+            && self.admitted.count() <= self.buffer.len();
+        if self.buffer.len() >= self.settings.batch_size_max || alone {
             self.write_next_batch(ctx);
         } else if self.linger_timer.is_none() {
             self.linger_timer = Some(ctx.run_later(self.settings.linger, |writer, ctx| {

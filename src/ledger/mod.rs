@@ -218,6 +218,11 @@ impl Ledger {
             linger: Duration::from_micros(settings.batch_linger_us),
             commit_concurrency: settings.commit_concurrency,
         };
+        let admission = Arc::new(Semaphore::new(settings.queue_capacity));
+        let admitted = journal::Admitted {
+            semaphore: admission.clone(),
+            capacity: settings.queue_capacity,
+        };
         let journal_stats = stats.clone();
         let journal_bounds = bounds.clone();
         let journal =
@@ -229,6 +234,7 @@ impl Ledger {
                     directory_address.recipient(),
                     journal_settings,
                     journal_stats,
+                    admitted,
                 )
             });
         let directory = directory_context.run(directory::Directory::new(
@@ -251,7 +257,7 @@ impl Ledger {
         Ledger {
             queue: sender,
             journal,
-            admission: Arc::new(Semaphore::new(settings.queue_capacity)),
+            admission,
             capacity: settings.queue_capacity,
             reply_timeout: Duration::from_millis(settings.reply_timeout_ms),
             stats,

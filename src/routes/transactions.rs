@@ -396,6 +396,8 @@ const HISTORY_LIMIT_DEFAULT: i64 = 50;
 pub(crate) const HISTORY_LIMIT_MAX: i64 = 200;
 
 /// `?limit&cursor&user_id` → 200 `{items, next_cursor}`, newest first. `user_id` is for admins.
+/// Paging by `cursor` shows every transaction committed before the first page exactly once
+/// (`store::transactions::history`).
 #[utoipa::path(
     get, path = "/api/v1/transactions/history", tag = "transactions", security(("bearer" = [])),
     params(HistoryQuery),

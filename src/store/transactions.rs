@@ -93,8 +93,12 @@ pub struct HistoryFilter {
 ///
 /// Each branch of the `UNION ALL` is one ordered index range scan (`transactions_from_idx`,
 /// `transactions_to_idx`); a transaction appears in at most one branch because `from <> to`.
-/// The keyset (created_at, id) < cursor stays exact while new transactions arrive: they sort
-/// before the first page, never between pages.
+/// Paging guarantee: the key (created_at, id) is immutable and total, so a listing shows,
+/// exactly once and in order, every transaction committed before its first page was read.
+/// `created_at` is the commit batch's start time, so a transaction that commits while a listing
+/// is under way can sort between pages already read and is then only in listings started after
+/// it (as with a snapshot taken at the first page). Readers that need every change in commit
+/// order use the event log's cursor (`store::events`), not this listing.
 pub async fn history(
     client: &impl GenericClient,
     user: UserId,

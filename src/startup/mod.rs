@@ -14,35 +14,26 @@
 //! It ends with one `shutdown complete` log line with the HTTP requests started and finished;
 //! when time ran out first it returns an error (the process exits non-zero).
 
+mod background;
+mod http;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::middleware::{from_fn, ErrorHandlers};
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context;
 
-use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::ledger::Ledger;
 use crate::lifecycle::Lifecycle;
-use crate::routes::input::{BodyLimit, BulkBodyLimit};
-use crate::routes::middleware::{self, RateLimiters};
-use crate::routes::openapi::OpenApiDocument;
-use crate::routes::{self, AppState};
+use crate::routes::middleware::RateLimiters;
+use crate::routes::AppState;
 use crate::store::{self, DatabaseHealth, DbPool};
 use crate::telemetry::TelemetryGuard;
 
-/// How often the rate limiters forget clients whose buckets are full again.
-const RATE_LIMITER_CLEANUP_PERIOD: Duration = Duration::from_secs(60);
-/// How often the histograms' recorded samples are folded into their buckets. The Prometheus
-/// recorder keeps every sample until then (metrics-exporter-prometheus `run_upkeep`): without
-/// it, memory grows with every request between scrapes.
-const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(1);
-/// How often expired idempotency keys are swept.
-const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 /// Time kept for flushing spans at the end of a shutdown, when spans are exported.
 const SPAN_FLUSH_BUDGET: Duration = Duration::from_millis(1000);
 
@@ -72,116 +63,41 @@ impl Application {
         // Then metrics: the pools and actors below register their metric handles with it.
         let metrics = crate::telemetry::metrics_handle()?;
         store::prepare_database(&settings.database).await?;
-        let health = DatabaseHealth::new();
-        // One connection per concurrent commit, plus one to reconnect with while a dead
-        // connection is being recycled.
-        let journal_pool_size = settings.pipeline.commit_concurrency + 1;
-        let api_pool_size = settings
-            .database
-            .pool_size
-            .saturating_sub(journal_pool_size)
-            .max(1);
-        let pool = DbPool::new(
-            store::pool(&settings.database, store::APP_NAME, api_pool_size)?,
-            health.clone(),
-            "api",
-        );
-        let journal_pool = DbPool::new(
-            store::journal_pool(&settings.database, journal_pool_size)?,
-            health.clone(),
-            "journal",
-        );
-        let health_pool = store::pool(&settings.database, store::HEALTH_APP_NAME, 1)?;
+        let pools = Pools::open(&settings)?;
         let cache = crate::cache::BalanceCache::new(&settings.redis)?;
         let ledger = Ledger::start(
             &settings.pipeline,
             Arc::new(settings.ledger.bounds()?),
-            pool.clone(),
-            journal_pool.clone(),
+            pools.api.clone(),
+            pools.journal.clone(),
             cache.clone(),
         );
-        let keys = web::Data::new(JwtKeys::new(
-            &settings.auth.jwt_secret,
-            settings.auth.access_token_ttl_s,
-        )?);
-        let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
-        let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
-        let limiters = web::Data::new(RateLimiters::new(&settings.rate_limit)?);
-        let openapi = web::Data::new(OpenApiDocument::render(settings.bulk.max_items));
-        let cors_origins = settings.http.cors_allowed_origins.clone();
-        bootstrap_admin(pool.inner(), &settings.bootstrap).await?;
-        let workers = match settings.http.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
-        let background = vec![
-            store::health::spawn_monitor(
-                health,
-                health_pool.clone(),
-                settings.database.health_check_interval(),
-                settings.database.connect_timeout(),
-            ),
-            spawn_idempotency_sweeper(pool.inner().clone(), settings.idempotency.retention_hours),
-            spawn_rate_limiter_cleanup(limiters.get_ref().clone()),
-            spawn_metrics_upkeep(metrics.clone()),
-            spawn_cache_warm_up(
-                pool.inner().clone(),
-                cache.clone(),
-                settings.redis.warm_up_users,
-            ),
-        ];
-        // actix-web's own bound on finishing started requests: what is left of the shutdown
-        // budget after the readiness delay, rounded up to whole seconds (its unit).
-        let drain_budget = settings
-            .http
-            .shutdown_timeout()
-            .saturating_sub(settings.http.shutdown_delay());
-        let keep_alive = Duration::from_secs(settings.http.keep_alive_s);
+        bootstrap_admin(pools.api.inner(), &settings.bootstrap).await?;
+        let limiters = RateLimiters::new(&settings.rate_limit)?;
+        let mut background =
+            background::spawn_all(&settings, pools.api.inner(), &cache, &limiters, &metrics);
+        background.push(store::health::spawn_monitor(
+            pools.health,
+            pools.health_pool.clone(),
+            settings.database.health_check_interval(),
+            settings.database.connect_timeout(),
+        ));
         let state = web::Data::new(AppState {
-            pool,
-            journal_pool,
+            pool: pools.api,
+            journal_pool: pools.journal,
             ledger,
             cache,
             settings,
             metrics,
             lifecycle: Lifecycle::default(),
         });
-
-        let app_state = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .app_data(keys.clone())
-                .app_data(body_limit.clone())
-                .app_data(bulk_body_limit.clone())
-                .app_data(limiters.clone())
-                .app_data(openapi.clone())
-                .configure(routes::extractor_errors)
-                .configure(routes::configure)
-                .default_service(web::to(routes::not_found))
-                // Outermost last: request id → tracing span → metrics → access log → problem+json
-                // for every error → CORS → (per scope) security headers → rate limit → auth.
-                .wrap(cors(&cors_origins))
-                .wrap(ErrorHandlers::new().default_handler(routes::problem_for_plain_errors))
-                .wrap(from_fn(middleware::access_log))
-                .wrap(from_fn(routes::record_http_metrics))
-                .wrap(tracing_actix_web::TracingLogger::default())
-                .wrap(from_fn(middleware::request_id_layer))
-        })
-        .workers(workers)
-        .keep_alive(keep_alive)
-        .shutdown_timeout(drain_budget.as_secs_f64().ceil() as u64)
-        // Signals are ours (`run_until_stopped`): readiness must turn false before the
-        // listener closes, and the pipeline must drain after it.
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        let server = http::server(state.clone(), limiters, listener)?;
         tracing::info!(address = %address, "listening");
         Ok(Application {
             port: address.port(),
             server,
             state,
-            health_pool,
+            health_pool: pools.health_pool,
             background,
             telemetry: None,
         })
@@ -337,60 +253,43 @@ async fn shutdown_signal() {
     }
 }
 
-/// Deletes idempotency keys older than the retention, hourly. Failures are logged and retried at
-/// the next tick.
-fn spawn_idempotency_sweeper(
-    pool: deadpool_postgres::Pool,
-    retention_hours: u64,
-) -> tokio::task::JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        let mut ticks = tokio::time::interval(IDEMPOTENCY_SWEEP_PERIOD);
-        loop {
-            ticks.tick().await;
-            let swept = async {
-                let client = pool.get().await?;
-                anyhow::Ok(store::idempotency::expire(&client, retention_hours).await?)
-            };
-            match swept.await {
-                Ok(0) => {}
-                Ok(count) => tracing::info!(count, "expired idempotency keys"),
-                Err(error) => tracing::warn!(error = ?error, "idempotency key sweep failed"),
-            }
-        }
-    })
-}
-fn cors(origins: &[String]) -> actix_cors::Cors {
-    let mut cors = actix_cors::Cors::default()
-        .allowed_methods(["GET", "POST", "PUT", "DELETE"])
-        .allowed_headers([
-            actix_web::http::header::AUTHORIZATION,
-            actix_web::http::header::CONTENT_TYPE,
-            actix_web::http::header::HeaderName::from_static("idempotency-key"),
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-        ])
-        .expose_headers([
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-            actix_web::http::header::LOCATION,
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
-        ])
-        .max_age(3600);
-    for origin in origins {
-        cors = cors.allowed_origin(origin);
-    }
-    cors
+/// The three connection pools of an instance, all reporting to one [`DatabaseHealth`].
+struct Pools {
+    /// Requests' reads and writes outside the group commit.
+    api: DbPool,
+    /// The journal writer's: one connection per concurrent commit, plus one to reconnect with
+    /// while a dead connection is being recycled.
+    journal: DbPool,
+    /// The health monitor's single connection (never queued behind requests).
+    health_pool: deadpool_postgres::Pool,
+    health: DatabaseHealth,
 }
 
-fn spawn_rate_limiter_cleanup(
-    limiters: std::sync::Arc<RateLimiters>,
-) -> tokio::task::JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        let mut ticks = tokio::time::interval(RATE_LIMITER_CLEANUP_PERIOD);
-        loop {
-            ticks.tick().await;
-            limiters.retain_recent();
-        }
-    })
+impl Pools {
+    /// Errors: `database.url` is not a valid connection string.
+    fn open(settings: &Settings) -> anyhow::Result<Pools> {
+        let health = DatabaseHealth::new();
+        let journal_size = settings.pipeline.commit_concurrency + 1;
+        let api_size = settings
+            .database
+            .pool_size
+            .saturating_sub(journal_size)
+            .max(1);
+        Ok(Pools {
+            api: DbPool::new(
+                store::pool(&settings.database, store::APP_NAME, api_size)?,
+                health.clone(),
+                "api",
+            ),
+            journal: DbPool::new(
+                store::journal_pool(&settings.database, journal_size)?,
+                health.clone(),
+                "journal",
+            ),
+            health_pool: store::pool(&settings.database, store::HEALTH_APP_NAME, 1)?,
+            health,
+        })
+    }
 }
 
 /// Creates the configured bootstrap admin when all of its settings are given.
@@ -421,46 +320,4 @@ async fn bootstrap_admin(
         tracing::info!(username = %settings.admin_username, "bootstrap admin created");
     }
     Ok(())
-}
-
-/// Loads the balances of the most recently active users into the cache, in the background.
-fn spawn_cache_warm_up(
-    pool: deadpool_postgres::Pool,
-    cache: std::sync::Arc<crate::cache::BalanceCache>,
-    users: u32,
-) -> tokio::task::JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        if cache.health() == crate::cache::CacheHealth::Disabled || users == 0 {
-            return;
-        }
-        let warmed = async {
-            let client = pool.get().await?;
-            let active = store::balances::recently_active_users(&client, i64::from(users)).await?;
-            for user in &active {
-                if let crate::cache::Lookup::Miss(token) = cache.get(*user).await {
-                    let records = store::balances::for_user(&client, *user, None).await?;
-                    cache.fill(*user, &records, token).await;
-                }
-            }
-            anyhow::Ok(active.len())
-        };
-        match warmed.await {
-            Ok(count) => tracing::info!(users = count, "balance cache warmed up"),
-            Err(error) => tracing::warn!(error = ?error, "balance cache warm-up failed"),
-        }
-    })
-}
-
-/// Folds recorded histogram samples into buckets every `METRICS_UPKEEP_PERIOD`, so memory stays
-/// flat however long it is between scrapes.
-fn spawn_metrics_upkeep(
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> tokio::task::JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        let mut ticks = tokio::time::interval(METRICS_UPKEEP_PERIOD);
-        loop {
-            ticks.tick().await;
-            handle.run_upkeep();
-        }
-    })
 }
