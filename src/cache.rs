@@ -445,12 +445,11 @@ impl BalanceCache {
             String::new(),
         ];
         for balance in balances {
-            // No path writes `pending` yet (holds live in the balance actors), so it is 0.
             let state = balance.state;
             args.extend([
                 state.account.user.to_string(),
                 state.account.currency.code().to_owned(),
-                encode(state.amount, 0, state.version, balance.at),
+                encode(state.amount, state.pending, state.version, balance.at),
                 state.version.to_string(),
             ]);
         }

@@ -22,6 +22,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub pipeline: PipelineSettings,
     pub idempotency: IdempotencySettings,
+    pub holds: HoldSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub rate_limit: RateLimitSettings,
@@ -211,6 +212,26 @@ pub struct PipelineSettings {
     pub retry_after_s: u64,
 }
 
+/// Two-phase holds (DESIGN.md section 7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSettings {
+    /// Longest `hold.timeout_s` a request may ask for, seconds.
+    pub timeout_s_max: u32,
+    /// How often each instance's sweeper looks for holds past their deadline, milliseconds:
+    /// an expired hold is released at most about this long after its deadline while an
+    /// instance runs.
+    pub sweep_interval_ms: u64,
+    /// Most holds one sweep releases (the next sweep takes the rest at once).
+    pub sweep_batch: u32,
+}
+
+impl HoldSettings {
+    pub fn sweep_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.sweep_interval_ms)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
@@ -287,6 +308,14 @@ impl Settings {
         anyhow::ensure!(
             self.database.pool_size >= 2,
             "database.pool_size must be at least 2"
+        );
+        anyhow::ensure!(
+            self.holds.timeout_s_max >= 1,
+            "holds.timeout_s_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.holds.sweep_interval_ms >= 10 && self.holds.sweep_batch >= 1,
+            "holds.sweep_interval_ms must be at least 10 and holds.sweep_batch at least 1"
         );
         anyhow::ensure!(
             self.pipeline.queue_capacity >= 1,

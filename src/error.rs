@@ -73,6 +73,16 @@ pub enum ApiError {
     /// `results` says which item failed and why (the others are `not_applied`).
     #[error("an item of the atomic bulk failed, so none was applied")]
     BulkFailed { results: serde_json::Value },
+    /// 409 `hold_not_pending`: the hold `transaction_id` was resolved before (its `hold_status`
+    /// says how: `posted`, `voided` or `expired`), or its deadline has passed.
+    #[error("the hold is not pending: it is {hold_status}")]
+    HoldNotPending {
+        transaction_id: Uuid,
+        hold_status: &'static str,
+    },
+    /// 422 `exceeds_hold`: a posting of more than the hold `transaction_id` holds (`held`).
+    #[error("the posting exceeds the held amount of {held}")]
+    ExceedsHold { transaction_id: Uuid, held: i64 },
     /// 422 `idempotency_key_reused`: the key was first used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -111,9 +121,14 @@ pub struct Problem {
     /// With `validation_failed`: one entry per bad field.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldError>>,
-    /// With `insufficient_funds`: the `failed` transaction that records the rejection.
+    /// With `insufficient_funds`: the `failed` transaction that records the rejection; with
+    /// `hold_not_pending` and `exceeds_hold`: the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<Uuid>,
+    /// With `hold_not_pending`: the hold's status now (`posted`, `voided`, `expired`, or
+    /// `pending` when its deadline has passed but the sweeper has not released it yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_status: Option<&'static str>,
     /// With `bulk_failed`: one result per item, in request order (`BulkResult`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -151,6 +166,8 @@ impl ApiError {
             ApiError::LimitExceeded { .. } => "limit_exceeded",
             ApiError::BulkFailed { .. } => "bulk_failed",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::HoldNotPending { .. } => "hold_not_pending",
+            ApiError::ExceedsHold { .. } => "exceeds_hold",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LoginLocked { .. } => "login_locked",
             ApiError::Overloaded { .. } => "overloaded",
@@ -174,6 +191,8 @@ impl ApiError {
             ApiError::LimitExceeded { .. } => "Limit exceeded",
             ApiError::BulkFailed { .. } => "Bulk failed",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
+            ApiError::HoldNotPending { .. } => "Hold not pending",
+            ApiError::ExceedsHold { .. } => "Exceeds hold",
             ApiError::RateLimited { .. } => "Too many requests",
             ApiError::LoginLocked { .. } => "Login locked",
             ApiError::Overloaded { .. } => "Overloaded",
@@ -200,8 +219,14 @@ impl ApiError {
                 ApiError::Validation(errors) => Some(errors.clone()),
                 _ => None,
             },
+            hold_status: match self {
+                ApiError::HoldNotPending { hold_status, .. } => Some(hold_status),
+                _ => None,
+            },
             transaction_id: match self {
-                ApiError::InsufficientFunds { transaction_id } => Some(*transaction_id),
+                ApiError::InsufficientFunds { transaction_id }
+                | ApiError::HoldNotPending { transaction_id, .. }
+                | ApiError::ExceedsHold { transaction_id, .. } => Some(*transaction_id),
                 ApiError::LimitExceeded { transaction_id, .. } => *transaction_id,
                 _ => None,
             },
@@ -260,7 +285,9 @@ impl ResponseError for ApiError {
             | ApiError::InsufficientFunds { .. }
             | ApiError::LimitExceeded { .. }
             | ApiError::BulkFailed { .. }
+            | ApiError::ExceedsHold { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::HoldNotPending { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

@@ -40,6 +40,9 @@ pub mod names {
     /// Counter, labels `type` and `currency`: money moved by completed transactions, in minor
     /// units of the currency.
     pub const TRANSACTION_VOLUME: &str = "tally_transaction_volume_minor_total";
+    /// Counter, label `event` (`created`, `posted`, `voided`, `expired`): holds created and
+    /// resolved (DESIGN.md section 7).
+    pub const HOLDS: &str = "tally_holds_total";
 
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions

@@ -125,6 +125,38 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE u.id IS NULL",
     ),
     (
+        "holds_pending",
+        "every balance's pending amount is the sum of its open holds (DESIGN.md section 7)",
+        "SELECT format('%s %s: pending %s, open holds %s', b.user_id, b.currency, b.pending,
+                       coalesce(h.held, 0))
+         FROM balances b
+         LEFT JOIN (SELECT from_user_id, currency, sum(amount) AS held FROM transactions
+                    WHERE status = 'pending' GROUP BY 1, 2) h
+           ON h.from_user_id = b.user_id AND h.currency = b.currency
+         WHERE b.pending <> coalesce(h.held, 0)",
+    ),
+    (
+        "holds_resolved_once",
+        "a resolved hold has exactly one resolution event; a posted one exactly one completed \
+         posting of its posted amount, within the held amount (invariant 9)",
+        "SELECT format('hold %s (%s): %s resolution events', t.id, t.status, count(e.seq))
+         FROM transactions t
+         LEFT JOIN events e ON e.stream = 'transaction:' || t.id
+                           AND e.type IN ('hold.posted', 'hold.voided', 'hold.expired')
+         WHERE t.expires_at IS NOT NULL AND t.status <> 'failed'
+         GROUP BY t.id
+         HAVING count(e.seq) <> CASE WHEN t.status = 'pending' THEN 0 ELSE 1 END
+         UNION ALL
+         SELECT format('hold %s posted %s of %s; postings: %s', h.id, h.posted_amount, h.amount,
+                       count(p.id))
+         FROM transactions h
+         LEFT JOIN transactions p ON p.pending_id = h.id AND p.status = 'completed'
+         WHERE h.status = 'posted'
+         GROUP BY h.id
+         HAVING count(p.id) <> 1 OR min(p.amount) <> h.posted_amount OR h.posted_amount > h.amount
+                OR min(p.id::text) <> h.posting_id::text",
+    ),
+    (
         "no_overdraft",
         "no balance is below its overdraft limit (invariant 2)",
         "SELECT format('%s %s: amount %s, pending %s, overdraft limit %s',

@@ -9,12 +9,12 @@ mod user;
 
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use movement::{
-    AccountKey, AccountState, Authority, CommittedBalance, IdempotencyClaim, Movement,
-    MovementError,
+    AccountKey, AccountState, Authority, CommittedBalance, HoldEnd, IdempotencyClaim, Movement,
+    MovementError, Phase,
 };
 pub use rules::{
-    check_sequence, Bounds, BoundsError, CurrencyBounds, LimitBreach, LimitKind, Limits, Prefixes,
-    Refusal, Snapshot, MONEY_BOUND_MINOR,
+    check_sequence, Bounds, BoundsError, Change, CurrencyBounds, Leg, LimitBreach, LimitKind,
+    Limits, Prefixes, Refusal, Snapshot, MONEY_BOUND_MINOR,
 };
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,

@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::rules::{Change, Leg};
 use super::{
     Amount, Currency, Description, IdempotencyKey, Reference, TransactionKind, UserId,
     SYSTEM_USER_ID,
@@ -22,6 +23,8 @@ pub struct AccountState {
     pub account: AccountKey,
     /// Minor units.
     pub amount: i64,
+    /// Held by pending holds, minor units (`amount - pending` is available).
+    pub pending: i64,
     /// `balances.version`: larger is newer.
     pub version: i64,
 }
@@ -53,6 +56,40 @@ pub struct IdempotencyClaim {
     pub request_hash: [u8; 32],
 }
 
+/// When a movement's money moves (DESIGN.md section 7, TigerBeetle's two-phase semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Now: `-amount` on the payer, `+amount` on the payee, two entries.
+    Settle,
+    /// Reserved on the payer (`pending += amount`), no entries, until it is posted, voided or
+    /// expires `timeout_s` seconds after its commit. The transaction is written `pending`.
+    Hold { timeout_s: u32 },
+    /// Posts `amount` of the hold `hold`, which held `held >= amount`: the payer's pending drops
+    /// by `held` and its amount by `amount`, the payee gains `amount`. Written as a new
+    /// completed transaction whose `pending_id` is the hold.
+    Post { hold: Uuid, held: i64 },
+    /// Releases the hold `hold` of `amount` (the held amount): the payer's pending drops by it;
+    /// no money moves and no transaction is written, the hold's state becomes `end`.
+    Release { hold: Uuid, end: HoldEnd },
+}
+
+/// How a released hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEnd {
+    Voided,
+    Expired,
+}
+
+impl HoldEnd {
+    /// The hold's `status` after it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldEnd::Voided => "voided",
+            HoldEnd::Expired => "expired",
+        }
+    }
+}
+
 /// A money movement of `amount` from `from` to `to` (double entry: the two entries are
 /// `-amount` on `from` and `+amount` on `to`). A credit comes from the system user, a debit goes
 /// to it, a transfer is between two users.
@@ -74,6 +111,7 @@ pub struct Movement {
     initiated_by: UserId,
     authority: Authority,
     idempotency: Option<IdempotencyClaim>,
+    phase: Phase,
 }
 
 /// Why a movement could not be built.
@@ -83,6 +121,12 @@ pub enum MovementError {
     SystemParty,
     #[error("a transfer needs two different users")]
     SameParty,
+    #[error("only a transfer or a debit can be held")]
+    NotHoldable,
+    #[error("a hold's timeout must be at least 1 second")]
+    ZeroTimeout,
+    #[error("a posting cannot exceed the held amount")]
+    ExceedsHold,
 }
 
 impl Movement {
@@ -179,7 +223,72 @@ impl Movement {
             initiated_by,
             authority,
             idempotency: None,
+            phase: Phase::Settle,
         })
+    }
+
+    /// The same movement as a hold that expires `timeout_s` seconds after its commit.
+    ///
+    /// Errors: [`MovementError::NotHoldable`] for a credit (only what leaves a user's account
+    /// can be held); [`MovementError::ZeroTimeout`] for 0.
+    pub fn with_hold(mut self, timeout_s: u32) -> Result<Movement, MovementError> {
+        if self.kind == TransactionKind::Credit || self.from.is_system() {
+            return Err(MovementError::NotHoldable);
+        }
+        if timeout_s == 0 {
+            return Err(MovementError::ZeroTimeout);
+        }
+        self.phase = Phase::Hold { timeout_s };
+        Ok(self)
+    }
+
+    /// The posting of `amount` of a pending hold: `hold` is its id, `held` what it holds, and
+    /// the parties, currency and kind are the hold's. Asked for by `initiated_by`.
+    ///
+    /// Errors: [`MovementError::ExceedsHold`] when `amount > held`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn post(
+        hold: Uuid,
+        kind: TransactionKind,
+        from: UserId,
+        to: UserId,
+        held: Amount,
+        amount: Amount,
+        currency: Currency,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        if amount.minor() > held.minor() {
+            return Err(MovementError::ExceedsHold);
+        }
+        let mut movement =
+            Movement::new(kind, from, to, amount, currency, initiated_by, authority)?;
+        movement.phase = Phase::Post {
+            hold,
+            held: held.minor(),
+        };
+        Ok(movement)
+    }
+
+    /// The release of a pending hold of `held` (voided by `initiated_by`, or expired): the
+    /// parties, currency and kind are the hold's. The movement's id is the hold's: nothing new
+    /// is written under it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn release(
+        hold: Uuid,
+        kind: TransactionKind,
+        from: UserId,
+        to: UserId,
+        held: Amount,
+        currency: Currency,
+        end: HoldEnd,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        let mut movement = Movement::new(kind, from, to, held, currency, initiated_by, authority)?;
+        movement.id = hold;
+        movement.phase = Phase::Release { hold, end };
+        Ok(movement)
     }
 
     /// The same movement with its free-text fields.
@@ -193,7 +302,8 @@ impl Movement {
         self
     }
 
-    /// The same movement made exactly-once by `key`, claimed with the hash of this request.
+    /// The same movement made exactly-once by `key`, claimed with the hash of this request (so
+    /// it is called after every other builder).
     pub fn with_key(mut self, key: Option<IdempotencyKey>) -> Movement {
         self.idempotency = key.map(|key| IdempotencyClaim {
             key,
@@ -285,9 +395,69 @@ impl Movement {
         }
     }
 
-    /// Whether the debited account must reserve funds first (every account but `system`).
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The hold this movement posts or releases.
+    pub fn resolves(&self) -> Option<Uuid> {
+        match self.phase {
+            Phase::Post { hold, .. } | Phase::Release { hold, .. } => Some(hold),
+            Phase::Settle | Phase::Hold { .. } => None,
+        }
+    }
+
+    /// What the movement does to each account, payer first: a settled movement takes `amount`
+    /// from the payer's amount and gives it to the payee; a hold adds it to the payer's pending
+    /// only; a posting drops the payer's pending by the held amount and moves `amount`; a
+    /// release drops the payer's pending only.
+    pub fn legs(&self) -> impl Iterator<Item = Leg> {
+        let amount = self.amount.minor();
+        let (payer, payee) = match self.phase {
+            Phase::Settle => (Change::settled(-amount), Some(Change::settled(amount))),
+            Phase::Hold { .. } => (
+                Change {
+                    amount: 0,
+                    pending: amount,
+                },
+                None,
+            ),
+            Phase::Post { held, .. } => (
+                Change {
+                    amount: -amount,
+                    pending: -held,
+                },
+                Some(Change::settled(amount)),
+            ),
+            Phase::Release { .. } => (
+                Change {
+                    amount: 0,
+                    pending: -amount,
+                },
+                None,
+            ),
+        };
+        let (debited, credited) = (self.debited(), self.credited());
+        std::iter::once(Leg {
+            account: debited,
+            change: payer,
+        })
+        .chain(payee.map(|change| Leg {
+            account: credited,
+            change,
+        }))
+    }
+
+    /// Whether the payer's account must reserve funds first: a settled movement or a hold from
+    /// any account but `system` (whose floor is the supply bound, which only the database
+    /// knows the state of). A posting or a release only frees what a hold reserved.
     pub fn needs_reservation(&self) -> bool {
-        !self.from.is_system()
+        matches!(self.phase, Phase::Settle | Phase::Hold { .. }) && !self.from.is_system()
+    }
+
+    /// What the payer's balance actor reserves: the drop of its available amount.
+    pub fn reservation(&self) -> i64 {
+        self.amount.minor()
     }
 
     /// SHA-256 over the canonical form of what the client asked for (not the body's bytes, so
@@ -314,6 +484,23 @@ impl Movement {
                 .as_ref()
                 .map_or(&b"\xff"[..], |r| r.as_str().as_bytes()),
         );
+        // Only holds add a field, so that the hash of a settled request (stored with its key)
+        // stays what it was before holds existed.
+        match self.phase {
+            Phase::Settle => {}
+            Phase::Hold { timeout_s } => {
+                field(b"hold");
+                field(&timeout_s.to_be_bytes());
+            }
+            Phase::Post { hold, .. } => {
+                field(b"post");
+                field(hold.as_bytes());
+            }
+            Phase::Release { hold, end } => {
+                field(end.as_str().as_bytes());
+                field(hold.as_bytes());
+            }
+        }
         hasher.finalize().into()
     }
 }

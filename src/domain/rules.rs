@@ -8,9 +8,16 @@
 //!   currency, whose negated balance is the money issued in it (invariant 7, bounded supply).
 //! - **ceiling** (on `amount`): `ledger.balance_max_minor` for every account (invariant 7).
 //!
-//! A sequence of deltas is admitted when every running state stays inside the bounds, which is
+//! A movement changes an account by a [`Change`] of its amount and of its pending (held)
+//! amount: a settled debit lowers the amount, a hold raises pending, a posting lowers both (by
+//! the posted and the held amount), a void or expiry lowers pending (DESIGN.md section 7). The
+//! floor is checked on a change that lowers `amount - pending`, the ceiling on one that raises
+//! `amount`.
+//!
+//! A sequence of changes is admitted when every running state stays inside the bounds, which is
 //! the same as `amount - pending + min_prefix >= floor AND amount + max_prefix <= ceiling` over
-//! the running sums of the deltas: that is the form the database checks in
+//! the running sums of the changes (of `amount - pending` for the floor, of `amount` for the
+//! ceiling): that is the form the database checks in
 //! `store::journal::update_balances`, the final arbiter. The balance actors use [`Limits`] as
 //! their fast path, and the journal uses it to name the reason when the database refuses.
 //! The CHECK constraints of migration V5 are the last line ([`MONEY_BOUND_MINOR`]).
@@ -20,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{AccountKey, Amount, Currency};
+use super::{AccountKey, Currency};
 
 /// The largest magnitude of any balance, pending amount, overdraft limit or configured bound,
 /// in minor units: 2^61. With every stored value inside `±2^61` and the deltas of one statement
@@ -123,6 +130,34 @@ pub struct Snapshot {
     pub pending: i64,
 }
 
+/// One account's part of a movement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leg {
+    pub account: AccountKey,
+    pub change: Change,
+}
+
+/// How one movement changes one account, minor units: `amount` (the settled balance, which
+/// entries record) and `pending` (what holds reserve). What is available, `amount - pending`,
+/// changes by `amount - pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    pub amount: i64,
+    pub pending: i64,
+}
+
+impl Change {
+    /// A settled change of the amount alone.
+    pub fn settled(amount: i64) -> Change {
+        Change { amount, pending: 0 }
+    }
+
+    /// The change of what is available (`amount - pending`), in `i128`: never overflows.
+    pub fn available(self) -> i128 {
+        i128::from(self.amount) - i128::from(self.pending)
+    }
+}
+
 /// The bounds one account must stay inside (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -200,15 +235,16 @@ impl Refusal {
 }
 
 impl Limits {
-    /// Whether `delta` may be applied to `snapshot`; the snapshot is unchanged either way.
-    /// Arithmetic is in `i128`, so no snapshot or delta can overflow it.
+    /// Whether `change` may be applied to `snapshot`; the snapshot is unchanged either way.
+    /// Arithmetic is in `i128`, so no snapshot or change can overflow it.
     ///
-    /// Errors: [`Refusal::InsufficientFunds`] for a user account that would go below its
-    /// floor; [`Refusal::LimitExceeded`] with [`LimitKind::Supply`] for a `system` account
-    /// that would, and with [`LimitKind::BalanceMax`] for any account going above its ceiling.
-    pub fn admit(&self, snapshot: Snapshot, delta: i64) -> Result<(), Refusal> {
-        let amount = i128::from(snapshot.amount) + i128::from(delta);
-        if delta < 0 && amount - i128::from(snapshot.pending) < i128::from(self.floor) {
+    /// Errors: [`Refusal::InsufficientFunds`] for a user account whose available amount would
+    /// go below its floor; [`Refusal::LimitExceeded`] with [`LimitKind::Supply`] for a `system`
+    /// account that would, and with [`LimitKind::BalanceMax`] for any account whose amount
+    /// would go above its ceiling.
+    pub fn admit(&self, snapshot: Snapshot, change: Change) -> Result<(), Refusal> {
+        let available = i128::from(snapshot.amount) - i128::from(snapshot.pending);
+        if change.available() < 0 && available + change.available() < i128::from(self.floor) {
             if !self.system {
                 return Err(Refusal::InsufficientFunds);
             }
@@ -217,16 +253,17 @@ impl Limits {
                 currency: self.currency,
                 value: -self.floor,
                 used: snapshot.amount.saturating_neg().max(0),
-                requested: delta.saturating_neg(),
+                requested: change.amount.saturating_neg(),
             }));
         }
-        if delta > 0 && amount > i128::from(self.ceiling) {
+        let amount = i128::from(snapshot.amount) + i128::from(change.amount);
+        if change.amount > 0 && amount > i128::from(self.ceiling) {
             return Err(Refusal::LimitExceeded(LimitBreach {
                 kind: LimitKind::BalanceMax,
                 currency: self.currency,
                 value: self.ceiling,
                 used: snapshot.amount.max(0),
-                requested: delta,
+                requested: change.amount,
             }));
         }
         Ok(())
@@ -255,7 +292,7 @@ impl Prefixes {
             if delta < 0 {
                 let min = prefixes.min_after_debit.get_or_insert(prefixes.sum);
                 *min = (*min).min(prefixes.sum);
-            } else {
+            } else if delta > 0 {
                 let max = prefixes.max_after_credit.get_or_insert(prefixes.sum);
                 *max = (*max).max(prefixes.sum);
             }
@@ -264,41 +301,37 @@ impl Prefixes {
     }
 }
 
-/// Checks a sequence of movements against the accounts' snapshots, in order: each movement is
-/// admitted when both its debited and its credited side are (debited first), and then applied
+/// Checks a sequence of movements (each given by its legs, debited side first) against the
+/// accounts' snapshots, in order: each movement is admitted when every leg is, and then applied
 /// to the snapshots, so later movements are judged on what would really be there. Refused
 /// movements are not applied. Returns one result per movement.
 ///
 /// `limits` and `snapshots` must hold every account the movements touch.
-pub fn check_sequence(
-    movements: impl IntoIterator<Item = (AccountKey, AccountKey, Amount)>,
+pub fn check_sequence<L: IntoIterator<Item = Leg>>(
+    movements: impl IntoIterator<Item = L>,
     limits: &BTreeMap<AccountKey, Limits>,
     snapshots: &mut BTreeMap<AccountKey, Snapshot>,
 ) -> Vec<Result<(), Refusal>> {
+    const EMPTY: Snapshot = Snapshot {
+        amount: 0,
+        pending: 0,
+    };
     movements
         .into_iter()
-        .map(|(debited, credited, amount)| {
-            let amount = amount.minor();
-            let snapshot = |account: AccountKey, snapshots: &BTreeMap<AccountKey, Snapshot>| {
-                snapshots.get(&account).copied().unwrap_or(Snapshot {
-                    amount: 0,
-                    pending: 0,
-                })
-            };
-            let limit = |account: &AccountKey| {
-                *limits
-                    .get(account)
-                    .expect("check_sequence is given the limits of every account")
-            };
-            limit(&debited).admit(snapshot(debited, snapshots), -amount)?;
-            limit(&credited).admit(snapshot(credited, snapshots), amount)?;
-            for (account, delta) in [(debited, -amount), (credited, amount)] {
-                let entry = snapshots.entry(account).or_insert(Snapshot {
-                    amount: 0,
-                    pending: 0,
-                });
+        .map(|legs| {
+            let legs: Vec<Leg> = legs.into_iter().collect();
+            for leg in &legs {
+                let limit = limits
+                    .get(&leg.account)
+                    .expect("check_sequence is given the limits of every account");
+                let snapshot = snapshots.get(&leg.account).copied().unwrap_or(EMPTY);
+                limit.admit(snapshot, leg.change)?;
+            }
+            for leg in legs {
+                let entry = snapshots.entry(leg.account).or_insert(EMPTY);
                 // Cannot overflow: the admitted state lies within ±MONEY_BOUND_MINOR.
-                entry.amount += delta;
+                entry.amount += leg.change.amount;
+                entry.pending += leg.change.pending;
             }
             Ok(())
         })
@@ -392,8 +425,11 @@ mod tests {
             amount: 10,
             pending: 4,
         };
-        assert_eq!(limits.admit(snapshot, -11), Ok(()));
-        assert_eq!(limits.admit(snapshot, -12), Err(Refusal::InsufficientFunds));
+        assert_eq!(limits.admit(snapshot, Change::settled(-11)), Ok(()));
+        assert_eq!(
+            limits.admit(snapshot, Change::settled(-12)),
+            Err(Refusal::InsufficientFunds)
+        );
     }
 
     #[test]
@@ -403,8 +439,9 @@ mod tests {
             amount: -9_000,
             pending: 0,
         };
-        assert_eq!(limits.admit(snapshot, -1_000), Ok(()));
-        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, -1_001) else {
+        assert_eq!(limits.admit(snapshot, Change::settled(-1_000)), Ok(()));
+        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, Change::settled(-1_001))
+        else {
             panic!("the supply bound must refuse");
         };
         assert_eq!(breach.kind, LimitKind::Supply);
@@ -422,8 +459,9 @@ mod tests {
             amount: 900,
             pending: 0,
         };
-        assert_eq!(limits.admit(snapshot, 100), Ok(()));
-        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, 101) else {
+        assert_eq!(limits.admit(snapshot, Change::settled(100)), Ok(()));
+        let Err(Refusal::LimitExceeded(breach)) = limits.admit(snapshot, Change::settled(101))
+        else {
             panic!("the balance bound must refuse");
         };
         assert_eq!(breach.kind, LimitKind::BalanceMax);
@@ -438,14 +476,25 @@ mod tests {
             .map(|account| (account, bounds.limits(account, 0)))
             .collect();
         let mut snapshots = BTreeMap::new();
-        let amount = |minor| Amount::new(minor).unwrap();
+        let transfer = |from: AccountKey, to: AccountKey, minor: i64| {
+            [
+                Leg {
+                    account: from,
+                    change: Change::settled(-minor),
+                },
+                Leg {
+                    account: to,
+                    change: Change::settled(minor),
+                },
+            ]
+        };
         let results = check_sequence(
             [
-                (user(1), user(2), amount(1)),    // nothing there yet
-                (system(), user(1), amount(600)), // credit
-                (user(1), user(2), amount(500)),  // fits
-                (user(1), user(2), amount(200)),  // 100 left
-                (system(), user(2), amount(600)), // 500 + 600 > 1000
+                transfer(user(1), user(2), 1),    // nothing there yet
+                transfer(system(), user(1), 600), // credit
+                transfer(user(1), user(2), 500),  // fits
+                transfer(user(1), user(2), 200),  // 100 left
+                transfer(system(), user(2), 600), // 500 + 600 > 1000
             ],
             &limits,
             &mut snapshots,
@@ -467,34 +516,46 @@ mod tests {
     }
 
     proptest! {
-        /// The sequence rule and the prefix form the database checks agree: a run of deltas on
-        /// one account is admitted one by one exactly when `amount - pending + min_prefix >=
-        /// floor` (the lowest running sum right after a negative delta) and `amount +
-        /// max_prefix <= ceiling` (the highest right after a positive one), whatever the state
-        /// it starts from.
+        /// The sequence rule and the prefix form the database checks agree: a run of changes on
+        /// one account (settled amounts, holds, postings, releases) is admitted one by one
+        /// exactly when `amount - pending + min_prefix >= floor` (the lowest running sum of
+        /// available changes right after one that lowers it) and `amount + max_prefix <=
+        /// ceiling` (the highest running sum of amount changes right after one that raises it),
+        /// whatever the state it starts from.
         #[test]
         fn one_by_one_equals_the_prefix_form(
             amount in -1_000i64..3_000,
             pending in 0i64..500,
             overdraft in 0i64..500,
-            deltas in proptest::collection::vec(-400i64..400, 1..12),
+            changes in proptest::collection::vec((-400i64..400, -1i64..=1, 0i64..400), 1..12),
         ) {
-            prop_assume!(deltas.iter().all(|&d| d != 0));
+            // (amount change, kind of pending change, size): settled, hold (+), release (-).
+            let changes: Vec<Change> = changes
+                .iter()
+                .map(|&(delta, kind, held)| match kind {
+                    0 => Change::settled(delta),
+                    1 => Change { amount: 0, pending: held },
+                    _ => Change { amount: -(delta.abs().min(held)), pending: -held },
+                })
+                .filter(|change| *change != Change::default())
+                .collect();
             let limits = bounds(2_000, 10_000).limits(user(1), overdraft);
             let mut snapshot = Snapshot { amount, pending };
             let mut one_by_one = true;
-            for &delta in &deltas {
-                if limits.admit(snapshot, delta).is_err() {
+            for &change in &changes {
+                if limits.admit(snapshot, change).is_err() {
                     one_by_one = false;
                     break;
                 }
-                snapshot.amount += delta;
+                snapshot.amount += change.amount;
+                snapshot.pending += change.pending;
             }
-            let prefixes = Prefixes::of(deltas.iter().copied());
-            let floor_ok = prefixes.min_after_debit.is_none_or(|min| {
+            let available = Prefixes::of(changes.iter().map(|c| c.amount - c.pending));
+            let amounts = Prefixes::of(changes.iter().map(|c| c.amount));
+            let floor_ok = available.min_after_debit.is_none_or(|min| {
                 i128::from(amount - pending) + min >= i128::from(-overdraft)
             });
-            let ceiling_ok = prefixes
+            let ceiling_ok = amounts
                 .max_after_credit
                 .is_none_or(|max| i128::from(amount) + max <= 2_000);
             prop_assert_eq!(one_by_one, floor_ok && ceiling_ok);
@@ -504,9 +565,11 @@ mod tests {
         #[test]
         fn admit_never_overflows(amount in any::<i64>(), pending in any::<i64>(), delta in any::<i64>()) {
             let limits = bounds(MONEY_BOUND_MINOR, MONEY_BOUND_MINOR).limits(user(1), MONEY_BOUND_MINOR);
-            let _ = limits.admit(Snapshot { amount, pending }, delta);
+            let _ = limits.admit(Snapshot { amount, pending }, Change { amount: delta, pending: delta.wrapping_neg() });
+            let _ = limits.admit(Snapshot { amount, pending }, Change::settled(delta));
             let limits = bounds(MONEY_BOUND_MINOR, MONEY_BOUND_MINOR).limits(system(), 0);
-            let _ = limits.admit(Snapshot { amount, pending }, delta);
+            let _ = limits.admit(Snapshot { amount, pending }, Change { amount: delta, pending: delta.wrapping_neg() });
+            let _ = limits.admit(Snapshot { amount, pending }, Change::settled(delta));
         }
     }
 }

@@ -36,30 +36,43 @@ impl TransactionKind {
 /// Where a transaction stands. Tally records business rejections as `failed` transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransactionStatus {
+    /// A hold, not yet resolved.
     Pending,
+    /// A hold that was posted (its posting is a new completed transaction).
+    Posted,
+    /// A hold that was voided.
+    Voided,
+    /// A hold whose deadline passed before it was posted or voided.
+    Expired,
     Completed,
     Failed,
-    Reversed,
 }
 
 impl TransactionStatus {
+    pub const ALL: [TransactionStatus; 6] = [
+        TransactionStatus::Pending,
+        TransactionStatus::Posted,
+        TransactionStatus::Voided,
+        TransactionStatus::Expired,
+        TransactionStatus::Completed,
+        TransactionStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TransactionStatus::Pending => "pending",
+            TransactionStatus::Posted => "posted",
+            TransactionStatus::Voided => "voided",
+            TransactionStatus::Expired => "expired",
             TransactionStatus::Completed => "completed",
             TransactionStatus::Failed => "failed",
-            TransactionStatus::Reversed => "reversed",
         }
     }
 
     pub fn parse(status: &str) -> Option<TransactionStatus> {
-        match status {
-            "pending" => Some(TransactionStatus::Pending),
-            "completed" => Some(TransactionStatus::Completed),
-            "failed" => Some(TransactionStatus::Failed),
-            "reversed" => Some(TransactionStatus::Reversed),
-            _ => None,
-        }
+        TransactionStatus::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == status)
     }
 }
 
@@ -152,12 +165,7 @@ mod tests {
         ] {
             assert_eq!(TransactionKind::parse(kind.as_str()), Some(kind));
         }
-        for status in [
-            TransactionStatus::Pending,
-            TransactionStatus::Completed,
-            TransactionStatus::Failed,
-            TransactionStatus::Reversed,
-        ] {
+        for status in TransactionStatus::ALL {
             assert_eq!(TransactionStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(TransactionKind::parse("Credit"), None);

@@ -16,7 +16,7 @@ use actix::{
 
 use super::messages::{Append, Hold, Item, Observed, Reserve, Retire, Settle};
 use super::{Submission, SubmitError};
-use crate::domain::{AccountKey, AccountState, Bounds, Limits, Snapshot};
+use crate::domain::{AccountKey, AccountState, Bounds, Change, Limits, Snapshot};
 use crate::store::{AcquireError, DbPool};
 
 /// What the database said about the account when the actor loaded it.
@@ -104,14 +104,14 @@ impl BalanceActor {
             submission.answer(Err(SubmitError::Unavailable));
             return;
         };
-        let amount = submission.movement.amount().minor();
+        let amount = submission.movement.reservation();
         let limits: Limits = self.bounds.limits(self.account, cached.overdraft_limit);
         let snapshot = Snapshot {
             amount: cached.amount,
             // Outstanding holds count as pending: they are on their way to being debited.
             pending: cached.pending.saturating_add(self.held),
         };
-        if limits.admit(snapshot, -amount).is_ok() {
+        if limits.admit(snapshot, Change::settled(-amount)).is_ok() {
             self.held += amount;
             self.holds += 1;
             let hold = Hold {
@@ -137,6 +137,7 @@ impl BalanceActor {
         if let Some(cached) = &mut self.cached {
             if state.version > cached.version {
                 cached.amount = state.amount;
+                cached.pending = state.pending;
                 cached.version = state.version;
             }
         }

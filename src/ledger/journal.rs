@@ -43,7 +43,9 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
 use crate::cache::BalanceCache;
-use crate::domain::{AccountKey, AccountState, Bounds, CommittedBalance, Currency, Movement};
+use crate::domain::{
+    AccountKey, AccountState, Bounds, CommittedBalance, Currency, Movement, Phase,
+};
 use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
 use crate::store::{AcquireError, DbPool};
 use crate::telemetry::{names, CounterFamily};
@@ -389,8 +391,16 @@ impl JournalWriter {
                     }
                     Posting::Completed => {
                         self.metrics.transaction(kind, "completed");
-                        self.metrics
-                            .volume(kind, movement.currency(), movement.amount().minor());
+                        if let Some(event) = hold_event(movement.phase()) {
+                            metrics::counter!(names::HOLDS, "event" => event).increment(1);
+                        }
+                        if matches!(movement.phase(), Phase::Settle | Phase::Post { .. }) {
+                            self.metrics.volume(
+                                kind,
+                                movement.currency(),
+                                movement.amount().minor(),
+                            );
+                        }
                         Ok(Outcome::Completed(Recorded {
                             created_at: at,
                             completed_at: Some(at),
@@ -410,6 +420,10 @@ impl JournalWriter {
                     Posting::Forbidden => {
                         self.metrics.failure(kind, "forbidden");
                         Ok(Outcome::Forbidden)
+                    }
+                    Posting::HoldNotPending => {
+                        self.metrics.failure(kind, "hold_not_pending");
+                        Ok(Outcome::HoldNotPending)
                     }
                     Posting::InactiveParty { user } => {
                         self.metrics.failure(kind, "inactive_party");
@@ -581,6 +595,16 @@ fn fail_the_rest(written: &mut [Option<Written>], pending: &mut Vec<(Range<usize
         *slot = Some(Written::Failed(SubmitError::Unavailable));
     }
     pending.clear();
+}
+
+/// The `tally_holds_total` event a completed movement of `phase` counts as, if any.
+fn hold_event(phase: Phase) -> Option<&'static str> {
+    match phase {
+        Phase::Settle => None,
+        Phase::Hold { .. } => Some("created"),
+        Phase::Post { .. } => Some("posted"),
+        Phase::Release { end, .. } => Some(end.as_str()),
+    }
 }
 
 /// How often an idle writer reports that it is alive (for readiness).

@@ -69,6 +69,9 @@ pub enum Outcome {
     /// The movement relied on the initiator being an admin, and at the commit the initiator no
     /// longer was: nothing was applied or recorded.
     Forbidden,
+    /// The movement posts or releases a hold that was no longer pending at the commit (resolved
+    /// before, or its deadline passed): nothing was applied or recorded.
+    HoldNotPending,
 }
 
 /// How the ledger settled a set of movements submitted all or nothing.

@@ -305,9 +305,11 @@ pub struct CurrentQuery {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct BalanceBody {
     currency: &'static str,
-    /// The settled balance.
+    /// The settled balance, minor units.
     amount: i64,
-    /// `amount` minus held funds: what is settled and free.
+    /// Held by pending holds, minor units.
+    pending: i64,
+    /// `amount - pending`: what is settled and free.
     available: i64,
     /// `null` for a currency the account never used.
     updated_at: Option<DateTime<Utc>>,
@@ -355,6 +357,7 @@ pub async fn current(
             .map(|balance| BalanceBody {
                 currency: balance.currency.code(),
                 amount: balance.amount,
+                pending: balance.pending,
                 available: balance.amount - balance.pending,
                 updated_at: Some(balance.updated_at),
             })
@@ -371,6 +374,7 @@ pub async fn current(
                 .map(|record| BalanceBody {
                     currency: record.currency.code(),
                     amount: record.amount,
+                    pending: record.pending,
                     available: record.amount - record.pending,
                     updated_at: Some(record.updated_at),
                 })
@@ -385,6 +389,7 @@ pub async fn current(
         balances.push(BalanceBody {
             currency: currency.code(),
             amount: 0,
+            pending: 0,
             available: 0,
             updated_at: None,
         });

@@ -243,6 +243,29 @@ pub mod parse {
         Err("must be a whole number of minor units, not a fraction".into())
     }
 
+    /// A hold request, `{"timeout_s": <1 to max>}`: its timeout in seconds.
+    pub fn hold(max: u32) -> impl FnOnce(&Value) -> Result<u32, String> {
+        move |value| {
+            let Value::Object(hold) = value else {
+                return Err("must be an object: {\"timeout_s\": <seconds>}".into());
+            };
+            if let Some(unknown) = hold.keys().find(|key| *key != "timeout_s") {
+                return Err(format!("has an unknown field `{unknown}`"));
+            }
+            let timeout = hold
+                .get("timeout_s")
+                .ok_or_else(|| "needs timeout_s".to_owned())?;
+            match timeout.as_u64() {
+                Some(seconds) if (1..=u64::from(max)).contains(&seconds) => {
+                    Ok(u32::try_from(seconds).expect("bounded by a u32"))
+                }
+                _ => Err(format!(
+                    "timeout_s must be a whole number of seconds from 1 to {max} (holds.timeout_s_max)"
+                )),
+            }
+        }
+    }
+
     pub fn currency(value: &Value) -> Result<Currency, String> {
         let Value::String(code) = value else {
             return Err("must be a string with an ISO 4217 code".into());

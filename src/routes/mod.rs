@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod balances;
 pub mod bulk;
+pub mod holds;
 pub mod input;
 pub mod middleware;
 pub mod openapi;

@@ -18,8 +18,8 @@ use utoipa::{Modify, OpenApi};
 use super::auth::{TokenBody, UserBody};
 use super::posting::TransactionBody;
 use super::schemas::{
-    BulkItem, BulkRequest, LoginRequest, MovementRequest, RefreshRequest, RegisterRequest,
-    TransferRequest, UpdateUserRequest,
+    BulkItem, BulkRequest, DebitRequest, HoldRequest, LoginRequest, MovementRequest, PostRequest,
+    RefreshRequest, RegisterRequest, TransferRequest, UpdateUserRequest,
 };
 use super::transactions::TransactionPage;
 use super::users::UserPage;
@@ -37,6 +37,7 @@ use crate::error::{FieldError, Problem};
         super::users::list_users, super::users::get_user, super::users::update_user, super::users::delete_user,
         super::transactions::credit, super::transactions::debit, super::transactions::transfer, super::bulk::bulk,
         super::transactions::get_transaction, super::transactions::history,
+        super::holds::post, super::holds::void,
         super::balances::current, super::balances::historical, super::balances::at_time,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
@@ -45,7 +46,7 @@ use crate::error::{FieldError, Problem};
         super::balances::BalancesBody, super::balances::BalanceBody, super::balances::ChangesBody,
         super::balances::ChangeBody, super::balances::ClosingBalancesBody, super::balances::ClosingBody,
         super::balances::HistoricalBody, super::balances::AtTimeBody, super::ops::HealthBody,
-        super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, TransferRequest,
+        super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, DebitRequest, TransferRequest, HoldRequest, PostRequest,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -82,11 +83,12 @@ pub struct OpenApiDocument(pub String);
 
 impl OpenApiDocument {
     /// The document for a service whose bulk requests take at most `bulk_max_items` items
-    /// (`bulk.max_items`).
-    pub fn render(bulk_max_items: usize) -> OpenApiDocument {
+    /// (`bulk.max_items`) and whose holds at most `hold_timeout_s_max` seconds
+    /// (`holds.timeout_s_max`).
+    pub fn render(bulk_max_items: usize, hold_timeout_s_max: u32) -> OpenApiDocument {
         let mut document =
             serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
-        exact::apply(&mut document, bulk_max_items);
+        exact::apply(&mut document, bulk_max_items, hold_timeout_s_max);
         OpenApiDocument(document.to_string())
     }
 }
@@ -104,7 +106,7 @@ mod exact {
     /// Where a request schema lives.
     const SCHEMAS: &str = "/components/schemas";
 
-    pub fn apply(document: &mut Value, bulk_max_items: usize) {
+    pub fn apply(document: &mut Value, bulk_max_items: usize, hold_timeout_s_max: u32) {
         let codes: Vec<&str> = Currency::all().into_iter().map(Currency::code).collect();
         set(
             document,
@@ -164,7 +166,23 @@ mod exact {
         );
 
         // Money movements.
-        for schema in ["MovementRequest", "TransferRequest", "BulkItem"] {
+        set(
+            document,
+            &format!("{SCHEMAS}/HoldRequest/properties/timeout_s"),
+            json!({
+                "type": "integer",
+                "format": "int32",
+                "description": "Seconds, 1 to `holds.timeout_s_max`.",
+                "minimum": 1,
+                "maximum": hold_timeout_s_max,
+            }),
+        );
+        for schema in [
+            "MovementRequest",
+            "DebitRequest",
+            "TransferRequest",
+            "BulkItem",
+        ] {
             let properties = format!("{SCHEMAS}/{schema}/properties");
             set(
                 document,
@@ -272,7 +290,7 @@ mod exact {
             "get",
             history,
             "status",
-            json!({"type": "string", "enum": ["pending", "completed", "failed", "reversed"]}),
+            json!({"type": "string", "enum": crate::domain::TransactionStatus::ALL.map(crate::domain::TransactionStatus::as_str)}),
         );
         parameter(document, "get", history, "currency", currency.clone());
         for bound in ["min_amount", "max_amount"] {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::domain::{
-    IdempotencyKey, Movement, Refusal, TransactionKind, TransactionStatus, UserId,
+    IdempotencyKey, Movement, Phase, Refusal, TransactionKind, TransactionStatus, UserId,
 };
 use crate::error::ApiError;
 use crate::ledger::{Recorded, SubmitError};
@@ -29,7 +29,8 @@ pub struct TransactionBody {
     /// `credit`, `debit`, `transfer` or `reversal`.
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `pending`, `completed`, `failed` or `reversed`.
+    /// `completed` or `failed`; a hold is `pending` until it is `posted`, `voided` or
+    /// `expired`.
     pub status: &'static str,
     pub from_user_id: Option<Uuid>,
     pub to_user_id: Option<Uuid>,
@@ -40,6 +41,21 @@ pub struct TransactionBody {
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A hold's deadline: it cannot be posted or voided from then on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A hold's: when it was posted, voided or expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// A posted hold's: the amount posted (the rest was released), minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posted_amount: Option<i64>,
+    /// A posted hold's: the posting transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub posting_id: Option<Uuid>,
+    /// A posting's: the hold it posts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_id: Option<Uuid>,
 }
 
 fn party(user: UserId) -> Option<Uuid> {
@@ -61,21 +77,35 @@ impl From<TransactionRecord> for TransactionBody {
             failure_reason: record.failure_reason,
             created_at: record.created_at,
             completed_at: record.completed_at,
+            expires_at: record.expires_at,
+            resolved_at: record.resolved_at,
+            posted_amount: record.posted_amount,
+            posting_id: record.posting_id,
+            pending_id: record.pending_id,
         }
     }
 }
 
 impl TransactionBody {
-    /// The transaction the ledger just wrote for `movement`: completed, or failed with
-    /// `refusal`'s reason.
+    /// The transaction the ledger just wrote for `movement`: completed (a hold: pending until
+    /// its deadline, which is its commit time plus its timeout), or failed with `refusal`'s
+    /// reason.
     pub(crate) fn committed(
         movement: &Movement,
         refusal: Option<&Refusal>,
         recorded: Recorded,
     ) -> TransactionBody {
-        let status = match refusal {
-            None => TransactionStatus::Completed,
-            Some(_) => TransactionStatus::Failed,
+        let (status, expires_at) = match (refusal, movement.phase()) {
+            (Some(_), _) => (TransactionStatus::Failed, None),
+            (None, Phase::Hold { timeout_s }) => (
+                TransactionStatus::Pending,
+                Some(recorded.created_at + chrono::Duration::seconds(i64::from(timeout_s))),
+            ),
+            (None, _) => (TransactionStatus::Completed, None),
+        };
+        let pending_id = match movement.phase() {
+            Phase::Post { hold, .. } => Some(hold),
+            _ => None,
         };
         TransactionBody {
             id: movement.id(),
@@ -89,7 +119,14 @@ impl TransactionBody {
             reference: movement.reference().map(|r| r.as_str().to_owned()),
             failure_reason: refusal.map(|refusal| refusal.reason().to_owned()),
             created_at: recorded.created_at,
-            completed_at: recorded.completed_at,
+            completed_at: (status == TransactionStatus::Completed)
+                .then_some(recorded.completed_at)
+                .flatten(),
+            expires_at,
+            resolved_at: None,
+            posted_amount: None,
+            posting_id: None,
+            pending_id,
         }
     }
 }

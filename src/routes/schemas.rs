@@ -61,7 +61,7 @@ pub struct UpdateUserRequest {
     pub role: Option<String>,
 }
 
-/// A credit (money from the system account) or a debit (to it).
+/// A credit (money from the system account).
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MovementRequest {
@@ -79,6 +79,26 @@ pub struct MovementRequest {
     pub reference: Option<String>,
 }
 
+/// A debit (money to the system account), settled now or held.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebitRequest {
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    /// ISO 4217 code with minor units, e.g. `USD`.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    /// Admins only: the account to move money on (default: the caller's).
+    pub user_id: Option<Uuid>,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+    /// Make it a hold (two-phase): reserved now, posted or voided later.
+    pub hold: Option<HoldRequest>,
+}
+
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
@@ -93,6 +113,27 @@ pub struct TransferRequest {
     pub description: Option<String>,
     #[schema(min_length = 1, max_length = 128)]
     pub reference: Option<String>,
+    /// Make it a hold (two-phase): reserved now, posted or voided later.
+    pub hold: Option<HoldRequest>,
+}
+
+/// A hold request on a transfer or debit: reserve the amount on the payer until it is posted,
+/// voided, or expires `timeout_s` seconds after its commit.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// 1 to `holds.timeout_s_max` (30 days by default).
+    #[schema(minimum = 1, maximum = 2_592_000)]
+    pub timeout_s: u32,
+}
+
+/// The posting of a hold.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostRequest {
+    /// Minor units, 0 to the held amount (default: all of it); 0 voids the hold.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<i64>,
 }
 
 /// A bulk of transactions.

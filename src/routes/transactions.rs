@@ -36,6 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/transfer").route(web::post().to(transfer)))
         .service(web::resource("/history").route(web::get().to(history)))
         .service(web::resource("/bulk").route(web::post().to(super::bulk::bulk)))
+        .service(web::resource("/{id}/post").route(web::post().to(super::holds::post)))
+        .service(web::resource("/{id}/void").route(web::post().to(super::holds::void)))
         .service(web::resource("/{id}").route(web::get().to(get_transaction)));
 }
 
@@ -74,7 +76,7 @@ pub async fn credit(
 #[utoipa::path(
     post, path = "/api/v1/transactions/debit", tag = "transactions", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request exactly-once (1 to 255 visible ASCII characters)")),
-    request_body(content = super::schemas::MovementRequest, content_type = "application/json"),
+    request_body(content = super::schemas::DebitRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Committed", body = TransactionBody),
         (status = 400, description = "Malformed JSON", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -131,6 +133,7 @@ pub async fn transfer(
     let currency = fields.required("currency", parse::currency);
     let description = fields.optional("description", parse::text(Description::parse));
     let reference = fields.optional("reference", parse::text(Reference::parse));
+    let hold = fields.optional("hold", parse::hold(state.settings.holds.timeout_s_max));
     if to == Some(principal.user.as_uuid()) {
         fields.error("to_user_id", "must be another user than the sender");
     }
@@ -152,6 +155,12 @@ pub async fn transfer(
     )
     .map_err(|_| ApiError::field("to_user_id", "must be another user than the sender"))?
     .with_details(description, reference);
+    let movement = match hold {
+        Some(timeout_s) => movement
+            .with_hold(timeout_s)
+            .map_err(|error| ApiError::field("hold", error.to_string()))?,
+        None => movement,
+    };
     submit(&state, movement.with_key(idempotency)).await
 }
 
@@ -209,6 +218,10 @@ async fn parse_system_movement(
     let user_id = fields.optional("user_id", parse::uuid);
     let description = fields.optional("description", parse::text(Description::parse));
     let reference = fields.optional("reference", parse::text(Reference::parse));
+    let hold = match kind {
+        TransactionKind::Credit => None,
+        _ => fields.optional("hold", parse::hold(state.settings.holds.timeout_s_max)),
+    };
     if user_id.is_some_and(|user| UserId::from_uuid(user).is_system()) {
         fields.error("user_id", "no such user");
     }
@@ -231,7 +244,13 @@ async fn parse_system_movement(
         _ => Movement::debit(account, amount, currency, principal.user, authority),
     }
     .map_err(|_| ApiError::field("user_id", "no such user"))?
-    .with_details(description, reference)
+    .with_details(description, reference);
+    let movement = match hold {
+        Some(timeout_s) => movement
+            .with_hold(timeout_s)
+            .map_err(|error| ApiError::field("hold", error.to_string()))?,
+        None => movement,
+    }
     .with_key(idempotency);
     if authority == Authority::Admin && !principal.is_admin() {
         return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
@@ -272,6 +291,9 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
             ..
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
+        Outcome::HoldNotPending => Err(ApiError::Internal(anyhow::anyhow!(
+            "a movement that resolves no hold was answered hold_not_pending"
+        ))),
     }
 }
 

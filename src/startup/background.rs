@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::BalanceCache;
-use crate::config::Settings;
+use crate::config::{HoldSettings, Settings};
+use crate::domain::{Authority, HoldEnd};
+use crate::ledger::{Ledger, Outcome};
 use crate::routes::middleware::RateLimiters;
 use crate::store;
 
@@ -23,16 +25,77 @@ const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 pub(super) fn spawn_all(
     settings: &Settings,
     pool: &deadpool_postgres::Pool,
+    ledger: &Ledger,
     cache: &Arc<BalanceCache>,
     limiters: &Arc<RateLimiters>,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
+        spawn_hold_sweeper(pool.clone(), ledger.clone(), settings.holds.clone()),
         spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours),
         spawn_rate_limiter_cleanup(limiters.clone()),
         spawn_metrics_upkeep(metrics.clone()),
         spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users),
     ]
+}
+
+/// Releases holds past their deadline, every `holds.sweep_interval_ms`, at most
+/// `holds.sweep_batch` per sweep (a full sweep is followed by the next at once). Each release
+/// goes through the pipeline like any movement; the commit claims it only while the hold is
+/// pending and past its deadline, so with several instances sweeping (or a post racing the
+/// deadline) each hold is released exactly once and the others are answered
+/// `hold_not_pending`, which is not an error here. Failures are logged and retried next tick.
+fn spawn_hold_sweeper(
+    pool: deadpool_postgres::Pool,
+    ledger: Ledger,
+    settings: HoldSettings,
+) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(settings.sweep_interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            // Bounded: a sweep that filled its batch goes on at once, at most 100 times a tick.
+            for _ in 0..100 {
+                match sweep_holds(&pool, &ledger, settings.sweep_batch).await {
+                    Ok(full) if full => continue,
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(error = ?error, "hold sweep failed"),
+                }
+                break;
+            }
+        }
+    })
+}
+
+/// One sweep; `Ok(true)` when it found a full batch (more may be waiting).
+async fn sweep_holds(
+    pool: &deadpool_postgres::Pool,
+    ledger: &Ledger,
+    batch: u32,
+) -> anyhow::Result<bool> {
+    let expired = {
+        let client = pool.get().await?;
+        store::transactions::expired_holds(&client, i64::from(batch)).await?
+    };
+    if expired.is_empty() {
+        return Ok(false);
+    }
+    let movements = expired
+        .iter()
+        .map(|hold| hold.release(HoldEnd::Expired, hold.from, Authority::Owner))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut released, mut raced, mut failed) = (0, 0, 0);
+    for outcome in ledger.submit_many(movements).await {
+        match outcome {
+            Ok(Outcome::Completed(_)) => released += 1,
+            Ok(Outcome::HoldNotPending) => raced += 1,
+            Ok(_) | Err(_) => failed += 1,
+        }
+    }
+    tracing::info!(released, raced, failed, "expired holds swept");
+    anyhow::ensure!(failed == 0, "{failed} expired holds were not released");
+    Ok(expired.len() == batch as usize)
 }
 
 /// Deletes idempotency keys older than the retention, hourly. Failures are logged and retried at

@@ -32,7 +32,10 @@ pub(super) fn server(
     let body_limit = web::Data::new(BodyLimit(settings.http.body_limit_bytes));
     let bulk_body_limit = web::Data::new(BulkBodyLimit(settings.bulk.body_limit_bytes));
     let limiters = web::Data::new(limiters);
-    let openapi = web::Data::new(OpenApiDocument::render(settings.bulk.max_items));
+    let openapi = web::Data::new(OpenApiDocument::render(
+        settings.bulk.max_items,
+        settings.holds.timeout_s_max,
+    ));
     let cors_origins = settings.http.cors_allowed_origins.clone();
     let workers = match settings.http.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),

@@ -74,8 +74,14 @@ impl Application {
         );
         bootstrap_admin(pools.api.inner(), &settings.bootstrap).await?;
         let limiters = RateLimiters::new(&settings.rate_limit)?;
-        let mut background =
-            background::spawn_all(&settings, pools.api.inner(), &cache, &limiters, &metrics);
+        let mut background = background::spawn_all(
+            &settings,
+            pools.api.inner(),
+            &ledger,
+            &cache,
+            &limiters,
+            &metrics,
+        );
         background.push(store::health::spawn_monitor(
             pools.health,
             pools.health_pool.clone(),

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::domain::{TransactionKind, TransactionStatus, UserId};
+use crate::domain::{
+    Amount, Authority, Currency, HoldEnd, Movement, TransactionKind, TransactionStatus, UserId,
+};
 
 /// A transaction as stored. `from` is `system` for a credit, `to` is `system` for a debit.
 #[derive(Debug, Clone)]
@@ -25,11 +27,26 @@ pub struct TransactionRecord {
     pub initiated_by: UserId,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// A hold's: its deadline.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A hold's: when it was posted, voided or expired.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// A posted hold's: the amount posted (minor units) and the posting transaction.
+    pub posted_amount: Option<i64>,
+    pub posting_id: Option<Uuid>,
+    /// A posting's: the hold it posts.
+    pub pending_id: Option<Uuid>,
+    /// A reversal's: the transaction it reverses, and why.
+    pub reversal_of: Option<Uuid>,
+    pub reason: Option<String>,
+    /// The sum of this transaction's reversals, minor units.
+    pub reversed_amount: i64,
 }
 
 const COLUMNS: &str =
     "id, type, status, from_user_id, to_user_id, amount, currency, description, reference, \
-                       failure_reason, failure_detail, initiated_by, created_at, completed_at";
+     failure_reason, failure_detail, initiated_by, created_at, completed_at, expires_at, \
+     resolved_at, posted_amount, posting_id, pending_id, reversal_of, reason, reversed_amount";
 
 fn record(row: &tokio_postgres::Row) -> TransactionRecord {
     TransactionRecord {
@@ -48,7 +65,58 @@ fn record(row: &tokio_postgres::Row) -> TransactionRecord {
         initiated_by: UserId::from_uuid(row.get("initiated_by")),
         created_at: row.get("created_at"),
         completed_at: row.get("completed_at"),
+        expires_at: row.get("expires_at"),
+        resolved_at: row.get("resolved_at"),
+        posted_amount: row.get("posted_amount"),
+        posting_id: row.get("posting_id"),
+        pending_id: row.get("pending_id"),
+        reversal_of: row.get("reversal_of"),
+        reason: row.get("reason"),
+        reversed_amount: row.get("reversed_amount"),
     }
+}
+
+impl TransactionRecord {
+    /// The movement that releases this hold (`end`: voided by `initiated_by`, or expired).
+    ///
+    /// Errors: the stored row is not a hold Tally could have written (bad amount or currency).
+    pub fn release(
+        &self,
+        end: HoldEnd,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> anyhow::Result<Movement> {
+        Ok(Movement::release(
+            self.id,
+            self.kind,
+            self.from,
+            self.to,
+            Amount::new(self.amount)?,
+            Currency::parse(&self.currency)?,
+            end,
+            initiated_by,
+            authority,
+        )?)
+    }
+}
+
+/// Up to `limit` pending holds whose deadline has passed, oldest deadline first (the index
+/// `transactions_open_holds_idx`).
+pub async fn expired_holds(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<TransactionRecord>, tokio_postgres::Error> {
+    let statement = format!(
+        "SELECT {COLUMNS} FROM transactions
+         WHERE status = 'pending' AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1"
+    );
+    Ok(client
+        .query(&statement, &[&limit])
+        .await?
+        .iter()
+        .map(record)
+        .collect())
 }
 
 pub async fn find(

@@ -467,9 +467,12 @@ pub struct RowCounts {
 pub fn openapi() -> &'static Value {
     static DOCUMENT: OnceLock<Value> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        let bulk_max_items = test_settings().bulk.max_items;
-        serde_json::from_str(&tally::routes::openapi::OpenApiDocument::render(bulk_max_items).0)
-            .expect("the OpenAPI document is JSON")
+        let settings = test_settings();
+        let document = tally::routes::openapi::OpenApiDocument::render(
+            settings.bulk.max_items,
+            settings.holds.timeout_s_max,
+        );
+        serde_json::from_str(&document.0).expect("the OpenAPI document is JSON")
     })
 }
 

@@ -28,6 +28,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/transactions/transfer"),
     ("post", "/api/v1/transactions/bulk"),
     ("get", "/api/v1/transactions/{id}"),
+    ("post", "/api/v1/transactions/{id}/post"),
+    ("post", "/api/v1/transactions/{id}/void"),
     ("get", "/api/v1/transactions/history"),
     ("get", "/api/v1/balances/current"),
     ("get", "/api/v1/balances/historical"),
@@ -506,7 +508,9 @@ fn awkward_values() -> Vec<Value> {
         "pending",
         "completed",
         "failed",
-        "reversed",
+        "posted",
+        "voided",
+        "expired",
         "hour",
         "day",
         "week",
@@ -1019,7 +1023,11 @@ async fn the_request_schemas_and_the_parsers_agree_field_by_field() {
     // A small bulk limit, to show the document takes it from the configuration.
     let (app, admin) = TestApp::spawn_with_admin(|settings| settings.bulk.max_items = 3).await;
     let document: Value = serde_json::from_str(
-        &tally::routes::openapi::OpenApiDocument::render(app.settings.bulk.max_items).0,
+        &tally::routes::openapi::OpenApiDocument::render(
+            app.settings.bulk.max_items,
+            app.settings.holds.timeout_s_max,
+        )
+        .0,
     )
     .unwrap();
     let served = app

@@ -325,7 +325,7 @@ async fn current_balances_have_the_documented_shape() {
     for balance in balances {
         assert_eq!(
             keys(balance),
-            ["currency", "amount", "available", "updated_at"]
+            ["currency", "amount", "pending", "available", "updated_at"]
                 .iter()
                 .map(|k| (*k).to_owned())
                 .collect()
@@ -358,7 +358,7 @@ async fn current_balances_have_the_documented_shape() {
         eur.body,
         json!({
             "user_id": alice.id.to_string(),
-            "balances": [{"currency": "EUR", "amount": 0, "available": 0, "updated_at": null}]
+            "balances": [{"currency": "EUR", "amount": 0, "pending": 0, "available": 0, "updated_at": null}]
         })
     );
     // Reading a balance creates nothing.

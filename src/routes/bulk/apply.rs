@@ -86,6 +86,14 @@ pub(super) async fn independent(
                 result.index = index;
                 result
             }
+            Ok(Outcome::HoldNotPending) => BulkResult {
+                index,
+                status: "error",
+                transaction: None,
+                error: Some(
+                    ApiError::Internal(anyhow::anyhow!("a bulk item resolved a hold")).problem(),
+                ),
+            },
             Ok(Outcome::InactiveParty { user }) => BulkResult {
                 index,
                 status: "error",

@@ -29,14 +29,15 @@
 mod plan;
 mod sql;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{
-    check_sequence, AccountKey, AccountState, Authority, Bounds, Movement, Refusal, UserId,
+    check_sequence, AccountKey, AccountState, Authority, Bounds, HoldEnd, Movement, Phase, Refusal,
+    UserId,
 };
 use plan::{in_lock_order, DeltaPlan, EntryRows};
 
@@ -63,6 +64,9 @@ pub enum Posting {
     /// The movement relied on the initiator being an admin, and the initiator no longer is:
     /// nothing was written.
     Forbidden,
+    /// It posts or releases a hold that is no longer pending (resolved before, or past its
+    /// deadline for a post or void, or not yet past it for an expiry): nothing was written.
+    HoldNotPending,
 }
 
 /// The result of one committed batch.
@@ -180,12 +184,37 @@ pub async fn commit_batch(
         .filter(|&i| earlier[i].is_none())
         .collect();
 
+    // Decisions that stand for every attempt: resolutions of a hold that another movement of
+    // the batch resolves first, and postings the checked path refused (their hold stays
+    // pending: the attempt that claimed it was rolled back).
+    let mut standing: Vec<Option<Posting>> = resolved_earlier_in_batch(&movements, &undecided);
     let mut attempts = 0;
     loop {
         attempts += 1;
         let transaction = client.transaction().await?;
         let mut postings: Vec<Option<Posting>> = vec![None; movements.len()];
         decide_keys_and_parties(&transaction, &movements, &undecided, &mut postings).await?;
+        for &i in &undecided {
+            if postings[i].is_none() {
+                postings[i] = standing[i].clone();
+            }
+        }
+        let resolving: Vec<usize> = undecided
+            .iter()
+            .copied()
+            .filter(|&i| postings[i].is_none() && movements[i].resolves().is_some())
+            .collect();
+        if !resolving.is_empty() {
+            let claimed = sql::resolve_holds(&transaction, &movements, &resolving).await?;
+            for &i in &resolving {
+                if !movements[i]
+                    .resolves()
+                    .is_some_and(|hold| claimed.contains(&hold))
+                {
+                    postings[i] = Some(Posting::HoldNotPending);
+                }
+            }
+        }
         let open: Vec<usize> = undecided
             .iter()
             .copied()
@@ -252,6 +281,23 @@ pub async fn commit_batch(
                 &mut states,
             )
             .await?;
+            let refused_postings: Vec<(usize, Refusal)> = checked
+                .iter()
+                .zip(&decisions)
+                .filter_map(|(&i, decision)| match (decision, movements[i].phase()) {
+                    (Err(refusal), Phase::Post { .. }) => Some((i, *refusal)),
+                    _ => None,
+                })
+                .collect();
+            if !refused_postings.is_empty() {
+                // This attempt claimed their holds as posted: run it again without them, so
+                // that each is recorded failed and its hold stays pending.
+                transaction.rollback().await?;
+                for (i, refusal) in refused_postings {
+                    standing[i] = Some(Posting::Refused(refusal));
+                }
+                continue;
+            }
             for (&i, decision) in checked.iter().zip(decisions) {
                 postings[i] = Some(match decision {
                     Ok(()) => Posting::Completed,
@@ -304,6 +350,21 @@ fn move_to_checked_path(
             alone[i] = true;
         }
     }
+}
+
+/// `hold_not_pending` for every movement of `indices` that resolves a hold an earlier one of
+/// them resolves: one resolution per hold, the first in batch order.
+fn resolved_earlier_in_batch(movements: &[&Movement], indices: &[usize]) -> Vec<Option<Posting>> {
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut standing = vec![None; movements.len()];
+    for &i in indices {
+        if let Some(hold) = movements[i].resolves() {
+            if !seen.insert(hold) {
+                standing[i] = Some(Posting::HoldNotPending);
+            }
+        }
+    }
+    standing
 }
 
 /// For each movement, the index of an earlier movement of the batch with the same
@@ -373,7 +434,17 @@ async fn decide_keys_and_parties(
 ) -> Result<(), BatchError> {
     let admins = sql::lock_parties(transaction, movements, indices).await?;
     let refusal = |movement: &Movement| -> Option<Posting> {
-        let inactive = [movement.initiated_by(), movement.from(), movement.to()]
+        // Releasing a hold frees the payer's own money whatever became of the parties since:
+        // a void needs only an active initiator, an expiry (the sweeper's) nobody.
+        let parties = match movement.phase() {
+            Phase::Release {
+                end: HoldEnd::Expired,
+                ..
+            } => vec![],
+            Phase::Release { .. } => vec![movement.initiated_by()],
+            _ => vec![movement.initiated_by(), movement.from(), movement.to()],
+        };
+        let inactive = parties
             .into_iter()
             .find(|user| !user.is_system() && !admins.contains_key(&user.as_uuid()));
         if let Some(user) = inactive {
@@ -462,7 +533,7 @@ async fn check_and_apply(
 ) -> Result<Vec<Result<(), Refusal>>, BatchError> {
     let mut accounts: Vec<AccountKey> = indices
         .iter()
-        .flat_map(|&i| [movements[i].debited(), movements[i].credited()])
+        .flat_map(|&i| movements[i].legs().map(|leg| leg.account))
         .collect();
     in_lock_order(&mut accounts);
     accounts.dedup();
@@ -494,10 +565,7 @@ async fn check_and_apply(
         .map(|(account, (snapshot, _))| (*account, *snapshot))
         .collect();
     let decisions = check_sequence(
-        indices.iter().map(|&i| {
-            let movement = movements[i];
-            (movement.debited(), movement.credited(), movement.amount())
-        }),
+        indices.iter().map(|&i| movements[i].legs()),
         &limits,
         &mut snapshots,
     );

@@ -5,17 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::domain::{AccountKey, Bounds, Movement, Prefixes};
+use crate::domain::{AccountKey, Bounds, Change, Movement, Prefixes};
 
-/// One account's part of a statement: its deltas in batch order `(item index, delta)` and the
-/// parameters of the conditional update (DESIGN.md section 5; the rule is `domain::rules`).
+/// One account's part of a statement: its changes in batch order `(item index, change)` and
+/// the parameters of the conditional update (DESIGN.md section 5; the rule is `domain::rules`).
 #[derive(Debug, Clone)]
 pub(super) struct AccountPlan {
-    pub deltas: Vec<(usize, i64)>,
+    pub deltas: Vec<(usize, Change)>,
+    /// Sum of the amount changes.
     pub sum: i64,
-    /// Lowest running sum right after a debit (`None`: no debit).
+    /// Sum of the pending changes.
+    pub pending_sum: i64,
+    /// Lowest running sum of available changes right after one that lowers it (`None`: none
+    /// does).
     pub min_after_debit: Option<i64>,
-    /// Highest running sum right after a credit (`None`: no credit).
+    /// Highest running sum of amount changes right after one that raises it (`None`: none
+    /// does).
     pub max_after_credit: Option<i64>,
     /// The floor that replaces the row's `-overdraft_limit` (`system`: the supply bound).
     pub floor: Option<i64>,
@@ -40,28 +45,31 @@ impl DeltaPlan {
         indices: &[usize],
         bounds: &Bounds,
     ) -> Result<DeltaPlan, Vec<AccountKey>> {
-        let mut deltas: BTreeMap<AccountKey, Vec<(usize, i64)>> = BTreeMap::new();
+        let mut deltas: BTreeMap<AccountKey, Vec<(usize, Change)>> = BTreeMap::new();
         for &i in indices {
-            let movement = movements[i];
-            let amount = movement.amount().minor();
-            deltas
-                .entry(movement.debited())
-                .or_default()
-                .push((i, -amount));
-            deltas
-                .entry(movement.credited())
-                .or_default()
-                .push((i, amount));
+            for leg in movements[i].legs() {
+                deltas.entry(leg.account).or_default().push((i, leg.change));
+            }
         }
         let mut accounts = BTreeMap::new();
         let mut too_large = Vec::new();
         for (account, deltas) in deltas {
-            let prefixes = Prefixes::of(deltas.iter().map(|&(_, delta)| delta));
+            let available = Prefixes::of(
+                deltas
+                    .iter()
+                    .map(|&(_, change)| change.amount - change.pending),
+            );
+            let amounts = Prefixes::of(deltas.iter().map(|&(_, change)| change.amount));
+            let pending_sum: i128 = deltas
+                .iter()
+                .map(|&(_, change)| i128::from(change.pending))
+                .sum();
             let narrow = |value: Option<i128>| value.map(i64::try_from).transpose();
-            let (Ok(sum), Ok(min_after_debit), Ok(max_after_credit)) = (
-                i64::try_from(prefixes.sum),
-                narrow(prefixes.min_after_debit),
-                narrow(prefixes.max_after_credit),
+            let (Ok(sum), Ok(pending_sum), Ok(min_after_debit), Ok(max_after_credit)) = (
+                i64::try_from(amounts.sum),
+                i64::try_from(pending_sum),
+                narrow(available.min_after_debit),
+                narrow(amounts.max_after_credit),
             ) else {
                 too_large.push(account);
                 continue;
@@ -72,6 +80,7 @@ impl DeltaPlan {
                 AccountPlan {
                     deltas,
                     sum,
+                    pending_sum,
                     min_after_debit,
                     max_after_credit,
                     floor,
@@ -110,8 +119,9 @@ pub(super) struct EntryRows {
 }
 
 impl EntryRows {
-    /// One account's entries in plan order, given the amount the database returned after
-    /// applying all of them: the running balance starts at `returned - sum`.
+    /// One account's entries in plan order (one per change of its amount: holds and releases
+    /// write none), given the amount the database returned after applying all of them: the
+    /// running balance starts at `returned - sum`.
     pub fn push_account(
         &mut self,
         movements: &[&Movement],
@@ -122,7 +132,11 @@ impl EntryRows {
         // Cannot overflow: `returned` and every running balance lie within ±MONEY_BOUND_MINOR
         // (the conditional update admitted them) and so does `sum`.
         let mut balance = returned - plan.sum;
-        for &(i, delta) in &plan.deltas {
+        for &(i, change) in &plan.deltas {
+            let delta = change.amount;
+            if delta == 0 {
+                continue;
+            }
             balance += delta;
             self.transaction_ids.push(movements[i].id());
             self.users.push(account.user.as_uuid());
@@ -185,7 +199,8 @@ mod tests {
         let plan = DeltaPlan::build(&movements, &[0, 1, 2], &bounds()).unwrap();
         let account_a = movements[0].debited();
         let plan_a = &plan.accounts[&account_a];
-        assert_eq!(plan_a.deltas, vec![(0, -5), (1, 3), (2, -4)]);
+        let deltas: Vec<(usize, i64)> = plan_a.deltas.iter().map(|&(i, c)| (i, c.amount)).collect();
+        assert_eq!(deltas, vec![(0, -5), (1, 3), (2, -4)]);
         assert_eq!(plan_a.sum, -6);
         assert_eq!(plan_a.min_after_debit, Some(-6));
         assert_eq!(plan_a.max_after_credit, Some(-2));

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::plan::{DeltaPlan, EntryRows};
 use super::{BatchError, Posting};
 use crate::domain::{
-    AccountKey, AccountState, Currency, Movement, Refusal, Snapshot, TransactionStatus, UserId,
-    MONEY_BOUND_MINOR,
+    AccountKey, AccountState, Currency, Movement, Phase, Refusal, Snapshot, TransactionStatus,
+    UserId, MONEY_BOUND_MINOR,
 };
 
 /// Share-locks the users the movements `indices` name (in id order, `system` excluded: it is
@@ -177,9 +177,9 @@ pub(super) async fn insert_missing_balances(
 
 /// THE conditional update: the posting rule of `domain::rules` in SQL, and the final arbiter
 /// of every movement (invariants 2, 6 and 7). For each of `accounts` (in lock order, all in
-/// `plan`) it applies the summed delta when no debit of the plan takes `amount - pending` below
-/// the floor (the row's `-overdraft_limit`, or the supply bound for `system`) and no credit
-/// takes `amount` above the ceiling. The update takes the row locks in array order (the
+/// `plan`) it applies the summed changes of amount and pending when no change of the plan that
+/// lowers `amount - pending` takes it below the floor (the row's `-overdraft_limit`, or the
+/// supply bound for `system`) and none that raises `amount` takes it above the ceiling. The update takes the row locks in array order (the
 /// journal connections only plan nested loops over the `unnest`), so concurrent batches of any
 /// process lock in the same order.
 ///
@@ -193,6 +193,7 @@ pub(super) async fn update_balances(
     let mut users = Vec::with_capacity(accounts.len());
     let mut currencies = Vec::with_capacity(accounts.len());
     let mut sums = Vec::with_capacity(accounts.len());
+    let mut pending_sums = Vec::with_capacity(accounts.len());
     let mut min_after_debits = Vec::with_capacity(accounts.len());
     let mut max_after_credits = Vec::with_capacity(accounts.len());
     let mut floors = Vec::with_capacity(accounts.len());
@@ -202,6 +203,7 @@ pub(super) async fn update_balances(
         users.push(account.user.as_uuid());
         currencies.push(account.currency.code());
         sums.push(account_plan.sum);
+        pending_sums.push(account_plan.pending_sum);
         min_after_debits.push(account_plan.min_after_debit);
         max_after_credits.push(account_plan.max_after_credit);
         floors.push(account_plan.floor);
@@ -210,18 +212,20 @@ pub(super) async fn update_balances(
     let update = transaction
         .prepare_cached(
             "UPDATE balances b
-             SET amount = b.amount + d.delta, version = b.version + 1, last_updated_at = now()
+             SET amount = b.amount + d.delta, pending = b.pending + d.pending_delta,
+                 version = b.version + 1, last_updated_at = now()
              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::bigint[], $7::bigint[])
-                  AS d(user_id, currency, delta, min_after_debit, max_after_credit, floor, ceiling)
+                         $6::bigint[], $7::bigint[], $8::bigint[])
+                  AS d(user_id, currency, delta, min_after_debit, max_after_credit, floor, ceiling,
+                       pending_delta)
              WHERE b.user_id = d.user_id AND b.currency = d.currency
                AND (d.min_after_debit IS NULL
                     OR b.amount - b.pending + d.min_after_debit >= COALESCE(d.floor, -b.overdraft_limit))
                AND (d.max_after_credit IS NULL OR b.amount + d.max_after_credit <= d.ceiling)
-             RETURNING b.user_id, b.currency, b.amount, b.version",
+             RETURNING b.user_id, b.currency, b.amount, b.version, b.pending",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 7] = [
+    let params: [&(dyn ToSql + Sync); 8] = [
         &users,
         &currencies,
         &sums,
@@ -229,6 +233,7 @@ pub(super) async fn update_balances(
         &max_after_credits,
         &floors,
         &ceilings,
+        &pending_sums,
     ];
     transaction
         .query(&update, &params)
@@ -238,6 +243,7 @@ pub(super) async fn update_balances(
             let state = AccountState {
                 account: account_of(row)?,
                 amount: row.get(2),
+                pending: row.get(4),
                 version: row.get(3),
             };
             Ok((state.account, state))
@@ -323,8 +329,10 @@ pub(super) async fn insert_transactions(
     indices: &[usize],
     postings: &[Option<Posting>],
 ) -> Result<Option<DateTime<Utc>>, BatchError> {
+    // A release writes no transaction: it changes the hold's state (`resolve_holds`).
     let written: Vec<(usize, Option<&Refusal>)> = indices
         .iter()
+        .filter(|&&i| !matches!(movements[i].phase(), Phase::Release { .. }))
         .filter_map(|&i| match &postings[i] {
             Some(Posting::Completed) => Some((i, None)),
             Some(Posting::Refused(refusal)) => Some((i, Some(refusal))),
@@ -348,11 +356,18 @@ pub(super) async fn insert_transactions(
     let mut failure_details: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
     let mut initiators = Vec::with_capacity(n);
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut timeouts: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut pending_ids: Vec<Option<Uuid>> = Vec::with_capacity(n);
     for (i, refusal) in written {
         let movement = movements[i];
-        let status = match refusal {
-            None => TransactionStatus::Completed,
-            Some(_) => TransactionStatus::Failed,
+        let (status, timeout_s, pending_id) = match (refusal, movement.phase()) {
+            (Some(_), Phase::Post { hold, .. }) => (TransactionStatus::Failed, None, Some(hold)),
+            (Some(_), _) => (TransactionStatus::Failed, None, None),
+            (None, Phase::Hold { timeout_s }) => {
+                (TransactionStatus::Pending, Some(f64::from(timeout_s)), None)
+            }
+            (None, Phase::Post { hold, .. }) => (TransactionStatus::Completed, None, Some(hold)),
+            (None, _) => (TransactionStatus::Completed, None, None),
         };
         ids.push(movement.id());
         kinds.push(movement.kind().as_str());
@@ -367,27 +382,34 @@ pub(super) async fn insert_transactions(
         failure_details.push(refusal.and_then(failure_detail));
         initiators.push(movement.initiated_by().as_uuid());
         keys.push(movement.idempotency().map(|c| c.key.as_str()));
+        timeouts.push(timeout_s);
+        pending_ids.push(pending_id);
     }
     // Transactions and their events in one statement; the event payload carries the entries so
-    // that replaying the log rebuilds every balance (invariant 5).
+    // that replaying the log rebuilds every balance (invariant 5). A hold's deadline is the
+    // commit's transaction time plus its timeout, so `expires_at - created_at` is exact.
     let records = transaction
         .prepare_cached(
             "WITH t AS (
                  INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount, currency,
                                            description, reference, failure_reason, failure_detail,
-                                           initiated_by, idempotency_key, created_at, completed_at)
+                                           initiated_by, idempotency_key, created_at, completed_at,
+                                           expires_at, pending_id)
                  SELECT id, type, status, from_user_id, to_user_id, amount, currency, description,
                         reference, failure_reason, failure_detail, initiated_by, idempotency_key, now(),
-                        CASE WHEN status = 'completed' THEN now() END
+                        CASE WHEN status = 'completed' THEN now() END,
+                        now() + make_interval(secs => timeout_s), pending_id
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[],
                              $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::uuid[],
-                             $13::text[])
+                             $13::text[], $14::float8[], $15::uuid[])
                       AS r(id, type, status, from_user_id, to_user_id, amount, currency, description,
-                           reference, failure_reason, failure_detail, initiated_by, idempotency_key)
+                           reference, failure_reason, failure_detail, initiated_by, idempotency_key,
+                           timeout_s, pending_id)
                  RETURNING *
              )
              INSERT INTO events (stream, type, payload, created_at)
-             SELECT 'transaction:' || t.id, 'transaction.' || t.status,
+             SELECT 'transaction:' || t.id,
+                    CASE WHEN t.status = 'pending' THEN 'hold.created' ELSE 'transaction.' || t.status END,
                     jsonb_build_object(
                         'id', t.id, 'type', t.type, 'status', t.status,
                         'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id,
@@ -395,6 +417,7 @@ pub(super) async fn insert_transactions(
                         'description', t.description, 'reference', t.reference,
                         'failure_reason', t.failure_reason, 'failure_detail', t.failure_detail,
                         'initiated_by', t.initiated_by,
+                        'expires_at', t.expires_at, 'pending_id', t.pending_id,
                         'entries', CASE WHEN t.status = 'completed' THEN jsonb_build_array(
                             jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
                             jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
@@ -404,7 +427,7 @@ pub(super) async fn insert_transactions(
              RETURNING created_at",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 13] = [
+    let params: [&(dyn ToSql + Sync); 15] = [
         &ids,
         &kinds,
         &statuses,
@@ -418,6 +441,8 @@ pub(super) async fn insert_transactions(
         &failure_details,
         &initiators,
         &keys,
+        &timeouts,
+        &pending_ids,
     ];
     let rows = transaction.query(&records, &params).await?;
     Ok(rows.first().map(|row| row.get(0)))
@@ -446,4 +471,100 @@ pub(super) async fn insert_entries(
     ];
     transaction.execute(&statement, &params).await?;
     Ok(())
+}
+
+/// Claims the resolution of the holds that the movements `indices` post or release (each
+/// hold at most once among them: the caller keeps the first): the hold's row goes from
+/// `pending` to `posted`, `voided` or `expired` with a conditional update, and its event is
+/// written in the same statement. A posting or void is claimed only before the stored
+/// deadline, an expiry only at or after it (DESIGN.md section 7: expiry is decided from the
+/// deadline at resolution time, never from whether a sweeper ran), and only while the hold is
+/// the one the movement was built from (same parties, currency and amount).
+///
+/// Returns the holds claimed; a movement whose hold is missing from it must not be applied
+/// (`hold_not_pending`).
+pub(super) async fn resolve_holds(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+) -> Result<HashSet<Uuid>, BatchError> {
+    let n = indices.len();
+    let mut holds = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut helds = Vec::with_capacity(n);
+    let mut postings: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut posted: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut payers = Vec::with_capacity(n);
+    let mut payees = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut initiators = Vec::with_capacity(n);
+    for &i in indices {
+        let movement = movements[i];
+        let (hold, status, held, posting) = match movement.phase() {
+            Phase::Post { hold, held } => (hold, "posted", held, Some(movement.id())),
+            Phase::Release { hold, end } => (hold, end.as_str(), movement.amount().minor(), None),
+            Phase::Settle | Phase::Hold { .. } => continue,
+        };
+        holds.push(hold);
+        statuses.push(status);
+        helds.push(held);
+        postings.push(posting);
+        posted.push(posting.map(|_| movement.amount().minor()));
+        payers.push(movement.from().as_uuid());
+        payees.push(movement.to().as_uuid());
+        currencies.push(movement.currency().code());
+        initiators.push(movement.initiated_by().as_uuid());
+    }
+    if holds.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "WITH r AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::bigint[],
+                                      $6::uuid[], $7::uuid[], $8::text[], $9::uuid[])
+                      AS r(hold, status, held, posting_id, posted_amount, payer, payee, currency,
+                           initiated_by)
+                 ORDER BY hold
+             ), resolved AS (
+                 UPDATE transactions t
+                 SET status = r.status, resolved_at = now(), posting_id = r.posting_id,
+                     posted_amount = r.posted_amount
+                 FROM r
+                 WHERE t.id = r.hold AND t.status = 'pending' AND t.amount = r.held
+                   AND t.from_user_id = r.payer AND t.to_user_id = r.payee AND t.currency = r.currency
+                   AND CASE WHEN r.status = 'expired' THEN t.expires_at <= now()
+                            ELSE t.expires_at > now() END
+                 RETURNING t.*, r.initiated_by AS resolved_by
+             ), logged AS (
+                 INSERT INTO events (stream, type, payload, created_at)
+                 SELECT 'transaction:' || id, 'hold.' || status,
+                        jsonb_build_object(
+                            'id', id, 'status', status, 'from_user_id', from_user_id,
+                            'currency', currency, 'amount', amount, 'released', amount,
+                            'posted_amount', posted_amount, 'posting_id', posting_id,
+                            'resolved_by', resolved_by, 'resolved_at', resolved_at),
+                        resolved_at
+                 FROM resolved
+             )
+             SELECT id FROM resolved",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &holds,
+        &statuses,
+        &helds,
+        &postings,
+        &posted,
+        &payers,
+        &payees,
+        &currencies,
+        &initiators,
+    ];
+    Ok(transaction
+        .query(&statement, &params)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }
