@@ -80,6 +80,13 @@ pub enum ApiError {
         transaction_id: Uuid,
         hold_status: &'static str,
     },
+    /// 422 `reversal_exceeds_amount`: a reversal of more than is left of `transaction_id`
+    /// (`remaining`, minor units).
+    #[error("the reversal exceeds what is left to reverse: {remaining}")]
+    ReversalExceedsAmount {
+        transaction_id: Uuid,
+        remaining: i64,
+    },
     /// 422 `exceeds_hold`: a posting of more than the hold `transaction_id` holds (`held`).
     #[error("the posting exceeds the held amount of {held}")]
     ExceedsHold { transaction_id: Uuid, held: i64 },
@@ -144,7 +151,8 @@ pub struct Problem {
     /// With `limit_exceeded`: what this movement asked for, minor units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested: Option<i64>,
-    /// With `limit_exceeded`: what the limit still allows, minor units.
+    /// With `limit_exceeded`: what the limit still allows; with `reversal_exceeds_amount`: what
+    /// is left to reverse; minor units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<i64>,
 }
@@ -168,6 +176,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::HoldNotPending { .. } => "hold_not_pending",
             ApiError::ExceedsHold { .. } => "exceeds_hold",
+            ApiError::ReversalExceedsAmount { .. } => "reversal_exceeds_amount",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LoginLocked { .. } => "login_locked",
             ApiError::Overloaded { .. } => "overloaded",
@@ -193,6 +202,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
             ApiError::HoldNotPending { .. } => "Hold not pending",
             ApiError::ExceedsHold { .. } => "Exceeds hold",
+            ApiError::ReversalExceedsAmount { .. } => "Reversal exceeds amount",
             ApiError::RateLimited { .. } => "Too many requests",
             ApiError::LoginLocked { .. } => "Login locked",
             ApiError::Overloaded { .. } => "Overloaded",
@@ -226,7 +236,8 @@ impl ApiError {
             transaction_id: match self {
                 ApiError::InsufficientFunds { transaction_id }
                 | ApiError::HoldNotPending { transaction_id, .. }
-                | ApiError::ExceedsHold { transaction_id, .. } => Some(*transaction_id),
+                | ApiError::ExceedsHold { transaction_id, .. }
+                | ApiError::ReversalExceedsAmount { transaction_id, .. } => Some(*transaction_id),
                 ApiError::LimitExceeded { transaction_id, .. } => *transaction_id,
                 _ => None,
             },
@@ -237,7 +248,10 @@ impl ApiError {
             limit: limit_detail.map(|detail| detail["limit"].clone()),
             used: figure("used"),
             requested: figure("requested"),
-            remaining: figure("remaining"),
+            remaining: match self {
+                ApiError::ReversalExceedsAmount { remaining, .. } => Some(*remaining),
+                _ => figure("remaining"),
+            },
         }
     }
 
@@ -286,6 +300,7 @@ impl ResponseError for ApiError {
             | ApiError::LimitExceeded { .. }
             | ApiError::BulkFailed { .. }
             | ApiError::ExceedsHold { .. }
+            | ApiError::ReversalExceedsAmount { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::HoldNotPending { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

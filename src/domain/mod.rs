@@ -10,7 +10,7 @@ mod user;
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use movement::{
     AccountKey, AccountState, Authority, CommittedBalance, HoldEnd, IdempotencyClaim, Movement,
-    MovementError, Phase,
+    MovementError, Phase, Reversal,
 };
 pub use rules::{
     check_sequence, Bounds, BoundsError, Change, CurrencyBounds, Leg, LimitBreach, LimitKind,

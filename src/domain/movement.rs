@@ -112,6 +112,15 @@ pub struct Movement {
     authority: Authority,
     idempotency: Option<IdempotencyClaim>,
     phase: Phase,
+    reversal: Option<Reversal>,
+}
+
+/// What a reversal reverses, and why (DESIGN.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversal {
+    /// The completed transaction it reverses (in part or whole).
+    pub of: Uuid,
+    pub reason: Description,
 }
 
 /// Why a movement could not be built.
@@ -224,7 +233,37 @@ impl Movement {
             authority,
             idempotency: None,
             phase: Phase::Settle,
+            reversal: None,
         })
+    }
+
+    /// A reversal of `amount` of the completed transaction `of`, which moved money of
+    /// `currency` from `from` to `to`: the money goes back, from `to` to `from`, through the
+    /// normal posting path (it needs funds on the side it takes from).
+    ///
+    /// Errors: as [`Movement::transfer`] for the swapped parties.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reverse(
+        of: Uuid,
+        from: UserId,
+        to: UserId,
+        amount: Amount,
+        currency: Currency,
+        reason: Description,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        let mut movement = Movement::new(
+            TransactionKind::Reversal,
+            to,
+            from,
+            amount,
+            currency,
+            initiated_by,
+            authority,
+        )?;
+        movement.reversal = Some(Reversal { of, reason });
+        Ok(movement)
     }
 
     /// The same movement as a hold that expires `timeout_s` seconds after its commit.
@@ -399,6 +438,11 @@ impl Movement {
         self.phase
     }
 
+    /// What this movement reverses, when it is a reversal.
+    pub fn reversal(&self) -> Option<&Reversal> {
+        self.reversal.as_ref()
+    }
+
     /// The hold this movement posts or releases.
     pub fn resolves(&self) -> Option<Uuid> {
         match self.phase {
@@ -500,6 +544,11 @@ impl Movement {
                 field(end.as_str().as_bytes());
                 field(hold.as_bytes());
             }
+        }
+        if let Some(reversal) = &self.reversal {
+            field(b"reversal");
+            field(reversal.of.as_bytes());
+            field(reversal.reason.as_str().as_bytes());
         }
         hasher.finalize().into()
     }

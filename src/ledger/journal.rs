@@ -425,6 +425,10 @@ impl JournalWriter {
                         self.metrics.failure(kind, "hold_not_pending");
                         Ok(Outcome::HoldNotPending)
                     }
+                    Posting::ReversalRefused(refusal) => {
+                        self.metrics.failure(kind, "not_reversible");
+                        Ok(Outcome::ReversalRefused(refusal))
+                    }
                     Posting::InactiveParty { user } => {
                         self.metrics.failure(kind, "inactive_party");
                         Ok(Outcome::InactiveParty { user })

@@ -72,6 +72,9 @@ pub enum Outcome {
     /// The movement posts or releases a hold that was no longer pending at the commit (resolved
     /// before, or its deadline passed): nothing was applied or recorded.
     HoldNotPending,
+    /// The reversal was refused by the transaction it reverses (not reversible, or more than
+    /// is left of it): nothing was applied or recorded.
+    ReversalRefused(crate::store::journal::ReversalRefusal),
 }
 
 /// How the ledger settled a set of movements submitted all or nothing.

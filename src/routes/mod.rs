@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod posting;
+pub mod reversals;
 pub mod schemas;
 pub mod transactions;
 pub mod users;

@@ -19,7 +19,7 @@ use super::auth::{TokenBody, UserBody};
 use super::posting::TransactionBody;
 use super::schemas::{
     BulkItem, BulkRequest, DebitRequest, HoldRequest, LoginRequest, MovementRequest, PostRequest,
-    RefreshRequest, RegisterRequest, TransferRequest, UpdateUserRequest,
+    RefreshRequest, RegisterRequest, ReverseRequest, TransferRequest, UpdateUserRequest,
 };
 use super::transactions::TransactionPage;
 use super::users::UserPage;
@@ -37,7 +37,7 @@ use crate::error::{FieldError, Problem};
         super::users::list_users, super::users::get_user, super::users::update_user, super::users::delete_user,
         super::transactions::credit, super::transactions::debit, super::transactions::transfer, super::bulk::bulk,
         super::transactions::get_transaction, super::transactions::history,
-        super::holds::post, super::holds::void,
+        super::holds::post, super::holds::void, super::reversals::reverse,
         super::balances::current, super::balances::historical, super::balances::at_time,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
@@ -46,7 +46,7 @@ use crate::error::{FieldError, Problem};
         super::balances::BalancesBody, super::balances::BalanceBody, super::balances::ChangesBody,
         super::balances::ChangeBody, super::balances::ClosingBalancesBody, super::balances::ClosingBody,
         super::balances::HistoricalBody, super::balances::AtTimeBody, super::ops::HealthBody,
-        super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, DebitRequest, TransferRequest, HoldRequest, PostRequest,
+        super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, DebitRequest, TransferRequest, HoldRequest, PostRequest, ReverseRequest,
     )),
     modifiers(&BearerScheme),
     tags(

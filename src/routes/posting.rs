@@ -56,6 +56,18 @@ pub struct TransactionBody {
     /// A posting's: the hold it posts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_id: Option<Uuid>,
+    /// A reversal's: the transaction it reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversal_of: Option<Uuid>,
+    /// A reversal's: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A reversed transaction's: the sum of its reversals so far, minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversed_amount: Option<i64>,
+    /// A reversed transaction's completed reversals, oldest first (`GET /transactions/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversals: Option<Vec<Uuid>>,
 }
 
 fn party(user: UserId) -> Option<Uuid> {
@@ -82,6 +94,10 @@ impl From<TransactionRecord> for TransactionBody {
             posted_amount: record.posted_amount,
             posting_id: record.posting_id,
             pending_id: record.pending_id,
+            reversal_of: record.reversal_of,
+            reason: record.reason,
+            reversed_amount: (record.reversed_amount > 0).then_some(record.reversed_amount),
+            reversals: None,
         }
     }
 }
@@ -127,6 +143,12 @@ impl TransactionBody {
             posted_amount: None,
             posting_id: None,
             pending_id,
+            reversal_of: movement.reversal().map(|reversal| reversal.of),
+            reason: movement
+                .reversal()
+                .map(|reversal| reversal.reason.as_str().to_owned()),
+            reversed_amount: None,
+            reversals: None,
         }
     }
 }

@@ -136,6 +136,18 @@ pub struct PostRequest {
     pub amount: Option<i64>,
 }
 
+/// A reversal (refund) of a completed transaction.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseRequest {
+    /// Minor units, 1 to what is left to reverse (default: all of it).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<i64>,
+    /// Why: 1 to 500 characters without control characters.
+    #[schema(min_length = 1, max_length = 500)]
+    pub reason: String,
+}
+
 /// A bulk of transactions.
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/bulk").route(web::post().to(super::bulk::bulk)))
         .service(web::resource("/{id}/post").route(web::post().to(super::holds::post)))
         .service(web::resource("/{id}/void").route(web::post().to(super::holds::void)))
+        .service(web::resource("/{id}/reverse").route(web::post().to(super::reversals::reverse)))
         .service(web::resource("/{id}").route(web::get().to(get_transaction)));
 }
 
@@ -291,9 +292,9 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
             ..
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
-        Outcome::HoldNotPending => Err(ApiError::Internal(anyhow::anyhow!(
-            "a movement that resolves no hold was answered hold_not_pending"
-        ))),
+        Outcome::HoldNotPending | Outcome::ReversalRefused(_) => Err(ApiError::Internal(
+            anyhow::anyhow!("a plain movement was answered as a hold resolution or a reversal"),
+        )),
     }
 }
 
@@ -325,7 +326,14 @@ pub async fn get_transaction(
     let client = state.pool.get().await?;
     match store::transactions::find(&client, id.into_inner()).await? {
         Some(record) if visible_to(&record, principal) => {
-            Ok(HttpResponse::Ok().json(TransactionBody::from(record)))
+            let reversals = if record.reversed_amount > 0 {
+                Some(store::transactions::reversals_of(&client, record.id).await?)
+            } else {
+                None
+            };
+            let mut body = TransactionBody::from(record);
+            body.reversals = reversals;
+            Ok(HttpResponse::Ok().json(body))
         }
         _ => Err(ApiError::NotFound("no such transaction")),
     }
@@ -346,7 +354,7 @@ pub struct HistoryQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     kind: Option<String>,
-    /// `pending`, `completed`, `failed` or `reversed`.
+    /// `pending`, `posted`, `voided`, `expired`, `completed` or `failed`.
     status: Option<String>,
     /// ISO 4217 code.
     currency: Option<String>,

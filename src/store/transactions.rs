@@ -119,6 +119,21 @@ pub async fn expired_holds(
         .collect())
 }
 
+/// The completed reversals of `id`, oldest first.
+pub async fn reversals_of(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    let statement = "SELECT id FROM transactions
+                     WHERE reversal_of = $1 AND status = 'completed' ORDER BY created_at, id";
+    Ok(client
+        .query(statement, &[&id])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 pub async fn find(
     client: &impl GenericClient,
     id: Uuid,

@@ -530,3 +530,28 @@ async fn two_instances_resolve_each_hold_once_even_racing_the_sweepers() {
     assert_eq!(balance(&second, &payer, "USD").await, (left, 0, left));
     first.assert_ledger_invariants().await;
 }
+
+/// A posting the payee cannot take (it would pass `ledger.balance_max_minor`) is refused like
+/// any movement and recorded failed, and the hold stays pending: a smaller posting still works.
+#[actix_web::test]
+async fn a_refused_posting_is_recorded_failed_and_leaves_the_hold_pending() {
+    let app = TestApp::spawn_with(|settings| settings.ledger.balance_max_minor = 1_000).await;
+    let (payer, payee) = (app.user("payer").await, app.user("payee").await);
+    app.credit(&payer, 500, "USD").await;
+    app.credit(&payee, 900, "USD").await;
+    let hold = hold_transfer(&app, &payer, &payee, 200).await;
+    let refused = resolve(&app, &payee, &hold, "post", json!({})).await;
+    let failed = refused.assert_problem(422, "limit_exceeded")["transaction_id"].clone();
+    let recorded = transaction(&app, &payee, failed.as_str().unwrap()).await;
+    assert_eq!(recorded["status"], "failed");
+    assert_eq!(recorded["pending_id"], hold["id"]);
+    let still = transaction(&app, &payer, hold["id"].as_str().unwrap()).await;
+    assert_eq!(still["status"], "pending");
+    assert_eq!(balance(&app, &payer, "USD").await, (500, 200, 300));
+
+    let posted = resolve(&app, &payee, &hold, "post", json!({"amount": 100})).await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(balance(&app, &payee, "USD").await, (1_000, 0, 1_000));
+    assert_eq!(balance(&app, &payer, "USD").await, (400, 0, 400));
+    app.assert_ledger_invariants().await;
+}

@@ -23,6 +23,7 @@ mod ops;
 mod outage;
 mod posting;
 mod process;
+mod reversals;
 mod shutdown;
 mod traces;
 mod transactions;

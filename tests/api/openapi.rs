@@ -30,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/transactions/{id}"),
     ("post", "/api/v1/transactions/{id}/post"),
     ("post", "/api/v1/transactions/{id}/void"),
+    ("post", "/api/v1/transactions/{id}/reverse"),
     ("get", "/api/v1/transactions/history"),
     ("get", "/api/v1/balances/current"),
     ("get", "/api/v1/balances/historical"),

@@ -67,6 +67,18 @@ pub enum Posting {
     /// It posts or releases a hold that is no longer pending (resolved before, or past its
     /// deadline for a post or void, or not yet past it for an expiry): nothing was written.
     HoldNotPending,
+    /// A reversal the transaction it reverses no longer allows: nothing was written.
+    ReversalRefused(ReversalRefusal),
+}
+
+/// Why a reversal could not claim its part of the original (invariant 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalRefusal {
+    /// The original is not a completed credit, debit or transfer between the reversal's
+    /// parties, or nothing of it is left to reverse.
+    NotReversible,
+    /// More than what is left of the original (`remaining`, minor units).
+    ExceedsAmount { remaining: i64 },
 }
 
 /// The result of one committed batch.
@@ -215,6 +227,15 @@ pub async fn commit_batch(
                 }
             }
         }
+        // Reversals claim their part of the original one by one, in batch order: two
+        // reversals of one transaction in a batch are bounded together (invariant 10).
+        for &i in &undecided {
+            if postings[i].is_none() && movements[i].reversal().is_some() {
+                if let Err(refusal) = sql::claim_reversal(&transaction, movements[i]).await? {
+                    postings[i] = Some(Posting::ReversalRefused(refusal));
+                }
+            }
+        }
         let open: Vec<usize> = undecided
             .iter()
             .copied()
@@ -284,14 +305,20 @@ pub async fn commit_batch(
             let refused_postings: Vec<(usize, Refusal)> = checked
                 .iter()
                 .zip(&decisions)
-                .filter_map(|(&i, decision)| match (decision, movements[i].phase()) {
-                    (Err(refusal), Phase::Post { .. }) => Some((i, *refusal)),
+                .filter_map(|(&i, decision)| match decision {
+                    Err(refusal)
+                        if matches!(movements[i].phase(), Phase::Post { .. })
+                            || movements[i].reversal().is_some() =>
+                    {
+                        Some((i, *refusal))
+                    }
                     _ => None,
                 })
                 .collect();
             if !refused_postings.is_empty() {
-                // This attempt claimed their holds as posted: run it again without them, so
-                // that each is recorded failed and its hold stays pending.
+                // This attempt claimed their holds as posted, or their part of the original as
+                // reversed: run it again without them, so that each is recorded failed and
+                // what it claimed stays as it was.
                 transaction.rollback().await?;
                 for (i, refusal) in refused_postings {
                     standing[i] = Some(Posting::Refused(refusal));
@@ -306,6 +333,21 @@ pub async fn commit_batch(
             }
             let written_at =
                 sql::insert_transactions(&transaction, &movements, &checked, &postings).await?;
+            committed_at = committed_at.or(written_at);
+        }
+        // Postings and reversals refused in an earlier attempt are recorded failed now.
+        let refused_before: Vec<usize> = undecided
+            .iter()
+            .copied()
+            .filter(|&i| {
+                matches!(standing[i], Some(Posting::Refused(_)))
+                    && matches!(postings[i], Some(Posting::Refused(_)))
+            })
+            .collect();
+        if !refused_before.is_empty() {
+            let written_at =
+                sql::insert_transactions(&transaction, &movements, &refused_before, &postings)
+                    .await?;
             committed_at = committed_at.or(written_at);
         }
         debug_assert!(

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::plan::{DeltaPlan, EntryRows};
-use super::{BatchError, Posting};
+use super::{BatchError, Posting, ReversalRefusal};
 use crate::domain::{
     AccountKey, AccountState, Currency, Movement, Phase, Refusal, Snapshot, TransactionStatus,
     UserId, MONEY_BOUND_MINOR,
@@ -358,6 +358,8 @@ pub(super) async fn insert_transactions(
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut timeouts: Vec<Option<f64>> = Vec::with_capacity(n);
     let mut pending_ids: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut reversal_ofs: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(n);
     for (i, refusal) in written {
         let movement = movements[i];
         let (status, timeout_s, pending_id) = match (refusal, movement.phase()) {
@@ -384,6 +386,8 @@ pub(super) async fn insert_transactions(
         keys.push(movement.idempotency().map(|c| c.key.as_str()));
         timeouts.push(timeout_s);
         pending_ids.push(pending_id);
+        reversal_ofs.push(movement.reversal().map(|reversal| reversal.of));
+        reasons.push(movement.reversal().map(|reversal| reversal.reason.as_str()));
     }
     // Transactions and their events in one statement; the event payload carries the entries so
     // that replaying the log rebuilds every balance (invariant 5). A hold's deadline is the
@@ -394,17 +398,17 @@ pub(super) async fn insert_transactions(
                  INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount, currency,
                                            description, reference, failure_reason, failure_detail,
                                            initiated_by, idempotency_key, created_at, completed_at,
-                                           expires_at, pending_id)
+                                           expires_at, pending_id, reversal_of, reason)
                  SELECT id, type, status, from_user_id, to_user_id, amount, currency, description,
                         reference, failure_reason, failure_detail, initiated_by, idempotency_key, now(),
                         CASE WHEN status = 'completed' THEN now() END,
-                        now() + make_interval(secs => timeout_s), pending_id
+                        now() + make_interval(secs => timeout_s), pending_id, reversal_of, reason
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[],
                              $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::uuid[],
-                             $13::text[], $14::float8[], $15::uuid[])
+                             $13::text[], $14::float8[], $15::uuid[], $16::uuid[], $17::text[])
                       AS r(id, type, status, from_user_id, to_user_id, amount, currency, description,
                            reference, failure_reason, failure_detail, initiated_by, idempotency_key,
-                           timeout_s, pending_id)
+                           timeout_s, pending_id, reversal_of, reason)
                  RETURNING *
              )
              INSERT INTO events (stream, type, payload, created_at)
@@ -418,6 +422,7 @@ pub(super) async fn insert_transactions(
                         'failure_reason', t.failure_reason, 'failure_detail', t.failure_detail,
                         'initiated_by', t.initiated_by,
                         'expires_at', t.expires_at, 'pending_id', t.pending_id,
+                        'reversal_of', t.reversal_of, 'reason', t.reason,
                         'entries', CASE WHEN t.status = 'completed' THEN jsonb_build_array(
                             jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
                             jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
@@ -427,7 +432,7 @@ pub(super) async fn insert_transactions(
              RETURNING created_at",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 15] = [
+    let params: [&(dyn ToSql + Sync); 17] = [
         &ids,
         &kinds,
         &statuses,
@@ -443,6 +448,8 @@ pub(super) async fn insert_transactions(
         &keys,
         &timeouts,
         &pending_ids,
+        &reversal_ofs,
+        &reasons,
     ];
     let rows = transaction.query(&records, &params).await?;
     Ok(rows.first().map(|row| row.get(0)))
@@ -567,4 +574,86 @@ pub(super) async fn resolve_holds(
         .iter()
         .map(|row| row.get(0))
         .collect())
+}
+
+/// Claims `movement`'s part of the transaction it reverses: `reversed_amount` grows by its
+/// amount only while the original is a completed credit, debit or transfer between the same
+/// parties and the sum of its reversals stays within its amount (invariant 10, also a CHECK of
+/// migration V7), and `transaction.reversed` is written in the same statement. The row lock it
+/// takes serializes concurrent reversals of one transaction, on any instance.
+///
+/// Returns `Err` with why when the original does not allow it.
+pub(super) async fn claim_reversal(
+    transaction: &Transaction<'_>,
+    movement: &Movement,
+) -> Result<Result<(), ReversalRefusal>, BatchError> {
+    let Some(reversal) = movement.reversal() else {
+        return Ok(Ok(()));
+    };
+    let statement = transaction
+        .prepare_cached(
+            "WITH claimed AS (
+                 UPDATE transactions
+                 SET reversed_amount = reversed_amount + $2
+                 WHERE id = $1 AND status = 'completed' AND type IN ('credit', 'debit', 'transfer')
+                   AND from_user_id = $3 AND to_user_id = $4 AND currency = $5
+                   AND reversed_amount + $2 <= amount
+                 RETURNING id, amount, reversed_amount
+             ), logged AS (
+                 INSERT INTO events (stream, type, payload)
+                 SELECT 'transaction:' || id, 'transaction.reversed',
+                        jsonb_build_object('id', id, 'reversal_id', $6::uuid, 'amount', $2::bigint,
+                                           'reversed_amount', reversed_amount)
+                 FROM claimed
+             )
+             SELECT count(*) FROM claimed",
+        )
+        .await?;
+    let (of, from, to) = (
+        reversal.of,
+        // The original moved money the other way.
+        movement.to().as_uuid(),
+        movement.from().as_uuid(),
+    );
+    let currency = movement.currency().code();
+    let claimed: i64 = transaction
+        .query_one(
+            &statement,
+            &[
+                &of,
+                &movement.amount().minor(),
+                &from,
+                &to,
+                &currency,
+                &movement.id(),
+            ],
+        )
+        .await?
+        .get(0);
+    if claimed == 1 {
+        return Ok(Ok(()));
+    }
+    // Why not: read again in a statement of its own, whose snapshot includes a reversal that
+    // committed while this one waited for the row lock (the update's snapshot does not).
+    let why = transaction
+        .prepare_cached(
+            "SELECT status = 'completed' AND type IN ('credit', 'debit', 'transfer')
+                      AND from_user_id = $2 AND to_user_id = $3 AND currency = $4,
+                    amount - reversed_amount
+             FROM transactions WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = transaction
+        .query_opt(&why, &[&of, &from, &to, &currency])
+        .await?
+    else {
+        return Ok(Err(ReversalRefusal::NotReversible));
+    };
+    let reversible: bool = row.get(0);
+    let remaining: i64 = row.get(1);
+    Ok(Err(if reversible && remaining > 0 {
+        ReversalRefusal::ExceedsAmount { remaining }
+    } else {
+        ReversalRefusal::NotReversible
+    }))
 }
