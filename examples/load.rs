@@ -1,6 +1,7 @@
 //! A small load driver for a running Tally: registers users, credits them, then runs concurrent
 //! clients doing random transfers (some overdrawing, some repeating an Idempotency-Key), with a
-//! few debits and credits mixed in, and prints throughput, latency percentiles, replies by
+//! few debits, credits, holds (half posted by their payee, half left to expire) and refunds
+//! mixed in, and prints throughput, latency percentiles, replies by
 //! status/code, the average group-commit batch size from `/metrics`, and the ledger contract
 //! checked by `tally::verify` (what `tally verify` runs).
 //!
@@ -137,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
                             let kind = match rng.random_range(0..20) {
                                 0 | 1 => "debit",
                                 2 => "credit",
+                                3 => "hold",
                                 _ => "transfer",
                             };
                             (kind, from, to, amount, format!("{run}-{client}-{n}"))
@@ -147,11 +149,16 @@ async fn main() -> anyhow::Result<()> {
                         "transfer" => {
                             json!({"to_user_id": users[to].id, "amount": amount, "currency": "USD"})
                         }
+                        // A two-second hold, which the payee captures half of the time; the
+                        // rest expire (the sweeper releases them).
+                        "hold" => json!({"to_user_id": users[to].id, "amount": amount,
+                                         "currency": "USD", "hold": {"timeout_s": 2}}),
                         _ => json!({"amount": amount.min(5_000), "currency": "USD"}),
                     };
+                    let path = if kind == "hold" { "transfer" } else { kind };
                     let sent = Instant::now();
                     let reply = http
-                        .post(format!("{base}/api/v1/transactions/{kind}"))
+                        .post(format!("{base}/api/v1/transactions/{path}"))
                         .bearer_auth(&users[from].token)
                         .header("Idempotency-Key", key)
                         .json(&body)
@@ -163,6 +170,31 @@ async fn main() -> anyhow::Result<()> {
                             let status = reply.status().as_u16();
                             let replayed = reply.headers().contains_key("idempotent-replayed");
                             let body: Value = reply.json().await.unwrap_or(Value::Null);
+                            if kind == "hold" && status == 201 && !replayed && n % 2 == 0 {
+                                let id = body["id"].as_str().unwrap_or_default();
+                                let posted = http
+                                    .post(format!("{base}/api/v1/transactions/{id}/post"))
+                                    .bearer_auth(&users[to].token)
+                                    .json(&json!({}))
+                                    .send()
+                                    .await
+                                    .map(|reply| reply.status().as_u16());
+                                let label = format!("hold post: {posted:?}");
+                                *replies.entry(label).or_default() += 1;
+                            }
+                            // One transfer in ten is refunded by its payee.
+                            if kind == "transfer" && status == 201 && !replayed && n % 10 == 0 {
+                                let id = body["id"].as_str().unwrap_or_default();
+                                let refunded = http
+                                    .post(format!("{base}/api/v1/transactions/{id}/reverse"))
+                                    .bearer_auth(&users[to].token)
+                                    .json(&json!({"reason": "load refund"}))
+                                    .send()
+                                    .await
+                                    .map(|reply| reply.status().as_u16());
+                                let label = format!("refund: {refunded:?}");
+                                *replies.entry(label).or_default() += 1;
+                            }
                             match (body["code"].as_str(), replayed) {
                                 (Some(code), _) => format!("{status} {code}"),
                                 (None, true) => format!("{status} (idempotent replay)"),

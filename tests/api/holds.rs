@@ -555,3 +555,48 @@ async fn a_refused_posting_is_recorded_failed_and_leaves_the_hold_pending() {
     assert_eq!(balance(&app, &payer, "USD").await, (400, 0, 400));
     app.assert_ledger_invariants().await;
 }
+
+/// kill -9 of the real binary with open holds: after a restart on the same database every
+/// pending amount is intact, the holds can still be posted, and the restarted sweeper expires
+/// the short ones.
+#[actix_web::test]
+async fn open_holds_survive_kill_9_and_still_expire() {
+    let database_url = format!(
+        "{}/tally_test_holds_kill_{}",
+        crate::helpers::database_server(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let sweep = [("TALLY__HOLDS__SWEEP_INTERVAL_MS", "50".to_owned())];
+    let mut service = crate::process::Service::start_with(&database_url, &sweep).await;
+    let app = service.app(&database_url);
+    let (payer, payee) = (app.user("payer").await, app.user("payee").await);
+    app.credit(&payer, 1_000, "USD").await;
+    let long = hold_transfer(&app, &payer, &payee, 300).await;
+    let short = app
+        .post(
+            TRANSFER,
+            Some(&payer.token),
+            &json!({"to_user_id": payee.id, "amount": 200, "currency": "USD",
+                    "hold": {"timeout_s": 3}}),
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::CREATED, "{}", short.body);
+    assert_eq!(balance(&app, &payer, "USD").await, (1_000, 500, 500));
+    service.kill_9();
+
+    let service = crate::process::Service::start_with(&database_url, &sweep).await;
+    let app = service.app(&database_url);
+    assert_eq!(
+        transaction(&app, &payer, long["id"].as_str().unwrap()).await["status"],
+        "pending"
+    );
+    // The short hold expires after the restart (the new process's sweeper).
+    await_status(&app, &payer, short.body["id"].as_str().unwrap(), "expired").await;
+    assert_eq!(balance(&app, &payer, "USD").await, (1_000, 300, 700));
+    let posted = resolve(&app, &payee, &long, "post", json!({"amount": 120})).await;
+    assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
+    assert_eq!(balance(&app, &payer, "USD").await, (880, 0, 880));
+    assert_eq!(balance(&app, &payee, "USD").await, (120, 0, 120));
+    app.assert_ledger_invariants().await;
+    // Both harness handles drop the test's database when they go.
+}
