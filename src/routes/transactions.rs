@@ -156,13 +156,7 @@ pub async fn transfer(
     )
     .map_err(|_| ApiError::field("to_user_id", "must be another user than the sender"))?
     .with_details(description, reference);
-    let movement = match hold {
-        Some(timeout_s) => movement
-            .with_hold(timeout_s)
-            .map_err(|error| ApiError::field("hold", error.to_string()))?,
-        None => movement,
-    };
-    submit(&state, movement.with_key(idempotency)).await
+    submit(&state, held(movement, hold)?.with_key(idempotency)).await
 }
 
 /// Submits a credit or debit; when an admin moves money on another user's account, the attempt
@@ -246,19 +240,25 @@ async fn parse_system_movement(
     }
     .map_err(|_| ApiError::field("user_id", "no such user"))?
     .with_details(description, reference);
-    let movement = match hold {
-        Some(timeout_s) => movement
-            .with_hold(timeout_s)
-            .map_err(|error| ApiError::field("hold", error.to_string()))?,
-        None => movement,
-    }
-    .with_key(idempotency);
+    let movement = held(movement, hold)?.with_key(idempotency);
     if authority == Authority::Admin && !principal.is_admin() {
         return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
             .await
             .map(Parsed::Answered);
     }
     Ok(Parsed::Submit(movement))
+}
+
+/// `movement`, made a hold of `timeout_s` when the request asked for one.
+///
+/// Errors: 422 on the `hold` field for what cannot be held.
+fn held(movement: Movement, hold: Option<u32>) -> Result<Movement, ApiError> {
+    match hold {
+        Some(timeout_s) => movement
+            .with_hold(timeout_s)
+            .map_err(|error| ApiError::field("hold", error.to_string())),
+        None => Ok(movement),
+    }
 }
 
 /// A parsed money request: to submit, or already answered from its idempotency key.

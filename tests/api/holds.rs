@@ -26,12 +26,23 @@ async fn balance(app: &TestApp, user: &TestUser, currency: &str) -> (i64, i64, i
 }
 
 async fn hold_transfer(app: &TestApp, from: &TestUser, to: &TestUser, amount: i64) -> Value {
+    hold_for(app, from, to, amount, 3600).await
+}
+
+/// A transfer hold of `amount` USD for `timeout_s` seconds; asserts 201.
+async fn hold_for(
+    app: &TestApp,
+    from: &TestUser,
+    to: &TestUser,
+    amount: i64,
+    timeout_s: u32,
+) -> Value {
     let reply = app
         .post(
             TRANSFER,
             Some(&from.token),
             &json!({"to_user_id": to.id, "amount": amount, "currency": "USD",
-                    "hold": {"timeout_s": 3600}}),
+                    "hold": {"timeout_s": timeout_s}}),
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "hold: {}", reply.body);
@@ -273,20 +284,12 @@ async fn an_expired_hold_is_released_by_the_sweeper_and_cannot_be_posted() {
     let app = TestApp::spawn_with(|settings| settings.holds.sweep_interval_ms = 50).await;
     let (payer, payee) = (app.user("payer").await, app.user("payee").await);
     app.credit(&payer, 100, "USD").await;
-    let reply = app
-        .post(
-            TRANSFER,
-            Some(&payer.token),
-            &json!({"to_user_id": payee.id, "amount": 70, "currency": "USD",
-                    "hold": {"timeout_s": 1}}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    let id = reply.body["id"].as_str().unwrap().to_owned();
+    let hold = hold_for(&app, &payer, &payee, 70, 1).await;
+    let id = hold["id"].as_str().unwrap().to_owned();
     let expired = await_status(&app, &payer, &id, "expired").await;
     assert!(expired["resolved_at"].is_string());
     assert_eq!(balance(&app, &payer, "USD").await, (100, 0, 100));
-    let late = resolve(&app, &payee, &reply.body, "post", json!({})).await;
+    let late = resolve(&app, &payee, &hold, "post", json!({})).await;
     assert_eq!(
         late.assert_problem(409, "hold_not_pending")["hold_status"],
         "expired"
@@ -310,17 +313,9 @@ async fn a_post_after_the_deadline_is_refused_even_before_the_sweeper_runs() {
     let app = TestApp::spawn_with(|settings| settings.holds.sweep_interval_ms = 3_600_000).await;
     let (payer, payee) = (app.user("payer").await, app.user("payee").await);
     app.credit(&payer, 100, "USD").await;
-    let reply = app
-        .post(
-            TRANSFER,
-            Some(&payer.token),
-            &json!({"to_user_id": payee.id, "amount": 70, "currency": "USD",
-                    "hold": {"timeout_s": 1}}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let hold = hold_for(&app, &payer, &payee, 70, 1).await;
     let db = app.db().await;
-    let id: uuid::Uuid = reply.body["id"].as_str().unwrap().parse().unwrap();
+    let id: uuid::Uuid = hold["id"].as_str().unwrap().parse().unwrap();
     // Wait for the database clock to pass the deadline (bounded).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -338,12 +333,12 @@ async fn a_post_after_the_deadline_is_refused_even_before_the_sweeper_runs() {
         assert!(Instant::now() < deadline, "the deadline never passed");
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
-    let late = resolve(&app, &payee, &reply.body, "post", json!({})).await;
+    let late = resolve(&app, &payee, &hold, "post", json!({})).await;
     assert_eq!(
         late.assert_problem(409, "hold_not_pending")["hold_status"],
         "expired"
     );
-    resolve(&app, &payee, &reply.body, "void", json!(null))
+    resolve(&app, &payee, &hold, "void", json!(null))
         .await
         .assert_problem(409, "hold_not_pending");
     assert_eq!(balance(&app, &payer, "USD").await, (100, 70, 30));
@@ -572,15 +567,7 @@ async fn open_holds_survive_kill_9_and_still_expire() {
     let (payer, payee) = (app.user("payer").await, app.user("payee").await);
     app.credit(&payer, 1_000, "USD").await;
     let long = hold_transfer(&app, &payer, &payee, 300).await;
-    let short = app
-        .post(
-            TRANSFER,
-            Some(&payer.token),
-            &json!({"to_user_id": payee.id, "amount": 200, "currency": "USD",
-                    "hold": {"timeout_s": 3}}),
-        )
-        .await;
-    assert_eq!(short.status, StatusCode::CREATED, "{}", short.body);
+    let short = hold_for(&app, &payer, &payee, 200, 3).await;
     assert_eq!(balance(&app, &payer, "USD").await, (1_000, 500, 500));
     service.kill_9();
 
@@ -591,7 +578,7 @@ async fn open_holds_survive_kill_9_and_still_expire() {
         "pending"
     );
     // The short hold expires after the restart (the new process's sweeper).
-    await_status(&app, &payer, short.body["id"].as_str().unwrap(), "expired").await;
+    await_status(&app, &payer, short["id"].as_str().unwrap(), "expired").await;
     assert_eq!(balance(&app, &payer, "USD").await, (1_000, 300, 700));
     let posted = resolve(&app, &payee, &long, "post", json!({"amount": 120})).await;
     assert_eq!(posted.status, StatusCode::CREATED, "{}", posted.body);
