@@ -332,7 +332,15 @@ mod exact {
         let at_time = "/api/v1/balances/at-time";
         parameter(document, "get", at_time, "at", date_time);
         parameter(document, "get", at_time, "currency", currency);
-        for path in ["credit", "debit", "transfer", "bulk"] {
+        for path in [
+            "credit",
+            "debit",
+            "transfer",
+            "bulk",
+            "{id}/post",
+            "{id}/void",
+            "{id}/reverse",
+        ] {
             // A bulk item's key is `<key>#<index>`, and `#` plus up to four digits must fit.
             let max = if path == "bulk" {
                 IdempotencyKey::MAX_LEN - 5
