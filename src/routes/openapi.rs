@@ -177,6 +177,13 @@ mod exact {
                 "maximum": hold_timeout_s_max,
             }),
         );
+        let mut reason = text(Description::MAX_CHARS, 1);
+        reason["type"] = json!("string");
+        set(
+            document,
+            &format!("{SCHEMAS}/ReverseRequest/properties/reason"),
+            reason,
+        );
         for schema in [
             "MovementRequest",
             "DebitRequest",
