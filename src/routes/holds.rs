@@ -15,9 +15,7 @@ use super::input::{parse, Fields, JsonObject};
 use super::posting::{created, idempotency_key, replay, submit_error, TransactionBody};
 use super::AppState;
 use crate::auth::Principal;
-use crate::domain::{
-    Amount, Authority, Currency, HoldEnd, Movement, TransactionKind, TransactionStatus, UserId,
-};
+use crate::domain::{Authority, HoldEnd, Movement, TransactionKind, TransactionStatus, UserId};
 use crate::error::ApiError;
 use crate::ledger::Outcome;
 use crate::store::{self, transactions::TransactionRecord};
@@ -69,7 +67,9 @@ pub async fn post(
     let hold = hold_id(&id);
     fields.finish()?;
     let (hold, authority) = resolvable(&state, principal, hold?).await?;
-    let held = held_amount(&hold)?;
+    let (held, currency) = hold
+        .money()
+        .map_err(|error| ApiError::Internal(error.context("stored hold")))?;
     let movement = match amount {
         Some(None) => release(&hold, principal.user, authority)?,
         Some(Some(amount)) if amount.minor() > held.minor() => {
@@ -85,7 +85,7 @@ pub async fn post(
             hold.to,
             held,
             amount.flatten().unwrap_or(held),
-            currency(&hold)?,
+            currency,
             principal.user,
             authority,
         )
@@ -152,16 +152,6 @@ fn release(
 
 fn hold_id(id: &str) -> Result<Uuid, ApiError> {
     parse::hyphenated_uuid(id).ok_or_else(|| ApiError::NotFound("no such transaction"))
-}
-
-fn held_amount(hold: &TransactionRecord) -> Result<Amount, ApiError> {
-    Amount::new(hold.amount)
-        .map_err(|error| ApiError::Internal(anyhow::anyhow!("stored hold amount: {error}")))
-}
-
-fn currency(hold: &TransactionRecord) -> Result<Currency, ApiError> {
-    Currency::parse(&hold.currency)
-        .map_err(|error| ApiError::Internal(anyhow::anyhow!("stored hold currency: {error}")))
 }
 
 /// The hold `id` and the authority `principal` resolves it with.

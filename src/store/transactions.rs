@@ -86,17 +86,25 @@ impl TransactionRecord {
         initiated_by: UserId,
         authority: Authority,
     ) -> anyhow::Result<Movement> {
+        let (amount, currency) = self.money()?;
         Ok(Movement::release(
             self.id,
             self.kind,
             self.from,
             self.to,
-            Amount::new(self.amount)?,
-            Currency::parse(&self.currency)?,
+            amount,
+            currency,
             end,
             initiated_by,
             authority,
         )?)
+    }
+
+    /// The stored amount and currency as domain values.
+    ///
+    /// Errors: the row holds what Tally never writes (an amount out of range, an unknown code).
+    pub fn money(&self) -> anyhow::Result<(Amount, Currency)> {
+        Ok((Amount::new(self.amount)?, Currency::parse(&self.currency)?))
     }
 }
 
