@@ -20,7 +20,8 @@
 //! Workloads: `transfer-uniform` (random transfers among `--accounts` accounts),
 //! `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
 //! posting `--bulk-items`-item independent bulks), `read-mix` (80% balance and history reads,
-//! 20% transfers). `--rate R` paces the clients to R requests/s in total (open loop; latency is
+//! 20% transfers). `--rate R` paces the clients to R requests/s in total (Poisson arrivals per
+//! client, as `pgbench -R`; open loop: latency is
 //! measured from each request's scheduled time, so queueing is not hidden).
 
 use std::collections::BTreeMap;
@@ -330,15 +331,19 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
                 let mut worker = Worker::new(client);
-                let mut ticks = per_client_rate.map(|rate| {
-                    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                    ticks
-                });
+                // Paced: Poisson arrivals per client (exponential gaps, as `pgbench -R`), so
+                // the clients do not fire in step; a late reply delays the next send but not
+                // its schedule, and latency counts from the schedule (open loop).
+                let mut next = per_client_rate.map(|rate| Instant::now() + arrival_gap(&mut rng, rate));
                 while Instant::now() < deadline {
-                    let scheduled = match &mut ticks {
-                        Some(ticks) => ticks.tick().await.into_std(),
-                        None => Instant::now(),
+                    let scheduled = match (&mut next, per_client_rate) {
+                        (Some(next), Some(rate)) => {
+                            let scheduled = *next;
+                            tokio::time::sleep_until(scheduled.into()).await;
+                            *next = scheduled + arrival_gap(&mut rng, rate);
+                            scheduled
+                        }
+                        _ => Instant::now(),
                     };
                     let request = workload_request(
                         workload, client, bulk_items, currencies, &users, &mut rng,
@@ -368,6 +373,13 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         contract,
         rss_mib: None,
     })
+}
+
+/// The gap to the next arrival of a Poisson process of `rate` per second: exponentially
+/// distributed with mean `1 / rate` (inverse transform of a uniform sample in (0, 1]).
+fn arrival_gap(rng: &mut StdRng, rate: f64) -> Duration {
+    let uniform: f64 = 1.0 - rng.random::<f64>();
+    Duration::from_secs_f64(-uniform.ln() / rate)
 }
 
 /// One request of a workload: method, path, token, body.
