@@ -30,7 +30,7 @@ use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
 
 use crate::config::RedisSettings;
-use crate::domain::{CommittedBalance, Currency, UserId};
+use crate::domain::{AccountKey, AccountState, CommittedBalance, Currency, UserId};
 use crate::store::balances::BalanceRecord;
 use crate::telemetry::names;
 
@@ -43,6 +43,8 @@ pub struct CachedBalance {
     pub currency: Currency,
     pub amount: i64,
     pub pending: i64,
+    /// How far below zero `amount - pending` may go, minor units.
+    pub overdraft_limit: i64,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
 }
@@ -419,9 +421,16 @@ impl BalanceCache {
                 user_text.clone(),
                 record.currency.code().to_owned(),
                 encode(
-                    record.amount,
-                    record.pending,
-                    record.version,
+                    &AccountState {
+                        account: AccountKey {
+                            user,
+                            currency: record.currency,
+                        },
+                        amount: record.amount,
+                        pending: record.pending,
+                        overdraft_limit: record.overdraft_limit,
+                        version: record.version,
+                    },
                     record.updated_at,
                 ),
                 record.version.to_string(),
@@ -449,7 +458,7 @@ impl BalanceCache {
             args.extend([
                 state.account.user.to_string(),
                 state.account.currency.code().to_owned(),
-                encode(state.amount, state.pending, state.version, balance.at),
+                encode(&state, balance.at),
                 state.version.to_string(),
             ]);
         }
@@ -531,18 +540,33 @@ impl BalanceCache {
     }
 }
 
-fn encode(amount: i64, pending: i64, version: i64, at: DateTime<Utc>) -> String {
-    format!("{amount}:{pending}:{version}:{}", at.timestamp_micros())
+/// `amount:pending:version:micros:overdraft_limit`. The version stays third: `WRITE_SCRIPT`
+/// compares it. A value of an earlier release (four fields) does not decode, so the reader
+/// falls back to PostgreSQL until a newer write replaces it.
+fn encode(state: &AccountState, at: DateTime<Utc>) -> String {
+    format!(
+        "{}:{}:{}:{}:{}",
+        state.amount,
+        state.pending,
+        state.version,
+        at.timestamp_micros(),
+        state.overdraft_limit
+    )
 }
 
 fn decode(currency: &str, value: &str) -> Option<CachedBalance> {
     let mut parts = value.split(':');
     let mut next = || parts.next()?.parse::<i64>().ok();
-    let (amount, pending, version, micros) = (next()?, next()?, next()?, next()?);
+    let (amount, pending, version, micros, overdraft_limit) =
+        (next()?, next()?, next()?, next()?, next()?);
+    if parts.next().is_some() {
+        return None;
+    }
     Some(CachedBalance {
         currency: Currency::parse(currency).ok()?,
         amount,
         pending,
+        overdraft_limit,
         version,
         updated_at: DateTime::from_timestamp_micros(micros)?,
     })
@@ -592,17 +616,29 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let at = DateTime::from_timestamp_micros(1_795_254_541_696_364).unwrap();
-        let value = encode(-42, 7, 9, at);
-        let decoded = decode("USD", &value).unwrap();
+        let state = AccountState {
+            account: AccountKey {
+                user: UserId::from_uuid(uuid::Uuid::nil()),
+                currency: Currency::parse("USD").unwrap(),
+            },
+            amount: -42,
+            pending: 7,
+            overdraft_limit: 100,
+            version: 9,
+        };
+        let decoded = decode("USD", &encode(&state, at)).unwrap();
         assert_eq!(
             (
                 decoded.amount,
                 decoded.pending,
+                decoded.overdraft_limit,
                 decoded.version,
                 decoded.updated_at
             ),
-            (-42, 7, 9, at)
+            (-42, 7, 100, 9, at)
         );
         assert!(decode("USD", "garbage").is_none());
+        // An earlier release's value (no overdraft limit) is not read.
+        assert!(decode("USD", "-42:7:9:1795254541696364").is_none());
     }
 }

@@ -334,7 +334,8 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                 // Paced: Poisson arrivals per client (exponential gaps, as `pgbench -R`), so
                 // the clients do not fire in step; a late reply delays the next send but not
                 // its schedule, and latency counts from the schedule (open loop).
-                let mut next = per_client_rate.map(|rate| Instant::now() + arrival_gap(&mut rng, rate));
+                let mut next =
+                    per_client_rate.map(|rate| Instant::now() + arrival_gap(&mut rng, rate));
                 while Instant::now() < deadline {
                     let scheduled = match (&mut next, per_client_rate) {
                         (Some(next), Some(rate)) => {

@@ -25,6 +25,8 @@ pub struct AccountState {
     pub amount: i64,
     /// Held by pending holds, minor units (`amount - pending` is available).
     pub pending: i64,
+    /// How far below zero `amount - pending` may go (`balances.overdraft_limit`), minor units.
+    pub overdraft_limit: i64,
     /// `balances.version`: larger is newer.
     pub version: i64,
 }

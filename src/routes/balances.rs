@@ -311,6 +311,8 @@ pub struct BalanceBody {
     pending: i64,
     /// `amount - pending`: what is settled and free.
     available: i64,
+    /// How far below zero `available` may go, minor units (0: no overdraft).
+    overdraft_limit: i64,
     /// `null` for a currency the account never used.
     updated_at: Option<DateTime<Utc>>,
 }
@@ -322,7 +324,8 @@ pub struct BalancesBody {
 }
 
 /// Served from the Redis cache when it holds the user's balances (see `cache.rs`).
-/// `?currency&user_id` → 200 `{user_id, balances: [{currency, amount, available, updated_at}]}`:
+/// `?currency&user_id` → 200 `{user_id, balances: [{currency, amount, pending, available, overdraft_limit,
+/// updated_at}]}`:
 /// every currency the account has used, or just `currency` (zero when never used). `user_id`
 /// is for admins. Errors: 422 for an unknown currency; 403 for another user's account.
 #[utoipa::path(
@@ -359,6 +362,7 @@ pub async fn current(
                 amount: balance.amount,
                 pending: balance.pending,
                 available: balance.amount - balance.pending,
+                overdraft_limit: balance.overdraft_limit,
                 updated_at: Some(balance.updated_at),
             })
             .collect(),
@@ -376,6 +380,7 @@ pub async fn current(
                     amount: record.amount,
                     pending: record.pending,
                     available: record.amount - record.pending,
+                    overdraft_limit: record.overdraft_limit,
                     updated_at: Some(record.updated_at),
                 })
                 .collect()
@@ -391,6 +396,7 @@ pub async fn current(
             amount: 0,
             pending: 0,
             available: 0,
+            overdraft_limit: 0,
             updated_at: None,
         });
     }

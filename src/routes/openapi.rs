@@ -265,6 +265,15 @@ mod exact {
             &format!("{item}/else"),
             json!({"properties": {"from_user_id": {"type": "null"}, "to_user_id": {"type": "null"}}}),
         );
+        // Only what leaves a user's account can be held: never a credit.
+        set(
+            document,
+            &format!("{item}/allOf"),
+            json!([{
+                "if": {"properties": {"type": {"const": "credit"}}},
+                "then": {"properties": {"hold": {"type": "null"}}},
+            }]),
+        );
 
         // Query parameters and headers.
         let date_time = json!({"type": "string", "format": "date-time"});

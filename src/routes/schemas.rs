@@ -178,4 +178,6 @@ pub struct BulkItem {
     pub description: Option<String>,
     #[schema(min_length = 1, max_length = 128)]
     pub reference: Option<String>,
+    /// Make a transfer or debit a hold (two-phase); not on a credit.
+    pub hold: Option<HoldRequest>,
 }

@@ -11,7 +11,7 @@ use super::{BulkBody, BulkResult};
 use crate::auth::Principal;
 use crate::domain::Movement;
 use crate::error::{ApiError, FieldError};
-use crate::ledger::{AtomicResult, Outcome, SubmitError};
+use crate::ledger::{AtomicResult, Outcome, Recorded, SubmitError};
 use crate::routes::posting::TransactionBody;
 use crate::routes::AppState;
 
@@ -54,12 +54,7 @@ pub(super) async fn independent(
         .zip(outcomes)
         .enumerate()
         .map(|(index, (movement, outcome))| match outcome {
-            Ok(Outcome::Completed(recorded)) => BulkResult {
-                index,
-                status: "completed",
-                transaction: Some(TransactionBody::committed(movement, None, recorded)),
-                error: None,
-            },
+            Ok(Outcome::Completed(recorded)) => applied(index, movement, recorded),
             Ok(Outcome::Refused(refusal, recorded)) => BulkResult {
                 index,
                 status: "failed",
@@ -138,12 +133,7 @@ pub(super) async fn atomic(
             let results = movements
                 .iter()
                 .enumerate()
-                .map(|(index, movement)| BulkResult {
-                    index,
-                    status: "completed",
-                    transaction: Some(TransactionBody::committed(movement, None, recorded)),
-                    error: None,
-                })
+                .map(|(index, movement)| applied(index, movement, recorded))
                 .collect();
             Ok(HttpResponse::Ok().json(BulkBody { results }))
         }
@@ -193,5 +183,16 @@ pub(super) async fn atomic(
             Stored::All(response) => Ok(response),
             Stored::Some | Stored::None => Err(ApiError::IdempotencyKeyReused),
         },
+    }
+}
+
+/// The result of item `index`, applied as `movement`: `pending` for a hold, else `completed`.
+fn applied(index: usize, movement: &Movement, recorded: Recorded) -> BulkResult {
+    let transaction = TransactionBody::committed(movement, None, recorded);
+    BulkResult {
+        index,
+        status: transaction.status,
+        transaction: Some(transaction),
+        error: None,
     }
 }

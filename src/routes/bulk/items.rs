@@ -29,6 +29,8 @@ pub(super) struct ItemSpec {
     reference: Option<Reference>,
     /// `Admin` when the item moves another user's money (re-checked in the commit).
     authority: Authority,
+    /// `hold.timeout_s`: the item is a hold (transfers and debits only).
+    hold: Option<u32>,
 }
 
 impl ItemSpec {
@@ -37,10 +39,14 @@ impl ItemSpec {
     }
 }
 
+/// Item `index` of a bulk as the caller `principal` sent it; `hold_max` is
+/// `holds.timeout_s_max`. Errors: every field error of the item, named
+/// `transactions[<index>].<field>`.
 pub(super) fn parse_item(
     index: usize,
     item: Value,
     principal: Principal,
+    hold_max: u32,
 ) -> Result<ItemSpec, Vec<FieldError>> {
     let prefix = |errors: Vec<FieldError>| {
         errors
@@ -86,6 +92,7 @@ pub(super) fn parse_item(
     let to_user_id = fields
         .optional("to_user_id", parse::uuid)
         .map(UserId::from_uuid);
+    let hold = fields.optional("hold", parse::hold(hold_max));
     // The system account is every credit's and debit's counterparty, never a party by name.
     for (name, value) in [
         ("user_id", user_id),
@@ -108,11 +115,17 @@ pub(super) fn parse_item(
                 fields.error("to_user_id", "must be another user than the sender");
             }
         }
-        Some(_) => {
+        Some(kind) => {
             for (name, value) in [("from_user_id", from_user_id), ("to_user_id", to_user_id)] {
                 if value.is_some() {
                     fields.error(name, "is not a field of a credit or debit (use user_id)");
                 }
+            }
+            if kind == TransactionKind::Credit && hold.is_some() {
+                fields.error(
+                    "hold",
+                    "a credit cannot be held (only money leaving a user's account can)",
+                );
             }
         }
         None => {}
@@ -149,6 +162,7 @@ pub(super) fn parse_item(
         description,
         reference,
         authority,
+        hold,
     })
 }
 
@@ -189,9 +203,15 @@ pub(super) fn movements(
                     spec.authority,
                 ),
             };
-            movement
+            let movement = movement
                 .expect("parse_item refuses system parties and self-transfers")
-                .with_details(spec.description, spec.reference)
+                .with_details(spec.description, spec.reference);
+            match spec.hold {
+                Some(timeout_s) => movement
+                    .with_hold(timeout_s)
+                    .expect("parse_item refuses held credits and zero timeouts"),
+                None => movement,
+            }
         })
         .collect();
     if let Some(key) = key {

@@ -35,7 +35,8 @@ use crate::error::{ApiError, Problem};
 pub struct BulkResult {
     /// Position of the item in the request.
     pub index: usize,
-    /// `completed`, `failed` (recorded as a failed transaction in `independent` mode; not
+    /// `completed`, `pending` (a hold was placed; `transaction.status` says what became of it
+    /// since, on a replay), `failed` (recorded as a failed transaction in `independent` mode; not
     /// recorded in `atomic` mode), `not_applied` (atomic mode: another item failed) or `error`
     /// (the item could not be processed: retry with the same Idempotency-Key).
     pub status: &'static str,
@@ -121,7 +122,7 @@ pub async fn bulk(
     let mut errors = Vec::new();
     let mut specs = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        match items::parse_item(index, item, principal) {
+        match items::parse_item(index, item, principal, state.settings.holds.timeout_s_max) {
             Ok(spec) => specs.push(spec),
             Err(mut item_errors) => errors.append(&mut item_errors),
         }

@@ -106,7 +106,15 @@ fn result_from_record(index: usize, record: store::transactions::TransactionReco
     });
     BulkResult {
         index,
-        status: if failed { "failed" } else { "completed" },
+        // What the item's first reply said: a hold was placed (`pending`), whatever became of
+        // it since (its `transaction.status`).
+        status: if failed {
+            "failed"
+        } else if record.expires_at.is_some() {
+            "pending"
+        } else {
+            "completed"
+        },
         transaction: Some(TransactionBody::from(record)),
         error,
     }

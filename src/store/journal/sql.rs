@@ -222,7 +222,7 @@ pub(super) async fn update_balances(
                AND (d.min_after_debit IS NULL
                     OR b.amount - b.pending + d.min_after_debit >= COALESCE(d.floor, -b.overdraft_limit))
                AND (d.max_after_credit IS NULL OR b.amount + d.max_after_credit <= d.ceiling)
-             RETURNING b.user_id, b.currency, b.amount, b.version, b.pending",
+             RETURNING b.user_id, b.currency, b.amount, b.version, b.pending, b.overdraft_limit",
         )
         .await?;
     let params: [&(dyn ToSql + Sync); 8] = [
@@ -244,6 +244,7 @@ pub(super) async fn update_balances(
                 account: account_of(row)?,
                 amount: row.get(2),
                 pending: row.get(4),
+                overdraft_limit: row.get(5),
                 version: row.get(3),
             };
             Ok((state.account, state))
