@@ -157,6 +157,28 @@ const CHECKS: &[(&str, &str, &str)] = &[
                 OR min(p.id::text) <> h.posting_id::text",
     ),
     (
+        "reversals",
+        "each transaction's completed reversals move it back (parties swapped, same currency), \
+         sum to its reversed_amount and never exceed its amount; only completed transfers, \
+         debits, credits and postings are reversed (invariant 10)",
+        "SELECT format('transaction %s (%s %s, %s): reversed_amount %s, completed reversals sum \
+                        to %s', o.id, o.amount, o.currency, o.status, o.reversed_amount,
+                       coalesce(sum(r.amount), 0))
+         FROM transactions o
+         LEFT JOIN transactions r ON r.reversal_of = o.id AND r.status = 'completed'
+         GROUP BY o.id
+         HAVING coalesce(sum(r.amount), 0) <> o.reversed_amount
+                OR o.reversed_amount > o.amount
+                OR (o.reversed_amount > 0 AND (o.status <> 'completed' OR o.reversal_of IS NOT NULL))
+         UNION ALL
+         SELECT format('reversal %s of %s: %s -> %s %s, original %s -> %s %s', r.id, o.id,
+                       r.from_user_id, r.to_user_id, r.currency, o.from_user_id, o.to_user_id,
+                       o.currency)
+         FROM transactions r JOIN transactions o ON o.id = r.reversal_of
+         WHERE r.from_user_id <> o.to_user_id OR r.to_user_id <> o.from_user_id
+               OR r.currency <> o.currency",
+    ),
+    (
         "no_overdraft",
         "no balance is below its overdraft limit (invariant 2)",
         "SELECT format('%s %s: amount %s, pending %s, overdraft limit %s',

@@ -246,3 +246,48 @@ async fn concurrent_reversals_on_two_instances_never_exceed_the_original() {
     assert_eq!(second.balance(&alice, "USD").await, ROUNDS * 60);
     first.assert_ledger_invariants().await;
 }
+
+#[actix_web::test]
+async fn verify_finds_reversals_that_do_not_add_up() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    app.credit(&alice, 1_000, "USD").await;
+    let paid = transfer(&app, &alice, &bob, 600).await;
+    let refund = reverse(&app, &bob, &paid["id"], json!({"amount": 200, "reason": "late"})).await;
+    assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.body);
+    app.assert_ledger_invariants().await;
+
+    // Tamper: the original forgets part of its reversal, and the reversal names other parties.
+    let db = app.db().await;
+    let original = uuid::Uuid::parse_str(paid["id"].as_str().unwrap()).unwrap();
+    let reversal = uuid::Uuid::parse_str(refund.body["id"].as_str().unwrap()).unwrap();
+    db.execute(
+        "UPDATE transactions SET reversed_amount = 150 WHERE id = $1",
+        &[&original],
+    )
+    .await
+    .expect("tamper with reversed_amount");
+    db.execute(
+        "UPDATE transactions SET to_user_id = from_user_id, from_user_id = to_user_id
+         WHERE id = $1",
+        &[&reversal],
+    )
+    .await
+    .expect("tamper with the reversal's parties");
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
+    let reversals = report
+        .checks
+        .iter()
+        .find(|check| check.name == "reversals")
+        .expect("the reversals check runs");
+    assert_eq!(reversals.violations, 2, "{report}");
+    assert!(
+        reversals
+            .examples
+            .iter()
+            .any(|example| example.contains("reversed_amount 150, completed reversals sum to 200")),
+        "{report}"
+    );
+}
