@@ -155,6 +155,9 @@ pub struct Problem {
     /// is left to reverse; minor units.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<i64>,
+    /// With `exceeds_hold`: what the hold holds, the most a posting may be; minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<i64>,
 }
 
 impl ApiError {
@@ -251,6 +254,10 @@ impl ApiError {
             remaining: match self {
                 ApiError::ReversalExceedsAmount { remaining, .. } => Some(*remaining),
                 _ => figure("remaining"),
+            },
+            held: match self {
+                ApiError::ExceedsHold { held, .. } => Some(*held),
+                _ => None,
             },
         }
     }

@@ -16,6 +16,7 @@ mod history;
 mod holds;
 mod import;
 mod instances;
+mod lifecycle;
 mod load_smoke;
 mod middleware;
 mod openapi;

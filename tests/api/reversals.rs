@@ -253,7 +253,13 @@ async fn verify_finds_reversals_that_do_not_add_up() {
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     app.credit(&alice, 1_000, "USD").await;
     let paid = transfer(&app, &alice, &bob, 600).await;
-    let refund = reverse(&app, &bob, &paid["id"], json!({"amount": 200, "reason": "late"})).await;
+    let refund = reverse(
+        &app,
+        &bob,
+        &paid["id"],
+        json!({"amount": 200, "reason": "late"}),
+    )
+    .await;
     assert_eq!(refund.status, StatusCode::CREATED, "{}", refund.body);
     app.assert_ledger_invariants().await;
 
