@@ -256,11 +256,11 @@ async fn step(
             };
             let reply = send(app, resolver, &path, Some(body)).await;
             settle_resolution(model, &id, &hold, &reply, over, HoldState::Posted(posted));
-            if reply.status == StatusCode::CREATED && hold.to.is_some() {
+            if let (StatusCode::CREATED, Some(to)) = (reply.status, hold.to) {
                 let posting = id_of(&reply);
                 let original = Original {
                     from: hold.from,
-                    to: hold.to.unwrap(),
+                    to,
                     amount: posted,
                     reversed: 0,
                 };
@@ -448,6 +448,7 @@ async fn a_random_lifecycle_mix_matches_the_model_on_one_and_on_two_instances() 
         model.lock().unwrap().release(&id, HoldState::Expired);
     }
     compare(&second, &users, &model, true).await;
+    first.assert_ledger_invariants().await;
     // The mix reached every outcome.
     let model = model.lock().unwrap();
     let ended =
@@ -464,8 +465,6 @@ async fn a_random_lifecycle_mix_matches_the_model_on_one_and_on_two_instances() 
         coverage.0 > 5 && coverage.1 > 5 && coverage.2 > 5 && coverage.3 > 5 && coverage.4 > 5,
         "(posted, voided, expired, reversed, refused) = {coverage:?}"
     );
-    drop(model);
-    first.assert_ledger_invariants().await;
 }
 
 /// Polls the hold until the sweeper has expired it (20 s at most).
