@@ -20,7 +20,8 @@
 //! Workloads: `transfer-uniform` (random transfers among `--accounts` accounts),
 //! `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
 //! posting `--bulk-items`-item independent bulks), `read-mix` (80% balance and history reads,
-//! 20% transfers). `--rate R` paces the clients to R requests/s in total (Poisson arrivals per
+//! 20% transfers), `lifecycle` (each client in a loop: a transfer hold, then a post of all or
+//! part of it or a void, then a partial reversal of every other posting). `--rate R` paces the clients to R requests/s in total (Poisson arrivals per
 //! client, as `pgbench -R`; open loop: latency is
 //! measured from each request's scheduled time, so queueing is not hidden).
 
@@ -81,6 +82,7 @@ enum Workload {
     TransferHot,
     Bulk,
     ReadMix,
+    Lifecycle,
 }
 
 #[derive(clap::Args, Clone)]
@@ -331,6 +333,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
             tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
                 let mut worker = Worker::new(client);
+                let mut lifecycle = Lifecycle::new();
                 // Paced: Poisson arrivals per client (exponential gaps, as `pgbench -R`), so
                 // the clients do not fire in step; a late reply delays the next send but not
                 // its schedule, and latency counts from the schedule (open loop).
@@ -346,6 +349,12 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
                         }
                         _ => Instant::now(),
                     };
+                    if workload == Workload::Lifecycle {
+                        let request = lifecycle.request(&users, &mut rng);
+                        let reply = worker.send(&http, &base, request, scheduled).await;
+                        lifecycle.advance(reply, &mut rng);
+                        continue;
+                    }
                     let request = workload_request(
                         workload, client, bulk_items, currencies, &users, &mut rng,
                     );
@@ -381,6 +390,97 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
 fn arrival_gap(rng: &mut StdRng, rate: f64) -> Duration {
     let uniform: f64 = 1.0 - rng.random::<f64>();
     Duration::from_secs_f64(-uniform.ln() / rate)
+}
+
+/// One client of the `lifecycle` workload: its place in the loop (place a transfer hold in the
+/// first currency, resolve it, reverse the posting) and the payee of its current hold (a user
+/// index: the payee posts, voids and refunds).
+struct Lifecycle {
+    step: Step,
+    payee: usize,
+}
+
+enum Step {
+    Hold,
+    Resolve { hold: String },
+    Reverse { posting: String, amount: i64 },
+}
+
+impl Lifecycle {
+    fn new() -> Lifecycle {
+        Lifecycle {
+            step: Step::Hold,
+            payee: 0,
+        }
+    }
+
+    fn request<'a>(&mut self, users: &'a [User], rng: &mut StdRng) -> Request<'a> {
+        let post = |path: String, token: &'a str, body: Option<Value>| Request {
+            get: false,
+            path,
+            token,
+            body,
+        };
+        match &self.step {
+            Step::Hold => {
+                let from = rng.random_range(0..users.len());
+                self.payee = (from + rng.random_range(1..users.len())) % users.len();
+                let body = json!({"to_user_id": users[self.payee].id,
+                                  "amount": rng.random_range(2..=100), "currency": CURRENCIES[0],
+                                  "hold": {"timeout_s": 3600}});
+                post(
+                    "/api/v1/transactions/transfer".into(),
+                    &users[from].token,
+                    Some(body),
+                )
+            }
+            Step::Resolve { hold } => {
+                // Two in three are posted (half of those in part), one in three voided.
+                let (action, body) = match rng.random_range(0..6) {
+                    0 | 1 => ("void", None),
+                    2 | 3 => ("post", Some(json!({}))),
+                    _ => ("post", Some(json!({"amount": 1}))),
+                };
+                post(
+                    format!("/api/v1/transactions/{hold}/{action}"),
+                    &users[self.payee].token,
+                    body,
+                )
+            }
+            Step::Reverse { posting, amount } => post(
+                format!("/api/v1/transactions/{posting}/reverse"),
+                &users[self.payee].token,
+                Some(json!({"amount": (amount / 2).max(1), "reason": "tally-load refund"})),
+            ),
+        }
+    }
+
+    /// The next step after `reply` (status, body) to this step's request. A refused or failed
+    /// step starts the loop over.
+    fn advance(&mut self, reply: Option<(u16, Value)>, rng: &mut StdRng) {
+        let previous = std::mem::replace(&mut self.step, Step::Hold);
+        let Some((200 | 201, body)) = reply else {
+            return;
+        };
+        self.step = match previous {
+            Step::Hold if body["status"] == "pending" => match body["id"].as_str() {
+                Some(hold) => Step::Resolve {
+                    hold: hold.to_owned(),
+                },
+                None => Step::Hold,
+            },
+            Step::Resolve { .. } if body["status"] == "completed" && rng.random_bool(0.5) => {
+                match (body["id"].as_str(), body["amount"].as_i64()) {
+                    (Some(posting), Some(amount)) => Step::Reverse {
+                        posting: posting.to_owned(),
+                        amount,
+                    },
+                    _ => Step::Hold,
+                }
+            }
+            _ => Step::Hold,
+        };
+    }
 }
 
 /// One request of a workload: method, path, token, body.
@@ -447,6 +547,7 @@ fn workload_request<'a>(
                 body: Some(json!({"mode": "independent", "transactions": items})),
             }
         }
+        Workload::Lifecycle => unreachable!("the lifecycle workload's requests depend on replies"),
         Workload::ReadMix => {
             let user = rng.random_range(0..users.len());
             match rng.random_range(0..10) {
@@ -487,13 +588,15 @@ impl Worker {
         }
     }
 
+    /// Sends `request` and records it; returns the reply's status and body (`None` on a
+    /// transport error).
     async fn send(
         &mut self,
         http: &reqwest::Client,
         base: &str,
         request: Request<'_>,
         scheduled: Instant,
-    ) {
+    ) -> Option<(u16, Value)> {
         let url = format!("{base}{}", request.path);
         let builder = if request.get {
             http.get(url)
@@ -501,21 +604,23 @@ impl Worker {
             http.post(url).json(&request.body)
         };
         let reply = builder.bearer_auth(request.token).send().await;
-        let label = match reply {
+        let (label, reply) = match reply {
             Ok(reply) => {
                 let status = reply.status().as_u16();
                 let body: Value = reply.json().await.unwrap_or(Value::Null);
                 self.collect_acknowledged(status, &body);
-                match body["code"].as_str() {
+                let label = match body["code"].as_str() {
                     Some(code) => format!("{status} {code}"),
                     None => status.to_string(),
-                }
+                };
+                (label, Some((status, body)))
             }
-            Err(error) => format!("transport error: {}", error.without_url()),
+            Err(error) => (format!("transport error: {}", error.without_url()), None),
         };
         let micros = scheduled.elapsed().as_micros().clamp(1, 120_000_000) as u64;
         self.latency.saturating_record(micros);
         *self.replies.entry(label).or_default() += 1;
+        reply
     }
 
     fn collect_acknowledged(&mut self, status: u16, body: &Value) {
@@ -855,6 +960,15 @@ async fn check_contract(
             zero("SELECT count(*) FROM balances WHERE amount - pending < -overdraft_limit").await?,
         ),
         (
+            "pending = sum of its open holds".to_owned(),
+            zero(
+                "SELECT count(*) FROM balances b LEFT JOIN (SELECT from_user_id, currency, sum(amount) t
+                 FROM transactions WHERE status = 'pending' GROUP BY 1, 2) h
+                 ON h.from_user_id = b.user_id AND h.currency = b.currency WHERE b.pending <> coalesce(h.t, 0)",
+            )
+            .await?,
+        ),
+        (
             "balance = sum of its entries".to_owned(),
             zero(
                 "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, currency, sum(delta) t FROM entries GROUP BY 1, 2) e
@@ -1084,6 +1198,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         Workload::TransferHot,
         Workload::Bulk,
         Workload::ReadMix,
+        Workload::Lifecycle,
     ] {
         let service = start_tally(&binary, &args.server).await?;
         let run_args = RunArgs {
