@@ -132,8 +132,8 @@ pub struct Problem {
     /// `hold_not_pending` and `exceeds_hold`: the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<Uuid>,
-    /// With `hold_not_pending`: the hold's status now (`posted`, `voided`, `expired`, or
-    /// `pending` when its deadline has passed but the sweeper has not released it yet).
+    /// With `hold_not_pending`: how the hold ended (`posted`, `voided` or `expired`; `expired`
+    /// too when its deadline has passed and the sweeper has not released it yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_status: Option<&'static str>,
     /// With `bulk_failed`: one result per item, in request order (`BulkResult`).

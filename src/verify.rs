@@ -229,6 +229,42 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE coalesce(b.amount, 0) <> coalesce(r.total, 0)",
     ),
     (
+        "event_replay_states",
+        "replaying the hold and reversal events rebuilds every balance's pending amount, every \
+         transaction's status and reversed amount (invariant 5, DESIGN.md section 7)",
+        "SELECT format('%s %s: pending %s, hold events replay to %s',
+                       user_id, currency, coalesce(b.pending, 0), coalesce(r.total, 0))
+         FROM balances b
+         FULL JOIN (
+             SELECT (payload->>'from_user_id')::uuid AS user_id, payload->>'currency' AS currency,
+                    sum(CASE WHEN type = 'hold.created' THEN (payload->>'amount')::bigint
+                             ELSE -(payload->>'released')::bigint END) AS total
+             FROM events
+             WHERE type IN ('hold.created', 'hold.posted', 'hold.voided', 'hold.expired')
+             GROUP BY 1, 2) r USING (user_id, currency)
+         WHERE coalesce(b.pending, 0) <> coalesce(r.total, 0)
+         UNION ALL
+         SELECT format('transaction %s: status %s, events replay to %s', t.id, t.status,
+                       coalesce(e.status, 'no event'))
+         FROM transactions t
+         LEFT JOIN (
+             SELECT DISTINCT ON (stream) stream,
+                    CASE type WHEN 'hold.created' THEN 'pending'
+                              ELSE split_part(type, '.', 2) END AS status
+             FROM events
+             WHERE stream LIKE 'transaction:%' AND type <> 'transaction.reversed'
+             ORDER BY stream, seq DESC) e ON e.stream = 'transaction:' || t.id
+         WHERE e.status IS DISTINCT FROM t.status
+         UNION ALL
+         SELECT format('transaction %s: reversed_amount %s, events replay to %s', t.id,
+                       t.reversed_amount, coalesce(r.total, 0))
+         FROM transactions t
+         LEFT JOIN (
+             SELECT (payload->>'id')::uuid AS id, sum((payload->>'amount')::bigint) AS total
+             FROM events WHERE type = 'transaction.reversed' GROUP BY 1) r ON r.id = t.id
+         WHERE t.reversed_amount <> coalesce(r.total, 0)",
+    ),
+    (
         "idempotency",
         "every idempotency key names a transaction of the same user and key, and each key made \
          one transaction while it was kept: two transactions of one user with one key are at \

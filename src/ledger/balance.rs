@@ -1,12 +1,13 @@
 //! Balance actors: one per account (user, currency). Each serializes the reservations on its
 //! account: it knows the committed amount (from the database), the overdraft limit, and the
-//! holds of movements that are on their way to the journal writer, and admits a reservation
-//! with the posting rule of `domain::rules` (the fast path of invariant 8), counting its
-//! outstanding holds as pending.
+//! reservations of movements that are on their way to the journal writer, and admits a new one
+//! with the posting rule of `domain::rules` (the fast path of invariant 8), counting the
+//! outstanding ones as pending. (A reservation lives in memory until its commit; a ledger hold,
+//! `Phase::Hold`, is a transaction whose `pending` is in the database.)
 //!
 //! The cache is a fast path, never the arbiter (invariant 6). A movement the cache cannot cover
 //! is not rejected here: it goes to the journal writer marked `alone`, and the database's
-//! conditional update decides. A hold the database refuses is re-checked alone there too. After
+//! conditional update decides. A reservation the database refuses is re-checked alone there too. After
 //! every commit the actor learns the amount the database returned, with its version, so a stale
 //! cache corrects itself.
 
@@ -14,7 +15,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 
-use super::messages::{Append, Hold, Item, Observed, Reserve, Retire, Settle};
+use super::messages::{Append, Item, Observed, Reservation, Reserve, Retire, Settle};
 use super::{Submission, SubmitError};
 use crate::domain::{AccountKey, AccountState, Bounds, Change, Limits, Snapshot};
 use crate::store::{AcquireError, DbPool};
@@ -35,9 +36,10 @@ pub(super) struct BalanceActor {
     journal: Recipient<Append>,
     /// `None` until loaded, or after a load failed or a commit's outcome became unknown.
     cached: Option<Cached>,
-    /// Sum of outstanding holds, minor units.
-    held: i64,
-    holds: u64,
+    /// Sum of the reservations of movements not yet settled by the journal writer, minor units.
+    reserved: i64,
+    /// How many reservations are outstanding.
+    reservations: u64,
     retiring: bool,
 }
 
@@ -54,8 +56,8 @@ impl BalanceActor {
             pool,
             journal,
             cached: None,
-            held: 0,
-            holds: 0,
+            reserved: 0,
+            reservations: 0,
             retiring: false,
         }
     }
@@ -108,26 +110,27 @@ impl BalanceActor {
         let limits: Limits = self.bounds.limits(self.account, cached.overdraft_limit);
         let snapshot = Snapshot {
             amount: cached.amount,
-            // Outstanding holds count as pending: they are on their way to being debited.
-            pending: cached.pending.saturating_add(self.held),
+            // Outstanding reservations count as pending: they are on their way to being
+            // debited.
+            pending: cached.pending.saturating_add(self.reserved),
         };
         if limits.admit(snapshot, Change::settled(-amount)).is_ok() {
-            self.held += amount;
-            self.holds += 1;
-            let hold = Hold {
+            self.reserved += amount;
+            self.reservations += 1;
+            let reservation = Reservation {
                 holder: ctx.address().recipient(),
                 amount,
             };
             self.journal.do_send(Append(Item {
                 submission,
-                hold: Some(hold),
+                reservation: Some(reservation),
                 alone: false,
             }));
         } else {
             // Let the database decide: the cache may be behind another process's credit.
             self.journal.do_send(Append(Item {
                 submission,
-                hold: None,
+                reservation: None,
                 alone: true,
             }));
         }
@@ -144,7 +147,7 @@ impl BalanceActor {
     }
 
     fn stop_if_retired(&mut self, ctx: &mut Context<Self>) {
-        if self.retiring && self.holds == 0 {
+        if self.retiring && self.reservations == 0 {
             ctx.stop();
         }
     }
@@ -174,9 +177,12 @@ impl Handler<Settle> for BalanceActor {
     type Result = ();
 
     fn handle(&mut self, settle: Settle, ctx: &mut Context<Self>) {
-        self.held -= settle.release;
-        self.holds -= 1;
-        debug_assert!(self.held >= 0, "holds never release more than they took");
+        self.reserved -= settle.release;
+        self.reservations -= 1;
+        debug_assert!(
+            self.reserved >= 0,
+            "reservations never release more than they took"
+        );
         if let Some(state) = settle.observed {
             self.observe(state);
         }

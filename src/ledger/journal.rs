@@ -457,7 +457,7 @@ impl JournalWriter {
                     Err(error)
                 }
             };
-            if let Some(hold) = item.hold {
+            if let Some(reservation) = item.reservation {
                 let observed = accounts
                     .iter()
                     .find(|state| state.account == debited)
@@ -466,8 +466,8 @@ impl JournalWriter {
                     told.insert(debited);
                 }
                 let reload = matches!(result, Err(SubmitError::Unavailable));
-                hold.holder.do_send(Settle {
-                    release: hold.amount,
+                reservation.holder.do_send(Settle {
+                    release: reservation.amount,
                     observed,
                     reload,
                 });

@@ -15,8 +15,9 @@ use crate::domain::AccountState;
 #[rtype(result = "()")]
 pub(super) struct Reserve(pub Submission);
 
-/// Funds a balance actor set aside for one movement, to be released with [`Settle`].
-pub(super) struct Hold {
+/// Funds a balance actor set aside for one movement on its way to the journal writer, to be
+/// released with [`Settle`] (in memory only; not a ledger hold, which is `Phase::Hold`).
+pub(super) struct Reservation {
     pub holder: Recipient<Settle>,
     /// Minor units.
     pub amount: i64,
@@ -25,7 +26,7 @@ pub(super) struct Hold {
 /// A movement ready to be written.
 pub(super) struct Item {
     pub submission: Submission,
-    pub hold: Option<Hold>,
+    pub reservation: Option<Reservation>,
     /// Apply it in the checked path (its account's cache could not cover it).
     pub alone: bool,
 }
@@ -35,7 +36,7 @@ pub(super) struct Item {
 #[rtype(result = "()")]
 pub(super) struct Append(pub Item);
 
-/// A hold of `release` minor units is settled: committed, refused, or failed. `observed` is the
+/// A reservation of `release` minor units is settled: committed, refused, or failed. `observed` is the
 /// account's balance after the commit, when the commit happened; `reload` means the commit's
 /// outcome is unknown and the cache must be reloaded before it is trusted again.
 #[derive(Message)]

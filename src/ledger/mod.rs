@@ -389,7 +389,7 @@ impl Ledger {
                 };
                 messages::Item {
                     submission,
-                    hold: None,
+                    reservation: None,
                     alone: false,
                 }
             })

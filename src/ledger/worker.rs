@@ -59,7 +59,7 @@ impl StreamHandler<Submission> for Worker {
         } else {
             self.journal.do_send(Append(Item {
                 submission,
-                hold: None,
+                reservation: None,
                 alone: false,
             }));
         }

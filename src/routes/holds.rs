@@ -64,9 +64,9 @@ pub async fn post(
         Some(0) => Ok(None),
         _ => parse::amount(value).map(Some),
     });
-    let hold = hold_id(&id);
+    let hold = parse::hyphenated_uuid(&id);
     fields.finish()?;
-    let (hold, authority) = resolvable(&state, principal, hold?).await?;
+    let (hold, authority) = resolvable(&state, principal, hold).await?;
     let (held, currency) = hold
         .money()
         .map_err(|error| ApiError::Internal(error.context("stored hold")))?;
@@ -132,7 +132,8 @@ pub async fn void(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency_key(&req)?;
-    let (hold, authority) = resolvable(&state, principal, hold_id(&id)?).await?;
+    let id = parse::hyphenated_uuid(&id);
+    let (hold, authority) = resolvable(&state, principal, id).await?;
     let movement = release(&hold, principal.user, authority)?.with_key(idempotency);
     match submit(&state, &movement).await? {
         Outcome::Completed(_) | Outcome::Duplicate { .. } => current(&state, hold.id).await,
@@ -150,10 +151,6 @@ fn release(
         .map_err(|error| ApiError::Internal(error.context("stored hold")))
 }
 
-fn hold_id(id: &str) -> Result<Uuid, ApiError> {
-    parse::hyphenated_uuid(id).ok_or_else(|| ApiError::NotFound("no such transaction"))
-}
-
 /// The hold `id` and the authority `principal` resolves it with.
 ///
 /// Errors: 404 when it does not exist or `principal` is neither a party nor an admin; 403 for
@@ -161,15 +158,9 @@ fn hold_id(id: &str) -> Result<Uuid, ApiError> {
 async fn resolvable(
     state: &AppState,
     principal: Principal,
-    id: Uuid,
+    id: Option<Uuid>,
 ) -> Result<(TransactionRecord, Authority), ApiError> {
-    let client = state.pool.get().await?;
-    let hold = store::transactions::find(&client, id)
-        .await?
-        .filter(|record| {
-            principal.is_admin() || record.from == principal.user || record.to == principal.user
-        })
-        .ok_or(ApiError::NotFound("no such transaction"))?;
+    let hold = super::transactions::find_visible(state, principal, id).await?;
     if hold.expires_at.is_none() {
         return Err(ApiError::Conflict {
             code: "not_a_hold",

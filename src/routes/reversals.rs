@@ -22,7 +22,7 @@ use crate::domain::{
 };
 use crate::error::ApiError;
 use crate::ledger::Outcome;
-use crate::store::{self, journal::ReversalRefusal};
+use crate::store::journal::ReversalRefusal;
 
 const NOT_REVERSIBLE: &str =
     "only a completed credit, debit or transfer with something left to reverse can be reversed";
@@ -76,16 +76,7 @@ pub async fn reverse(
     let id = parse::hyphenated_uuid(&id);
     fields.finish()?;
     let reason = reason.expect("finish() refuses missing fields");
-    let client = state.pool.get().await?;
-    let original = match id {
-        Some(id) => store::transactions::find(&client, id).await?,
-        None => None,
-    }
-    .filter(|record| {
-        principal.is_admin() || record.from == principal.user || record.to == principal.user
-    })
-    .ok_or(ApiError::NotFound("no such transaction"))?;
-    drop(client);
+    let original = super::transactions::find_visible(&state, principal, id).await?;
 
     let refund = original.kind == TransactionKind::Transfer && original.to == principal.user;
     let authority = if refund {

@@ -307,6 +307,28 @@ fn visible_to(record: &TransactionRecord, principal: Principal) -> bool {
         || (record.to == principal.user && record.status != TransactionStatus::Failed)
 }
 
+/// The transaction `id` when `principal` may see it ([`visible_to`]): what `GET
+/// /transactions/{id}`, post, void and reverse start from. `id` is `None` when the path did not
+/// hold a hyphenated UUID.
+///
+/// Errors: 404 `not_found` alike for a malformed id, an unknown one and one of somebody else
+/// (so ids of others are not revealed); 503 without a database connection.
+pub(crate) async fn find_visible(
+    state: &AppState,
+    principal: Principal,
+    id: Option<Uuid>,
+) -> Result<TransactionRecord, ApiError> {
+    let not_found = ApiError::NotFound("no such transaction");
+    let Some(id) = id else {
+        return Err(not_found);
+    };
+    let client = state.pool.get().await?;
+    store::transactions::find(&client, id)
+        .await?
+        .filter(|record| visible_to(record, principal))
+        .ok_or(not_found)
+}
+
 /// → 200 transaction. Errors: 404 when it does not exist or the caller is no party to it.
 #[utoipa::path(
     get, path = "/api/v1/transactions/{id}", tag = "transactions", security(("bearer" = [])),
@@ -323,20 +345,16 @@ pub async fn get_transaction(
     principal: Principal,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = state.pool.get().await?;
-    match store::transactions::find(&client, id.into_inner()).await? {
-        Some(record) if visible_to(&record, principal) => {
-            let reversals = if record.reversed_amount > 0 {
-                Some(store::transactions::reversals_of(&client, record.id).await?)
-            } else {
-                None
-            };
-            let mut body = TransactionBody::from(record);
-            body.reversals = reversals;
-            Ok(HttpResponse::Ok().json(body))
-        }
-        _ => Err(ApiError::NotFound("no such transaction")),
-    }
+    let record = find_visible(&state, principal, Some(id.into_inner())).await?;
+    let reversals = if record.reversed_amount > 0 {
+        let client = state.pool.get().await?;
+        Some(store::transactions::reversals_of(&client, record.id).await?)
+    } else {
+        None
+    };
+    let mut body = TransactionBody::from(record);
+    body.reversals = reversals;
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -380,7 +380,7 @@ async fn no_stale_balance_across_a_redis_outage_and_recovery() {
         let _: () = redis::cmd("HSET")
             .arg(&key)
             .arg("JPY")
-            .arg("4242:0:999999:1795254541696364")
+            .arg("4242:0:999999:1795254541696364:0")
             .query_async(&mut connection)
             .await
             .expect("HSET");

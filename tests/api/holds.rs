@@ -763,3 +763,50 @@ async fn the_balance_reply_carries_the_overdraft_limit_from_the_cache_and_the_da
         assert_eq!(row(&payee).await["overdraft_limit"], 0);
     }
 }
+
+#[actix_web::test]
+async fn verify_rebuilds_pending_amounts_and_hold_states_from_the_events() {
+    let app = TestApp::spawn().await;
+    let (payer, payee) = (app.user("payer").await, app.user("payee").await);
+    app.credit(&payer, 1_000, "USD").await;
+    let open = hold_transfer(&app, &payer, &payee, 100).await;
+    let posted = hold_transfer(&app, &payer, &payee, 200).await;
+    let reply = resolve(&app, &payee, &posted, "post", json!({"amount": 50})).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    app.assert_ledger_invariants().await;
+
+    // Tamper: a pending amount nobody held, and an open hold marked voided without its event.
+    let db = app.db().await;
+    db.execute(
+        "UPDATE balances SET pending = pending + 7 WHERE user_id = $1 AND currency = 'USD'",
+        &[&payer.id],
+    )
+    .await
+    .expect("tamper with pending");
+    let open_id = uuid::Uuid::parse_str(open["id"].as_str().unwrap()).unwrap();
+    db.execute(
+        "UPDATE transactions SET status = 'voided', resolved_at = now() WHERE id = $1",
+        &[&open_id],
+    )
+    .await
+    .expect("tamper with a hold's status");
+    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
+        .await
+        .expect("verify");
+    let replay = report
+        .checks
+        .iter()
+        .find(|check| check.name == "event_replay_states")
+        .expect("the event replay check runs");
+    let mut examples = replay.examples.clone();
+    examples.sort();
+    assert_eq!(replay.violations, 2, "{report}");
+    assert!(
+        examples[0].contains("pending 107, hold events replay to 100"),
+        "{report}"
+    );
+    assert!(
+        examples[1].contains("status voided, events replay to pending"),
+        "{report}"
+    );
+}

@@ -9,7 +9,13 @@ use crate::helpers::*;
 #[actix_web::test]
 async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes() {
     let app = TestApp::spawn().await;
-    for workload in ["transfer-uniform", "transfer-hot", "bulk", "read-mix"] {
+    for workload in [
+        "transfer-uniform",
+        "transfer-hot",
+        "bulk",
+        "read-mix",
+        "lifecycle",
+    ] {
         let (address, database_url) = (app.address.clone(), app.database_url.clone());
         let output = tokio::task::spawn_blocking(move || {
             Command::new(env!("CARGO_BIN_EXE_tally-load"))
@@ -56,6 +62,17 @@ async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes
             report["acknowledged"].as_u64().unwrap_or(0) > 0,
             "{workload}: nothing acknowledged: {report}"
         );
+        if workload == "lifecycle" {
+            // Every step of the loop (hold, post or void, refund) found what it acts on.
+            let replies = report["replies"].as_object().expect("replies");
+            assert!(
+                replies
+                    .keys()
+                    .all(|status| status == "200" || status == "201"),
+                "{workload}: {report}"
+            );
+            assert!(replies.contains_key("200"), "no void in {report}");
+        }
         for check in report["contract"].as_array().expect("contract checks") {
             assert_eq!(check[1], true, "{workload}: {check}");
         }
@@ -134,8 +151,8 @@ async fn compare_drops_every_database_it_creates() {
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    // pgbench's, four workloads and the paced run.
-    assert_eq!(created.len(), 6, "{stderr}");
+    // pgbench's, five workloads and the paced run.
+    assert_eq!(created.len(), 7, "{stderr}");
     let (admin, connection) = tokio_postgres::connect(
         &format!("{}/postgres", database_server()),
         tokio_postgres::NoTls,

@@ -296,4 +296,15 @@ async fn verify_finds_reversals_that_do_not_add_up() {
             .any(|example| example.contains("reversed_amount 150, completed reversals sum to 200")),
         "{report}"
     );
+    // Replaying the events gives the reversed amount the log recorded, not the tampered one.
+    let replay = report
+        .checks
+        .iter()
+        .find(|check| check.name == "event_replay_states")
+        .expect("the event replay check runs");
+    assert_eq!(replay.violations, 1, "{report}");
+    assert!(
+        replay.examples[0].contains("reversed_amount 150, events replay to 200"),
+        "{report}"
+    );
 }

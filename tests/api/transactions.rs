@@ -325,10 +325,17 @@ async fn current_balances_have_the_documented_shape() {
     for balance in balances {
         assert_eq!(
             keys(balance),
-            ["currency", "amount", "pending", "available", "updated_at"]
-                .iter()
-                .map(|k| (*k).to_owned())
-                .collect()
+            [
+                "currency",
+                "amount",
+                "pending",
+                "available",
+                "overdraft_limit",
+                "updated_at"
+            ]
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect()
         );
         let expected = match balance["currency"].as_str().unwrap() {
             "USD" => 1_234,
@@ -358,7 +365,7 @@ async fn current_balances_have_the_documented_shape() {
         eur.body,
         json!({
             "user_id": alice.id.to_string(),
-            "balances": [{"currency": "EUR", "amount": 0, "pending": 0, "available": 0, "updated_at": null}]
+            "balances": [{"currency": "EUR", "amount": 0, "pending": 0, "available": 0, "overdraft_limit": 0, "updated_at": null}]
         })
     );
     // Reading a balance creates nothing.
