@@ -36,11 +36,16 @@ pub async fn for_user(
     user: UserId,
     currency: Option<Currency>,
 ) -> Result<Vec<BalanceRecord>, tokio_postgres::Error> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT currency, amount, pending, overdraft_limit, version, last_updated_at FROM balances
              WHERE user_id = $1 AND ($2::text IS NULL OR currency = $2)
              ORDER BY currency",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
             &[&user.as_uuid(), &currency.map(Currency::code)],
         )
         .await?;
@@ -52,10 +57,15 @@ pub async fn find(
     client: &impl GenericClient,
     account: AccountKey,
 ) -> Result<Option<BalanceRecord>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
+    let statement = client
+        .prepare_cached(
             "SELECT currency, amount, pending, overdraft_limit, version, last_updated_at FROM balances
              WHERE user_id = $1 AND currency = $2",
+        )
+        .await?;
+    let row = client
+        .query_opt(
+            &statement,
             &[&account.user.as_uuid(), &account.currency.code()],
         )
         .await?;

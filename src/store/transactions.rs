@@ -146,7 +146,9 @@ pub async fn find(
     client: &impl GenericClient,
     id: Uuid,
 ) -> Result<Option<TransactionRecord>, tokio_postgres::Error> {
-    let statement = format!("SELECT {COLUMNS} FROM transactions WHERE id = $1");
+    let statement = client
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM transactions WHERE id = $1"))
+        .await?;
     Ok(client
         .query_opt(&statement, &[&id])
         .await?
@@ -216,6 +218,9 @@ pub async fn history(
         Some(cursor) => (Some(cursor.created_at), Some(cursor.id)),
         None => (None, None),
     };
+    // Prepared once per connection: planning this query is most of its cost in the database
+    // (every index and constraint of `transactions` is considered for both branches).
+    let statement = client.prepare_cached(&statement).await?;
     let rows = client
         .query(
             &statement,
