@@ -191,6 +191,15 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
             describe();
             metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Series read as 0 before their first event (dashboards, alerts, the metrics
+            // test): registered now, without changing them.
+            for scope in ["ip", "user"] {
+                metrics::counter!(names::RATE_LIMITED, "scope" => scope).increment(0);
+            }
+            for result in ["hit", "miss", "error"] {
+                metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(0);
+            }
+            metrics::counter!(names::LOGIN_LOCKOUTS).increment(0);
             Ok(handle)
         }
         // Another thread won the race; use its handle.

@@ -50,11 +50,11 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for check in &self.checks {
             if check.violations == 0 {
-                writeln!(f, "ok    {:<16} {}", check.name, check.invariant)?;
+                writeln!(f, "ok    {:<20} {}", check.name, check.invariant)?;
             } else {
                 writeln!(
                     f,
-                    "FAIL  {:<16} {} ({} violations)",
+                    "FAIL  {:<20} {} ({} violations)",
                     check.name, check.invariant, check.violations
                 )?;
                 for example in &check.examples {

@@ -430,17 +430,31 @@ impl TestApp {
     /// Checks the ledger contract by SQL (`tally::verify`, what `tally verify` runs: DESIGN.md
     /// section 2, invariants 1, 2, 4 and 5) and panics with the violations. Returns the number
     /// of completed transactions.
-    pub async fn assert_ledger_invariants(&self) -> i64 {
+    /// `tally verify`'s report on this app's database, as it is now.
+    pub async fn verify(&self) -> tally::verify::Report {
         let db = self.db().await;
-        let report = tally::verify::verify(&db, self.settings.idempotency.retention())
+        tally::verify::verify(&db, self.settings.idempotency.retention())
             .await
-            .expect("verify queries");
+            .expect("verify queries")
+    }
+
+    pub async fn assert_ledger_invariants(&self) -> i64 {
+        let report = self.verify().await;
         assert!(
             report.is_clean(),
             "the ledger contract is broken:\n{report}"
         );
         report.completed_transactions
     }
+}
+
+/// The check `name` of `report`.
+pub fn check<'a>(report: &'a tally::verify::Report, name: &str) -> &'a tally::verify::Check {
+    report
+        .checks
+        .iter()
+        .find(|check| check.name == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

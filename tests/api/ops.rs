@@ -48,15 +48,13 @@ async fn metrics_expose_the_whole_taxonomy_and_the_readme_documents_it() {
         .text()
         .await
         .expect("metrics text");
-    for name in names::ALL {
-        if names::RESERVED.contains(name) {
-            continue;
-        }
-        assert!(
-            metrics.lines().any(|line| line.starts_with(name)),
-            "/metrics lacks {name}:\n{metrics}"
-        );
-    }
+    let missing: Vec<&str> = names::ALL
+        .iter()
+        .copied()
+        .filter(|name| !names::RESERVED.contains(name))
+        .filter(|name| !metrics.lines().any(|line| line.starts_with(name)))
+        .collect();
+    assert!(missing.is_empty(), "/metrics lacks {missing:?}:\n{metrics}");
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         sample(
@@ -141,9 +139,7 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("tamper with a balance");
-    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
-        .await
-        .expect("verify");
+    let report = app.verify().await;
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(
         failed,
@@ -170,9 +166,7 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("delete an entry");
-    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
-        .await
-        .expect("verify");
+    let report = app.verify().await;
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(failed, ["double_entry", "entries_sum"], "{report}");
 
@@ -192,14 +186,8 @@ async fn verify_reports_each_broken_invariant_and_the_binary_exits_non_zero() {
     )
     .await
     .expect("point a transaction at no user");
-    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
-        .await
-        .expect("verify");
-    let references = report
-        .checks
-        .iter()
-        .find(|check| check.name == "references")
-        .expect("the references check runs");
+    let report = app.verify().await;
+    let references = crate::helpers::check(&report, "references");
     assert_eq!(references.violations, 3, "{report}");
     for expected in [
         "which does not exist",
@@ -293,16 +281,10 @@ async fn verify_accepts_a_key_reused_after_it_expired_but_not_within_the_retenti
     .expect("forget the key early");
     let fourth = keyed_credit(&app, &alice, "one-off").await;
     assert_eq!(fourth.status, StatusCode::CREATED, "{}", fourth.body);
-    let report = tally::verify::verify(&db, app.settings.idempotency.retention())
-        .await
-        .expect("verify");
+    let report = app.verify().await;
     let failed: Vec<&str> = report.failures().map(|check| check.name).collect();
     assert_eq!(failed, ["idempotency"], "{report}");
-    let idempotency = &report
-        .checks
-        .iter()
-        .find(|check| check.name == "idempotency");
-    let idempotency = idempotency.expect("the idempotency check runs");
+    let idempotency = crate::helpers::check(&report, "idempotency");
     assert_eq!(idempotency.violations, 1, "{report}");
     assert!(
         idempotency.examples[0].contains("key one-off of user")
