@@ -266,7 +266,8 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ),
     (
         "idempotency",
-        "every idempotency key names a transaction of the same user and key, and each key made \
+        "every idempotency key names a transaction of the same user and key (a void's names the \
+         hold it voided), and each key made \
          one transaction while it was kept: two transactions of one user with one key are at \
          least idempotency.retention_hours apart (invariant 4)",
         // A key is forgotten only when it is older than the retention (`store::idempotency::
@@ -277,8 +278,10 @@ const CHECKS: &[(&str, &str, &str)] = &[
                        CASE WHEN t.id IS NULL THEN 'no transaction'
                             ELSE 'names transaction ' || t.id || ' of another user or key' END)
          FROM idempotency_keys k LEFT JOIN transactions t ON t.id = k.transaction_id
-         WHERE t.id IS NULL OR t.initiated_by <> k.user_id
-            OR t.idempotency_key IS DISTINCT FROM k.key
+         WHERE t.id IS NULL
+            OR ((t.initiated_by <> k.user_id OR t.idempotency_key IS DISTINCT FROM k.key)
+                -- A void writes no transaction: its key names the hold it voided.
+                AND t.status <> 'voided')
          UNION ALL
          SELECT format('key %s of user %s made transaction %s at %s and %s at %s, within the retention of %s',
                        idempotency_key, initiated_by, previous_id, previous_at, id, created_at,

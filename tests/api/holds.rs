@@ -804,3 +804,39 @@ async fn verify_rebuilds_pending_amounts_and_hold_states_from_the_events() {
         "{report}"
     );
 }
+
+#[actix_web::test]
+async fn keyed_resolutions_of_a_hold_no_longer_pending_claim_no_key() {
+    let app = TestApp::spawn().await;
+    let (payer, payee) = (app.user("payer").await, app.user("payee").await);
+    app.credit(&payer, 1_000, "USD").await;
+    let hold = hold_transfer(&app, &payer, &payee, 100).await;
+    let id = hold["id"].as_str().unwrap();
+    let keyed = |action: &str, key: &str| {
+        let (app, token) = (&app, payee.token.clone());
+        let path = format!("/api/v1/transactions/{id}/{action}");
+        let body = (action == "post").then(|| json!({}));
+        let key = key.to_owned();
+        async move {
+            app.request(Method::POST, &path, Some(&token), body.as_ref(), Some(&key))
+                .await
+        }
+    };
+    let voided = keyed("void", "void-1").await;
+    assert_eq!(voided.status, StatusCode::OK, "{}", voided.body);
+    // The void's key names the hold; its replay answers the same.
+    let again = keyed("void", "void-1").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["status"], "voided");
+    // A post after the void: 409, and its key stays free (a retry is 409 again, not a replay
+    // of a posting that was never written).
+    for _ in 0..2 {
+        keyed("post", "post-1")
+            .await
+            .assert_problem(409, "hold_not_pending");
+        keyed("void", "void-2")
+            .await
+            .assert_problem(409, "hold_not_pending");
+    }
+    app.assert_ledger_invariants().await;
+}

@@ -19,8 +19,18 @@ async fn transfer(app: &TestApp, from: &TestUser, to: &TestUser, amount: i64) ->
 }
 
 async fn reverse(app: &TestApp, user: &TestUser, id: &Value, body: Value) -> crate::helpers::Reply {
+    reverse_keyed(app, user, id, body, None).await
+}
+
+async fn reverse_keyed(
+    app: &TestApp,
+    user: &TestUser,
+    id: &Value,
+    body: Value,
+    key: Option<&str>,
+) -> crate::helpers::Reply {
     let path = format!("/api/v1/transactions/{}/reverse", id.as_str().expect("id"));
-    app.request(Method::POST, &path, Some(&user.token), Some(&body), None)
+    app.request(Method::POST, &path, Some(&user.token), Some(&body), key)
         .await
 }
 
@@ -202,20 +212,24 @@ async fn concurrent_reversals_on_two_instances_never_exceed_the_original() {
     let (alice, bob) = (first.user("alice").await, first.user("bob").await);
     const ROUNDS: i64 = 20;
     first.credit(&alice, ROUNDS * 100, "USD").await;
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         let paid = transfer(&first, &alice, &bob, 100).await;
+        // Keyed: the loser's key must not stay claimed naming a reversal never written.
+        let (key_a, key_b) = (format!("a-{round}"), format!("b-{round}"));
         let (one, other) = futures_util::future::join(
-            reverse(
+            reverse_keyed(
                 &first,
                 &bob,
                 &paid["id"],
                 json!({"amount": 60, "reason": "a"}),
+                Some(&key_a),
             ),
-            reverse(
+            reverse_keyed(
                 &second,
                 &bob,
                 &paid["id"],
                 json!({"amount": 60, "reason": "b"}),
+                Some(&key_b),
             ),
         )
         .await;

@@ -236,6 +236,21 @@ pub async fn commit_batch(
                 }
             }
         }
+        // Resolutions and reversals answered without writing anything give their keys back.
+        let unwritten: Vec<usize> = undecided
+            .iter()
+            .copied()
+            .filter(|&i| {
+                movements[i].idempotency().is_some()
+                    && matches!(
+                        postings[i],
+                        Some(Posting::HoldNotPending | Posting::ReversalRefused(_))
+                    )
+            })
+            .collect();
+        if !unwritten.is_empty() {
+            sql::release_keys(&transaction, &movements, &unwritten).await?;
+        }
         let open: Vec<usize> = undecided
             .iter()
             .copied()
@@ -450,11 +465,12 @@ fn resolve_duplicates_within_batch(
         let same_request = hash(movements[i]) == hash(movements[j]);
         postings[j] = match &postings[i] {
             Some(original @ Posting::Duplicate { .. }) => Some(original.clone()),
-            Some(original @ (Posting::InactiveParty { .. } | Posting::Forbidden))
-                if same_request =>
-            {
-                Some(original.clone())
-            }
+            Some(
+                original @ (Posting::InactiveParty { .. }
+                | Posting::Forbidden
+                | Posting::HoldNotPending
+                | Posting::ReversalRefused(_)),
+            ) if same_request => Some(original.clone()),
             _ => Some(Posting::Duplicate {
                 transaction_id: movements[i].id(),
                 request_hash: hash(movements[i]),

@@ -102,6 +102,39 @@ pub(super) async fn claim_keys(
         .collect())
 }
 
+/// Gives back the keys the movements `indices` claimed in this database transaction: they were
+/// answered without writing anything (a hold no longer pending, a refused reversal claim), so
+/// their keys must not stay claimed naming a transaction that does not exist. Only a row that
+/// names the movement's own id is deleted.
+pub(super) async fn release_keys(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+) -> Result<(), BatchError> {
+    let mut users = Vec::with_capacity(indices.len());
+    let mut keys = Vec::with_capacity(indices.len());
+    let mut ids = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let claim = movements[i].idempotency().ok_or(BatchError::Inconsistent(
+            "release_keys was given a movement without a key",
+        ))?;
+        users.push(movements[i].initiated_by().as_uuid());
+        keys.push(claim.key.as_str());
+        ids.push(movements[i].id());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "DELETE FROM idempotency_keys k
+             USING unnest($1::uuid[], $2::text[], $3::uuid[]) AS r(user_id, key, transaction_id)
+             WHERE k.user_id = r.user_id AND k.key = r.key AND k.transaction_id = r.transaction_id",
+        )
+        .await?;
+    transaction
+        .execute(&statement, &[&users, &keys, &ids])
+        .await?;
+    Ok(())
+}
+
 /// The stored keys of the movements `indices`: `index → (transaction id, request hash)` for
 /// those whose `(initiator, key)` is stored.
 pub(super) async fn find_keys(
