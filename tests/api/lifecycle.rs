@@ -104,7 +104,11 @@ struct Own {
 /// knows, `None` when a pending short hold could make it go either way, or when other clients
 /// run at the same time (`exact` false).
 fn predict(model: &Model, user: usize, amount: i64, exact: bool) -> Option<bool> {
-    let (low, high) = model.available(user);
+    predict_within(model.available(user), amount, exact)
+}
+
+/// [`predict`] from an availability range `(low, high)` read earlier.
+fn predict_within((low, high): (i64, i64), amount: i64, exact: bool) -> Option<bool> {
     match () {
         _ if !exact => None,
         _ if amount <= low => Some(true),
@@ -323,13 +327,7 @@ async fn step(
                 assert_eq!(problem["remaining"], remaining, "{}", reply.body);
                 return;
             }
-            let (low, high) = prediction;
-            let prediction = match () {
-                _ if !exact => None,
-                _ if amount <= low => Some(true),
-                _ if amount > high => Some(false),
-                _ => None,
-            };
+            let prediction = predict_within(prediction, amount, exact);
             if accepted(model, &reply, prediction, "reversal") {
                 assert_eq!(reply.body["reversal_of"], id.as_str(), "{}", reply.body);
                 let mut model = model.lock().unwrap();

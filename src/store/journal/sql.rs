@@ -102,6 +102,25 @@ pub(super) async fn claim_keys(
         .collect())
 }
 
+/// `(initiators, keys)` of the keyed movements `indices`, as statement arrays; `what` names the
+/// caller in the error for a movement without a key.
+fn key_arrays<'a>(
+    movements: &[&'a Movement],
+    indices: &[usize],
+    what: &'static str,
+) -> Result<(Vec<Uuid>, Vec<&'a str>), BatchError> {
+    indices
+        .iter()
+        .map(|&i| {
+            let claim = movements[i]
+                .idempotency()
+                .ok_or(BatchError::Inconsistent(what))?;
+            Ok((movements[i].initiated_by().as_uuid(), claim.key.as_str()))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|pairs| pairs.into_iter().unzip())
+}
+
 /// Gives back the keys the movements `indices` claimed in this database transaction: they were
 /// answered without writing anything (a hold no longer pending, a refused reversal claim), so
 /// their keys must not stay claimed naming a transaction that does not exist. Only a row that
@@ -111,17 +130,12 @@ pub(super) async fn release_keys(
     movements: &[&Movement],
     indices: &[usize],
 ) -> Result<(), BatchError> {
-    let mut users = Vec::with_capacity(indices.len());
-    let mut keys = Vec::with_capacity(indices.len());
-    let mut ids = Vec::with_capacity(indices.len());
-    for &i in indices {
-        let claim = movements[i].idempotency().ok_or(BatchError::Inconsistent(
-            "release_keys was given a movement without a key",
-        ))?;
-        users.push(movements[i].initiated_by().as_uuid());
-        keys.push(claim.key.as_str());
-        ids.push(movements[i].id());
-    }
+    let (users, keys) = key_arrays(
+        movements,
+        indices,
+        "release_keys was given a movement without a key",
+    )?;
+    let ids: Vec<Uuid> = indices.iter().map(|&i| movements[i].id()).collect();
     let statement = transaction
         .prepare_cached(
             "DELETE FROM idempotency_keys k
@@ -145,15 +159,11 @@ pub(super) async fn find_keys(
     if indices.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut users = Vec::with_capacity(indices.len());
-    let mut keys = Vec::with_capacity(indices.len());
-    for &i in indices {
-        let claim = movements[i].idempotency().ok_or(BatchError::Inconsistent(
-            "find_keys was given a movement without a key",
-        ))?;
-        users.push(movements[i].initiated_by().as_uuid());
-        keys.push(claim.key.as_str());
-    }
+    let (users, keys) = key_arrays(
+        movements,
+        indices,
+        "find_keys was given a movement without a key",
+    )?;
     let statement = transaction
         .prepare_cached(
             "SELECT k.user_id, k.key, k.transaction_id, k.request_hash
