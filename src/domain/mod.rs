@@ -1,12 +1,14 @@
 //! Domain types: values that can only be built valid (parse, don't validate). They know nothing
 //! of JSON or SQL; `routes/` and `store/` translate at the edges.
 
+mod limits;
 mod money;
 mod movement;
 mod rules;
 mod transaction;
 mod user;
 
+pub use limits::{LimitSpec, LimitSpecError, WINDOW_MAX_S};
 pub use money::{Amount, AmountError, Currency, CurrencyError};
 pub use movement::{
     AccountKey, AccountState, Authority, CommittedBalance, HoldEnd, IdempotencyClaim, Movement,

@@ -169,30 +169,65 @@ pub struct Limits {
     ceiling: i64,
 }
 
-/// Which bound of invariant 7 a refused movement would have crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which limit a refused movement would have crossed: a bound of invariant 7 from the
+/// configuration, or a configured limit of DESIGN.md section 8 (rows of `limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitKind {
     /// `ledger.balance_max_minor`: the credited account would hold too much.
     BalanceMax,
     /// `ledger.supply_max_minor`: more money would be issued than the currency allows.
     Supply,
+    /// The largest single debit (or hold) from the account.
+    MaxPerTransaction,
+    /// The sum of debits (holds included) per UTC calendar day.
+    DailyDebit,
+    /// The sum of debits (holds included) in the last `window_s` seconds.
+    RollingDebit,
+    /// The sum of credits a user gives themself per UTC calendar day.
+    DailyCredit,
+    /// The number of debits (holds included) in the last `window_s` seconds.
+    Velocity,
 }
 
 impl LimitKind {
-    /// The name on the wire (`limit.kind`) and in `failure_detail`.
+    /// Every kind, in the order they are checked.
+    pub const ALL: [LimitKind; 7] = [
+        LimitKind::BalanceMax,
+        LimitKind::Supply,
+        LimitKind::MaxPerTransaction,
+        LimitKind::DailyDebit,
+        LimitKind::RollingDebit,
+        LimitKind::DailyCredit,
+        LimitKind::Velocity,
+    ];
+
+    /// The name on the wire (`limit.kind`), in `failure_detail` and in the `limits` table.
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::BalanceMax => "balance_max",
             LimitKind::Supply => "supply",
+            LimitKind::MaxPerTransaction => "max_per_transaction",
+            LimitKind::DailyDebit => "daily_debit",
+            LimitKind::RollingDebit => "rolling_debit",
+            LimitKind::DailyCredit => "daily_credit",
+            LimitKind::Velocity => "velocity",
         }
     }
 
     pub fn parse(kind: &str) -> Option<LimitKind> {
-        match kind {
-            "balance_max" => Some(LimitKind::BalanceMax),
-            "supply" => Some(LimitKind::Supply),
-            _ => None,
-        }
+        LimitKind::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == kind)
+    }
+
+    /// Set through the limits API (a row of `limits`), as opposed to the configuration.
+    pub fn is_configurable(self) -> bool {
+        !matches!(self, LimitKind::BalanceMax | LimitKind::Supply)
+    }
+
+    /// Counts over the last `window_s` seconds.
+    pub fn has_window(self) -> bool {
+        matches!(self, LimitKind::RollingDebit | LimitKind::Velocity)
     }
 }
 
