@@ -98,6 +98,10 @@ pub mod names {
     pub const RATE_LIMITED: &str = "tally_rate_limited_total";
     /// Counter: logins refused with 429 `login_locked` (too many failures for the account).
     pub const LOGIN_LOCKOUTS: &str = "tally_login_lockouts_total";
+    /// Counter, label `kind` (`max_per_transaction`, `daily_debit`, `rolling_debit`,
+    /// `daily_credit`, `velocity`, `balance_max`, `supply`): movements refused with 422
+    /// `limit_exceeded` (DESIGN.md section 8), single or bulk items alike.
+    pub const LIMIT_REFUSALS: &str = "tally_limit_refusals_total";
     /// Counter, label `result` (`hit`, `miss`, `error`): balance cache lookups.
     pub const CACHE_REQUESTS: &str = "tally_cache_requests_total";
     /// Gauge: the Redis circuit breaker, 0 closed, 1 half-open, 2 open.
@@ -129,6 +133,7 @@ pub mod names {
         BUILD_INFO,
         RATE_LIMITED,
         LOGIN_LOCKOUTS,
+        LIMIT_REFUSALS,
         CACHE_REQUESTS,
         CACHE_BREAKER_STATE,
     ];
@@ -200,6 +205,9 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
                 metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(0);
             }
             metrics::counter!(names::LOGIN_LOCKOUTS).increment(0);
+            for kind in crate::domain::LimitKind::ALL {
+                metrics::counter!(names::LIMIT_REFUSALS, "kind" => kind.as_str()).increment(0);
+            }
             Ok(handle)
         }
         // Another thread won the race; use its handle.
@@ -292,6 +300,10 @@ fn describe() {
     describe_gauge!(
         names::CACHE_BREAKER_STATE,
         "Cache circuit breaker: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        names::LIMIT_REFUSALS,
+        "Movements refused with limit_exceeded, by the kind of limit"
     );
     describe_counter!(
         names::LOGIN_LOCKOUTS,

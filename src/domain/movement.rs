@@ -3,7 +3,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::rules::{Change, Leg};
+use super::rules::{Change, Counted, Leg};
 use super::{
     Amount, Currency, Description, IdempotencyKey, Reference, TransactionKind, UserId,
     SYSTEM_USER_ID,
@@ -457,6 +457,32 @@ impl Movement {
     /// from the payer's amount and gives it to the payee; a hold adds it to the payer's pending
     /// only; a posting drops the payer's pending by the held amount and moves `amount`; a
     /// release drops the payer's pending only.
+    /// What this movement counts toward the configured limits of the debited and of the
+    /// credited account (DESIGN.md section 8): a settled debit or a hold of a user account
+    /// counts as a debit of it (a reversal too: it debits the side it takes from); a credit a
+    /// user gives themself counts toward their `daily_credit`. A posting or release counts
+    /// nothing new: the hold was counted when it was created (the journal lowers or removes
+    /// that count when it resolves).
+    pub fn counted(&self) -> (Counted, Counted) {
+        let amount = self.amount.minor();
+        let counts = matches!(self.phase, Phase::Settle | Phase::Hold { .. });
+        let debit = if counts && !self.from.is_system() {
+            Counted::Debit(amount)
+        } else {
+            Counted::Nothing
+        };
+        let self_credit = if counts
+            && self.kind == TransactionKind::Credit
+            && !self.to.is_system()
+            && self.initiated_by == self.to
+        {
+            Counted::SelfCredit(amount)
+        } else {
+            Counted::Nothing
+        };
+        (debit, self_credit)
+    }
+
     pub fn legs(&self) -> impl Iterator<Item = Leg> {
         let amount = self.amount.minor();
         let (payer, payee) = match self.phase {
@@ -484,13 +510,16 @@ impl Movement {
             ),
         };
         let (debited, credited) = (self.debited(), self.credited());
+        let (payer_counted, payee_counted) = self.counted();
         std::iter::once(Leg {
             account: debited,
             change: payer,
+            counted: payer_counted,
         })
         .chain(payee.map(|change| Leg {
             account: credited,
             change,
+            counted: payee_counted,
         }))
     }
 

@@ -130,11 +130,86 @@ pub struct Snapshot {
     pub pending: i64,
 }
 
-/// One account's part of a movement.
+/// One account's part of a movement: how it changes the balance, and what it counts toward the
+/// account's configured limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leg {
     pub account: AccountKey,
     pub change: Change,
+    pub counted: Counted,
+}
+
+/// What a movement counts toward one account's configured limits (DESIGN.md section 8), minor
+/// units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Counted {
+    /// Nothing: a credit from someone else, a posting or release of a hold (the hold was
+    /// counted when it was created), either side of `system`.
+    #[default]
+    Nothing,
+    /// A debit or a hold of a user account: `max_per_transaction`, `daily_debit`,
+    /// `rolling_debit` count its amount, `velocity` counts one.
+    Debit(i64),
+    /// A credit a user gives themself: `daily_credit` counts its amount.
+    SelfCredit(i64),
+}
+
+/// One configured limit of an account, with what it has counted in its window as of the commit
+/// (`used`: minor units, or a number of debits for `velocity`; always 0 for
+/// `max_per_transaction`, which has no window). The checked path reads these under the balance
+/// row's lock (`store::journal::sql::count_usage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowUsage {
+    pub kind: LimitKind,
+    pub value: i64,
+    pub window_s: Option<u32>,
+    pub used: i64,
+}
+
+impl WindowUsage {
+    /// What `counted` adds to this limit (`None`: the limit does not count it).
+    pub fn requested(&self, counted: Counted) -> Option<i64> {
+        match (self.kind, counted) {
+            (
+                LimitKind::MaxPerTransaction | LimitKind::DailyDebit | LimitKind::RollingDebit,
+                Counted::Debit(amount),
+            ) => Some(amount),
+            (LimitKind::Velocity, Counted::Debit(_)) => Some(1),
+            (LimitKind::DailyCredit, Counted::SelfCredit(amount)) => Some(amount),
+            _ => None,
+        }
+    }
+
+    /// Whether a movement counting `counted` fits: `used + requested <= value` (the database
+    /// checks the same sum over a whole batch). In `i128`, so nothing overflows.
+    ///
+    /// Errors: [`Refusal::LimitExceeded`] with this limit's figures.
+    pub fn admit(&self, currency: Currency, counted: Counted) -> Result<(), Refusal> {
+        let Some(requested) = self.requested(counted) else {
+            return Ok(());
+        };
+        if i128::from(self.used) + i128::from(requested) > i128::from(self.value) {
+            return Err(Refusal::LimitExceeded(LimitBreach {
+                kind: self.kind,
+                currency,
+                value: self.value,
+                window_s: self.window_s,
+                used: self.used,
+                requested,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Counts an admitted movement (`max_per_transaction` keeps no count).
+    pub fn count(&mut self, counted: Counted) {
+        if self.kind == LimitKind::MaxPerTransaction {
+            return;
+        }
+        if let Some(requested) = self.requested(counted) {
+            self.used = self.used.saturating_add(requested);
+        }
+    }
 }
 
 /// How one movement changes one account, minor units: `amount` (the settled balance, which
@@ -238,6 +313,8 @@ pub struct LimitBreach {
     pub kind: LimitKind,
     pub currency: Currency,
     pub value: i64,
+    /// The window of a rolling limit, seconds.
+    pub window_s: Option<u32>,
     pub used: i64,
     pub requested: i64,
 }
@@ -287,6 +364,7 @@ impl Limits {
                 kind: LimitKind::Supply,
                 currency: self.currency,
                 value: -self.floor,
+                window_s: None,
                 used: snapshot.amount.saturating_neg().max(0),
                 requested: change.amount.saturating_neg(),
             }));
@@ -297,6 +375,7 @@ impl Limits {
                 kind: LimitKind::BalanceMax,
                 currency: self.currency,
                 value: self.ceiling,
+                window_s: None,
                 used: snapshot.amount.max(0),
                 requested: change.amount,
             }));
@@ -337,15 +416,18 @@ impl Prefixes {
 }
 
 /// Checks a sequence of movements (each given by its legs, debited side first) against the
-/// accounts' snapshots, in order: each movement is admitted when every leg is, and then applied
-/// to the snapshots, so later movements are judged on what would really be there. Refused
-/// movements are not applied. Returns one result per movement.
+/// accounts' snapshots and configured limits, in order: each movement is admitted when every
+/// leg is (the bounds first, then each configured limit), and then applied to the snapshots and
+/// counted in the usage, so later movements are judged on what would really be there. Refused
+/// movements are neither applied nor counted. Returns one result per movement.
 ///
-/// `limits` and `snapshots` must hold every account the movements touch.
+/// `limits` and `snapshots` must hold every account the movements touch; `usage` holds the
+/// configured limits of the accounts that have any.
 pub fn check_sequence<L: IntoIterator<Item = Leg>>(
     movements: impl IntoIterator<Item = L>,
     limits: &BTreeMap<AccountKey, Limits>,
     snapshots: &mut BTreeMap<AccountKey, Snapshot>,
+    usage: &mut BTreeMap<AccountKey, Vec<WindowUsage>>,
 ) -> Vec<Result<(), Refusal>> {
     const EMPTY: Snapshot = Snapshot {
         amount: 0,
@@ -361,12 +443,18 @@ pub fn check_sequence<L: IntoIterator<Item = Leg>>(
                     .expect("check_sequence is given the limits of every account");
                 let snapshot = snapshots.get(&leg.account).copied().unwrap_or(EMPTY);
                 limit.admit(snapshot, leg.change)?;
+                for window in usage.get(&leg.account).into_iter().flatten() {
+                    window.admit(leg.account.currency, leg.counted)?;
+                }
             }
             for leg in legs {
                 let entry = snapshots.entry(leg.account).or_insert(EMPTY);
                 // Cannot overflow: the admitted state lies within ±MONEY_BOUND_MINOR.
                 entry.amount += leg.change.amount;
                 entry.pending += leg.change.pending;
+                for window in usage.get_mut(&leg.account).into_iter().flatten() {
+                    window.count(leg.counted);
+                }
             }
             Ok(())
         })
@@ -516,10 +604,12 @@ mod tests {
                 Leg {
                     account: from,
                     change: Change::settled(-minor),
+                    counted: Counted::Nothing,
                 },
                 Leg {
                     account: to,
                     change: Change::settled(minor),
+                    counted: Counted::Nothing,
                 },
             ]
         };
@@ -533,6 +623,7 @@ mod tests {
             ],
             &limits,
             &mut snapshots,
+            &mut BTreeMap::new(),
         );
         assert_eq!(results[0], Err(Refusal::InsufficientFunds));
         assert_eq!(results[1], Ok(()));
@@ -550,7 +641,144 @@ mod tests {
         assert_eq!(snapshots[&system()].amount, -600);
     }
 
+    fn window(kind: LimitKind, value: i64, used: i64) -> WindowUsage {
+        WindowUsage {
+            kind,
+            value,
+            window_s: kind.has_window().then_some(60),
+            used,
+        }
+    }
+
+    #[test]
+    fn configured_limits_count_what_they_are_about() {
+        let debit = Counted::Debit(40);
+        let credit = Counted::SelfCredit(40);
+        assert_eq!(window(LimitKind::DailyDebit, 100, 60).admit(usd(), debit), Ok(()));
+        let Err(Refusal::LimitExceeded(breach)) =
+            window(LimitKind::RollingDebit, 100, 61).admit(usd(), debit)
+        else {
+            panic!("61 + 40 > 100 must be refused");
+        };
+        assert_eq!(
+            (breach.kind, breach.used, breach.requested, breach.window_s),
+            (LimitKind::RollingDebit, 61, 40, Some(60))
+        );
+        assert_eq!(breach.remaining(), 39);
+        // A credit does not count toward a debit limit, nor a debit toward daily_credit.
+        assert_eq!(window(LimitKind::DailyDebit, 1, 1).admit(usd(), credit), Ok(()));
+        assert_eq!(window(LimitKind::DailyCredit, 1, 1).admit(usd(), debit), Ok(()));
+        assert!(window(LimitKind::DailyCredit, 79, 40).admit(usd(), credit).is_err());
+        // Velocity counts debits, max_per_transaction looks at one.
+        assert_eq!(window(LimitKind::Velocity, 3, 2).admit(usd(), debit), Ok(()));
+        assert!(window(LimitKind::Velocity, 3, 3).admit(usd(), debit).is_err());
+        assert!(window(LimitKind::MaxPerTransaction, 39, 0)
+            .admit(usd(), debit)
+            .is_err());
+        let mut max = window(LimitKind::MaxPerTransaction, 40, 0);
+        max.count(debit);
+        assert_eq!(max.admit(usd(), debit), Ok(()));
+    }
+
+    #[test]
+    fn a_sequence_counts_what_it_admits_toward_the_limits() {
+        let bounds = bounds(1_000_000, 10_000_000);
+        let limits: BTreeMap<_, _> = [user(1), user(2), system()]
+            .into_iter()
+            .map(|account| (account, bounds.limits(account, 0)))
+            .collect();
+        let mut snapshots = BTreeMap::from([(
+            user(1),
+            Snapshot {
+                amount: 1_000,
+                pending: 0,
+            },
+        )]);
+        let mut usage = BTreeMap::from([(
+            user(1),
+            vec![
+                window(LimitKind::Velocity, 3, 0),
+                window(LimitKind::DailyDebit, 101, 0),
+            ],
+        )]);
+        let debit = |minor: i64| {
+            [
+                Leg {
+                    account: user(1),
+                    change: Change::settled(-minor),
+                    counted: Counted::Debit(minor),
+                },
+                Leg {
+                    account: user(2),
+                    change: Change::settled(minor),
+                    counted: Counted::Nothing,
+                },
+            ]
+        };
+        let results = check_sequence(
+            [debit(60), debit(50), debit(40), debit(1), debit(1)],
+            &limits,
+            &mut snapshots,
+            &mut usage,
+        );
+        assert_eq!(results[0], Ok(()));
+        assert!(matches!(
+            results[1],
+            Err(Refusal::LimitExceeded(LimitBreach { kind: LimitKind::DailyDebit, used: 60, .. }))
+        ));
+        assert_eq!(results[2], Ok(()));
+        assert_eq!(results[3], Ok(()));
+        assert!(matches!(
+            results[4],
+            Err(Refusal::LimitExceeded(LimitBreach { kind: LimitKind::Velocity, used: 3, .. }))
+        ));
+        assert_eq!(usage[&user(1)][0].used, 3);
+        assert_eq!(usage[&user(1)][1].used, 101);
+        assert_eq!(snapshots[&user(1)].amount, 1_000 - 101);
+    }
+
     proptest! {
+        /// The sequence rule and the sum the database checks over a batch agree: counted
+        /// movements are all admitted one by one exactly when `used + their sum <= value`
+        /// (`max_per_transaction`: when the largest is `<= value`).
+        #[test]
+        fn one_by_one_equals_the_batch_sum(
+            kind in proptest::sample::select(vec![
+                LimitKind::MaxPerTransaction, LimitKind::DailyDebit, LimitKind::RollingDebit,
+                LimitKind::Velocity, LimitKind::DailyCredit,
+            ]),
+            value in 1i64..1_000,
+            used in 0i64..1_000,
+            amounts in proptest::collection::vec(1i64..300, 0..8),
+            credits in any::<bool>(),
+        ) {
+            let used = if kind == LimitKind::MaxPerTransaction { 0 } else { used };
+            let counted: Vec<Counted> = amounts
+                .iter()
+                .map(|&a| if credits { Counted::SelfCredit(a) } else { Counted::Debit(a) })
+                .collect();
+            let mut limit = window(kind, value, used);
+            let mut all = true;
+            for &c in &counted {
+                if limit.admit(usd(), c).is_err() {
+                    all = false;
+                    break;
+                }
+                limit.count(c);
+            }
+            let requested: Vec<i64> = counted
+                .iter()
+                .filter_map(|&c| window(kind, value, used).requested(c))
+                .collect();
+            // The database is asked only about statements that count something.
+            let batch = requested.is_empty() || if kind == LimitKind::MaxPerTransaction {
+                requested.iter().copied().max().unwrap_or(0) <= value
+            } else {
+                used + requested.iter().sum::<i64>() <= value
+            };
+            prop_assert_eq!(all, batch);
+        }
+
         /// The sequence rule and the prefix form the database checks agree: a run of changes on
         /// one account (settled amounts, holds, postings, releases) is admitted one by one
         /// exactly when `amount - pending + min_prefix >= floor` (the lowest running sum of

@@ -141,6 +141,7 @@ impl BalanceActor {
             if state.version > cached.version {
                 cached.amount = state.amount;
                 cached.pending = state.pending;
+                cached.overdraft_limit = state.overdraft_limit;
                 cached.version = state.version;
             }
         }

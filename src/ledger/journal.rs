@@ -42,9 +42,11 @@ use super::messages::{Append, Item, Observed, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
+use crate::clock::Clock;
 use crate::cache::BalanceCache;
 use crate::domain::{
-    AccountKey, AccountState, Bounds, CommittedBalance, Currency, Movement, Phase,
+    AccountKey, AccountState, Bounds, CommittedBalance, Currency, LimitKind, Movement, Phase,
+    Refusal,
 };
 use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
 use crate::store::{AcquireError, DbPool};
@@ -98,6 +100,8 @@ impl Admitted {
 pub(super) struct JournalWriter {
     pool: DbPool,
     bounds: Arc<Bounds>,
+    /// "Now" for the configured limits' windows.
+    clock: Arc<dyn Clock>,
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
     directory: Recipient<Observed>,
@@ -126,6 +130,8 @@ struct JournalMetrics {
     failures: CounterFamily<(&'static str, &'static str)>,
     /// By `(type, currency)`, minor units.
     volume: CounterFamily<(&'static str, Currency)>,
+    /// By the kind of limit.
+    limit_refusals: CounterFamily<LimitKind>,
 }
 
 impl JournalMetrics {
@@ -136,6 +142,18 @@ impl JournalMetrics {
             transactions: CounterFamily::new(names::TRANSACTIONS),
             failures: CounterFamily::new(names::TRANSACTION_FAILURES),
             volume: CounterFamily::new(names::TRANSACTION_VOLUME),
+            limit_refusals: CounterFamily::new(names::LIMIT_REFUSALS),
+        }
+    }
+
+    /// Counts a `limit_exceeded` refusal by the kind of limit.
+    fn limit_refusal(&mut self, refusal: &Refusal) {
+        if let Refusal::LimitExceeded(breach) = refusal {
+            self.limit_refusals
+                .get(breach.kind, |kind| {
+                    vec![metrics::Label::new("kind", kind.as_str())]
+                })
+                .increment(1);
         }
     }
 
@@ -191,7 +209,7 @@ enum Written {
 impl JournalWriter {
     pub(super) fn new(
         pool: DbPool,
-        bounds: Arc<Bounds>,
+        (bounds, clock): (Arc<Bounds>, Arc<dyn Clock>),
         cache: Arc<BalanceCache>,
         directory: Recipient<Observed>,
         settings: JournalSettings,
@@ -201,6 +219,7 @@ impl JournalWriter {
         JournalWriter {
             pool,
             bounds,
+            clock,
             cache,
             directory,
             settings,
@@ -237,6 +256,7 @@ impl JournalWriter {
         self.last_batch_size = take;
         let items: Vec<Item> = self.buffer.drain(..take).collect();
         let (pool, cache, bounds) = (self.pool.clone(), self.cache.clone(), self.bounds.clone());
+        let clock = self.clock.clone();
         let started = Instant::now();
         // A root span of its own (a batch serves many traces), linked to the `ledger.submit`
         // span of every movement it carries. The SDK keeps the first 128 links by default.
@@ -246,7 +266,7 @@ impl JournalWriter {
             span.add_link(item.submission.trace_context.clone());
         }
         let write = async move {
-            let (written, committed, retries) = write_batch(&pool, &bounds, &items).await;
+            let (written, committed, retries) = write_batch(&pool, (&bounds, clock.as_ref()), &items).await;
             // Before any caller is answered, so that every client reads its own writes, on
             // any process (or is told the outcome is unknown when that cannot be made sure).
             let acknowledge = cache.write_through(&committed).await.may_acknowledge();
@@ -292,10 +312,11 @@ impl JournalWriter {
         self.in_flight += 1;
         self.last_was_batch = false;
         let (pool, cache, bounds) = (self.pool.clone(), self.cache.clone(), self.bounds.clone());
+        let clock = self.clock.clone();
         let started = Instant::now();
         let span = tracing::info_span!(parent: None, "ledger.commit_atomic", batch.size = atomic.movements.len());
         let write = async move {
-            let mut result = write_atomic(&pool, &bounds, &atomic.movements).await;
+            let mut result = write_atomic(&pool, (&bounds, clock.as_ref()), &atomic.movements).await;
             if let Ok(AtomicOutcome::Committed(report)) = &result {
                 let committed: Vec<CommittedBalance> = report
                     .accounts
@@ -351,7 +372,12 @@ impl JournalWriter {
                                 completed_at: Some(at),
                             }))
                         }
-                        Ok(AtomicOutcome::Refused(refused)) => Ok(AtomicResult::Refused(refused)),
+                        Ok(AtomicOutcome::Refused(refused)) => {
+                            for (_, refusal) in &refused {
+                                writer.metrics.limit_refusal(refusal);
+                            }
+                            Ok(AtomicResult::Refused(refused))
+                        }
                         Ok(AtomicOutcome::Forbidden(items)) => Ok(AtomicResult::Forbidden(items)),
                         Ok(AtomicOutcome::Duplicate) => Ok(AtomicResult::Duplicate),
                         Ok(AtomicOutcome::InactiveParties(parties)) => {
@@ -409,6 +435,7 @@ impl JournalWriter {
                     Posting::Refused(refusal) => {
                         self.metrics.transaction(kind, "failed");
                         self.metrics.failure(kind, refusal.reason());
+                        self.metrics.limit_refusal(&refusal);
                         Ok(Outcome::Refused(
                             refusal,
                             Recorded {
@@ -493,7 +520,7 @@ enum Failure {
 /// Returns one [`Written`] per item, the final account states, and the re-runs it took.
 async fn write_batch(
     pool: &DbPool,
-    bounds: &Bounds,
+    (bounds, clock): (&Bounds, &dyn Clock),
     items: &[Item],
 ) -> (Vec<Written>, Vec<CommittedBalance>, Retries) {
     let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
@@ -513,7 +540,8 @@ async fn write_batch(
             .collect();
         let result = match pool.get().await {
             Ok(mut client) => {
-                let result = crate::store::journal::commit_batch(&mut client, &batch, bounds).await;
+                let result = crate::store::journal::commit_batch(&mut client, &batch, bounds, clock.now())
+                        .await;
                 if matches!(&result, Err(error) if error.is_connection_lost()) {
                     // Never hand a broken connection back to the pool.
                     drop(deadpool_postgres::Client::take(client));
@@ -691,7 +719,7 @@ impl Handler<Append> for JournalWriter {
 /// error fails the set (nothing was written).
 async fn write_atomic(
     pool: &DbPool,
-    bounds: &Bounds,
+    (bounds, clock): (&Bounds, &dyn Clock),
     movements: &[Movement],
 ) -> Result<AtomicOutcome, SubmitError> {
     let mut attempts = 0;
@@ -701,7 +729,7 @@ async fn write_atomic(
             tracing::warn!(%error, "journal writer: no database connection");
             SubmitError::Unavailable
         })?;
-        let result = crate::store::journal::commit_atomic(&mut client, movements, bounds).await;
+        let result = crate::store::journal::commit_atomic(&mut client, movements, bounds, clock.now()).await;
         if matches!(&result, Err(error) if error.is_connection_lost()) {
             // Never hand a broken connection back to the pool.
             drop(deadpool_postgres::Client::take(client));

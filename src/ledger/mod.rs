@@ -206,7 +206,7 @@ impl Ledger {
     /// written through to `cache` before callers are answered.
     pub fn start(
         settings: &PipelineSettings,
-        bounds: Arc<Bounds>,
+        (bounds, clock): (Arc<Bounds>, Arc<dyn crate::clock::Clock>),
         pool: DbPool,
         journal_pool: DbPool,
         cache: Arc<BalanceCache>,
@@ -235,7 +235,7 @@ impl Ledger {
             journal::JournalWriter::start_in_arbiter(&Arbiter::new().handle(), move |_| {
                 journal::JournalWriter::new(
                     journal_pool,
-                    journal_bounds,
+                    (journal_bounds, clock),
                     cache,
                     directory_address.recipient(),
                     journal_settings,

@@ -55,6 +55,17 @@ impl Application {
     /// Errors: the database cannot be reached or migrated, the address cannot be bound, or the
     /// settings are invalid.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        Application::build_with_clock(settings, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Application::build`] with the clock the ledger reads "now" from for the windows of
+    /// the configured limits (tests drive a `clock::ManualClock`).
+    ///
+    /// Errors: as [`Application::build`].
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> anyhow::Result<Application> {
         settings.validate()?;
         // Bind first: a taken port fails fast, before any actor or pool exists.
         let listener = TcpListener::bind(&settings.http.bind)
@@ -67,7 +78,7 @@ impl Application {
         let cache = crate::cache::BalanceCache::new(&settings.redis)?;
         let ledger = Ledger::start(
             &settings.pipeline,
-            Arc::new(settings.ledger.bounds()?),
+            (Arc::new(settings.ledger.bounds()?), clock),
             pools.api.clone(),
             pools.journal.clone(),
             cache.clone(),

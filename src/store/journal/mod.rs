@@ -26,6 +26,7 @@
 //!    order: entry ids grow in commit order for each account, as the row lock is held until
 //!    commit.
 
+mod alerts;
 mod plan;
 mod sql;
 
@@ -39,7 +40,7 @@ use crate::domain::{
     check_sequence, AccountKey, AccountState, Authority, Bounds, HoldEnd, Movement, Phase, Refusal,
     UserId,
 };
-use plan::{in_lock_order, DeltaPlan, EntryRows};
+use plan::{in_lock_order, DeltaPlan, EntryRows, UsagePlan};
 
 pub(crate) use sql::failure_detail;
 
@@ -188,6 +189,7 @@ pub async fn commit_batch(
     client: &mut Client,
     items: &[BatchItem<'_>],
     bounds: &Bounds,
+    now: DateTime<Utc>,
 ) -> Result<BatchReport, BatchError> {
     let movements: Vec<&Movement> = items.iter().map(|item| item.movement).collect();
     let mut alone: Vec<bool> = items.iter().map(|item| item.alone).collect();
@@ -296,6 +298,17 @@ pub async fn commit_batch(
                 move_to_checked_path(&movements, &grouped, &refused, &mut alone);
                 continue;
             }
+            // The configured limits, in a statement of its own now that the rows are locked.
+            let usage = UsagePlan::build(&movements, &grouped);
+            if !usage.is_empty() {
+                let counted = sql::count_usage(&transaction, now, &usage).await?;
+                if !counted.exceeded.is_empty() {
+                    // A limit would be crossed: the checked path finds which movements fit.
+                    transaction.rollback().await?;
+                    move_to_checked_path(&movements, &grouped, &counted.exceeded, &mut alone);
+                    continue;
+                }
+            }
             for (account, account_plan) in &plan.accounts {
                 let state = returned[account];
                 entries.push_account(&movements, *account, account_plan, state.amount);
@@ -311,7 +324,7 @@ pub async fn commit_batch(
                 &transaction,
                 &movements,
                 &checked,
-                bounds,
+                (bounds, now),
                 Apply::Admitted,
                 &mut entries,
                 &mut states,
@@ -369,7 +382,7 @@ pub async fn commit_batch(
             entries.sums_to_zero_per_currency(),
             "a batch's entries must sum to zero per currency"
         );
-        sql::insert_entries(&transaction, &entries).await?;
+        write_entries(&transaction, &entries).await?;
         let committed_at = match committed_at {
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
@@ -391,6 +404,29 @@ pub async fn commit_batch(
             attempts,
         });
     }
+}
+
+/// Writes the batch's entries and, from them, fires its accounts' balance alerts: the alerts
+/// are read in the same round trip, after every balance row the batch changes is locked.
+async fn write_entries(
+    transaction: &Transaction<'_>,
+    entries: &EntryRows,
+) -> Result<(), BatchError> {
+    if entries.deltas.is_empty() {
+        return Ok(());
+    }
+    let ((), alerts) = tokio::try_join!(
+        sql::insert_entries(transaction, entries),
+        sql::read_alerts(transaction, entries)
+    )?;
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    let changes = alerts::crossings(&alerts, entries);
+    if !changes.states.is_empty() {
+        sql::write_alerts(transaction, &changes).await?;
+    }
+    Ok(())
 }
 
 /// Marks the movements of `indices` that touch any of `accounts` to be applied in the checked
@@ -577,14 +613,15 @@ enum Apply {
 }
 
 /// The checked path: locks the rows the movements `indices` touch (creating the missing ones),
+/// reads the configured limits of the accounts with counted legs and what they have used,
 /// decides each movement in order with the posting rule, then applies the admitted ones with
-/// the conditional update, which must agree (the rows are locked). Returns one decision per
-/// movement of `indices`.
+/// the conditional update and counts them with `sql::count_usage`, which must both agree (the
+/// rows are locked). Returns one decision per movement of `indices`.
 async fn check_and_apply(
     transaction: &Transaction<'_>,
     movements: &[&Movement],
     indices: &[usize],
-    bounds: &Bounds,
+    (bounds, now): (&Bounds, DateTime<Utc>),
     apply: Apply,
     entries: &mut EntryRows,
     states: &mut BTreeMap<AccountKey, AccountState>,
@@ -622,10 +659,18 @@ async fn check_and_apply(
         .iter()
         .map(|(account, (snapshot, _))| (*account, *snapshot))
         .collect();
+    let counting = UsagePlan::build(movements, indices);
+    let mut usage = if counting.is_empty() {
+        BTreeMap::new()
+    } else {
+        let read = UsagePlan::read_only(counting.accounts.keys().copied());
+        sql::count_usage(transaction, now, &read).await?.limits
+    };
     let decisions = check_sequence(
         indices.iter().map(|&i| movements[i].legs()),
         &limits,
         &mut snapshots,
+        &mut usage,
     );
     let admitted: Vec<usize> = indices
         .iter()
@@ -648,6 +693,17 @@ async fn check_and_apply(
         ))?;
         entries.push_account(movements, *account, account_plan, state.amount);
         states.insert(*account, *state);
+    }
+    let counting = UsagePlan::build(movements, &admitted);
+    if !counting.is_empty()
+        && !sql::count_usage(transaction, now, &counting)
+            .await?
+            .exceeded
+            .is_empty()
+    {
+        return Err(BatchError::Inconsistent(
+            "the limits' arbiter refused what the posting rule admitted on locked rows",
+        ));
     }
     Ok(decisions)
 }
@@ -679,6 +735,7 @@ pub async fn commit_atomic(
     client: &mut Client,
     movements: &[Movement],
     bounds: &Bounds,
+    now: DateTime<Utc>,
 ) -> Result<AtomicOutcome, BatchError> {
     let movements: Vec<&Movement> = movements.iter().collect();
     let all: Vec<usize> = (0..movements.len()).collect();
@@ -724,7 +781,7 @@ pub async fn commit_atomic(
         &transaction,
         &movements,
         &all,
-        bounds,
+        (bounds, now),
         Apply::AllOrNothing,
         &mut entries,
         &mut states,
@@ -749,7 +806,7 @@ pub async fn commit_atomic(
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
         };
-    sql::insert_entries(&transaction, &entries).await?;
+    write_entries(&transaction, &entries).await?;
     transaction.commit().await.map_err(BatchError::AtCommit)?;
     Ok(AtomicOutcome::Committed(BatchReport {
         postings: vec![Posting::Completed; movements.len()],

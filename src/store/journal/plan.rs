@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::domain::{AccountKey, Bounds, Change, Movement, Prefixes};
+use crate::domain::{AccountKey, Bounds, Change, Counted, Movement, Prefixes};
 
 /// One account's part of a statement: its changes in batch order `(item index, change)` and
 /// the parameters of the conditional update (DESIGN.md section 5; the rule is `domain::rules`).
@@ -26,6 +26,69 @@ pub(super) struct AccountPlan {
     pub floor: Option<i64>,
     /// Highest allowed amount.
     pub ceiling: i64,
+}
+
+/// What the movements of a statement count toward the configured limits (DESIGN.md section 8),
+/// per account with anything counted: the parameters of `sql::count_usage`, which checks them
+/// against each account's limits (the same sums `domain::WindowUsage::admit` checks one by
+/// one) and writes `rows` for the accounts with a windowed limit in that direction.
+#[derive(Debug, Default)]
+pub(super) struct UsagePlan {
+    pub accounts: BTreeMap<AccountKey, AccountUsage>,
+    /// One per counted movement: `(transaction id, account, is a debit, amount)`.
+    pub rows: Vec<(Uuid, AccountKey, bool, i64)>,
+}
+
+/// One account's counted movements in a statement, minor units.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AccountUsage {
+    pub debit_sum: i64,
+    pub debit_count: i64,
+    pub debit_max: i64,
+    pub credit_sum: i64,
+}
+
+impl UsagePlan {
+    /// What the movements `indices` count. Sums fit 64 bits: a statement holds at most
+    /// `pipeline.batch_size_max` movements of at most `Amount::MAX_MINOR` (checked at start).
+    pub fn build(movements: &[&Movement], indices: &[usize]) -> UsagePlan {
+        let mut plan = UsagePlan::default();
+        for &i in indices {
+            for leg in movements[i].legs() {
+                let (debit, amount) = match leg.counted {
+                    Counted::Nothing => continue,
+                    Counted::Debit(amount) => (true, amount),
+                    Counted::SelfCredit(amount) => (false, amount),
+                };
+                let account = plan.accounts.entry(leg.account).or_default();
+                if debit {
+                    account.debit_sum += amount;
+                    account.debit_count += 1;
+                    account.debit_max = account.debit_max.max(amount);
+                } else {
+                    account.credit_sum += amount;
+                }
+                plan.rows.push((movements[i].id(), leg.account, debit, amount));
+            }
+        }
+        plan
+    }
+
+    /// Only reads: the limits and usage of `accounts`, counting nothing new (the checked
+    /// path's read under the row locks).
+    pub fn read_only(accounts: impl IntoIterator<Item = AccountKey>) -> UsagePlan {
+        UsagePlan {
+            accounts: accounts
+                .into_iter()
+                .map(|account| (account, AccountUsage::default()))
+                .collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
 }
 
 /// Each touched account's plan, keyed (and so iterated) in `AccountKey` order.

@@ -9,11 +9,12 @@ use serde_json::json;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::plan::{DeltaPlan, EntryRows};
+use super::alerts::{Alert, AlertChanges};
+use super::plan::{DeltaPlan, EntryRows, UsagePlan};
 use super::{BatchError, Posting, ReversalRefusal};
 use crate::domain::{
-    AccountKey, AccountState, Currency, Movement, Phase, Refusal, Snapshot, TransactionStatus,
-    UserId, MONEY_BOUND_MINOR,
+    AccountKey, AccountState, Currency, LimitKind, Movement, Phase, Refusal, Snapshot,
+    TransactionStatus, UserId, WindowUsage, MONEY_BOUND_MINOR,
 };
 
 /// Share-locks the users the movements `indices` name (in id order, `system` excluded: it is
@@ -355,6 +356,7 @@ pub(crate) fn failure_detail(refusal: &Refusal) -> Option<serde_json::Value> {
                 "kind": breach.kind.as_str(),
                 "currency": breach.currency.code(),
                 "value": breach.value,
+                "window_s": breach.window_s,
             },
             "used": breach.used,
             "requested": breach.requested,
@@ -597,6 +599,15 @@ pub(super) async fn resolve_holds(
                             'resolved_by', resolved_by, 'resolved_at', resolved_at),
                         resolved_at
                  FROM resolved
+             ), given_back AS (
+                 -- What the hold counted toward its payer's limits (limit_usage): a void or
+                 -- expiry gives it all back, a posting keeps the posted amount.
+                 DELETE FROM limit_usage u USING resolved
+                 WHERE u.transaction_id = resolved.id AND resolved.status <> 'posted'
+             ), lowered AS (
+                 UPDATE limit_usage u SET amount = LEAST(u.amount, resolved.posted_amount)
+                 FROM resolved
+                 WHERE u.transaction_id = resolved.id AND resolved.status = 'posted'
              )
              SELECT id FROM resolved",
         )
@@ -700,4 +711,219 @@ pub(super) async fn claim_reversal(
     } else {
         ReversalRefusal::NotReversible
     }))
+}
+
+/// What [`count_usage`] found: each account's configured limits with what they had counted
+/// before the statement, and the accounts the statement's movements would take past one.
+#[derive(Debug, Default)]
+pub(super) struct CountedUsage {
+    pub limits: BTreeMap<AccountKey, Vec<WindowUsage>>,
+    pub exceeded: Vec<AccountKey>,
+}
+
+/// The final arbiter of the configured limits (DESIGN.md section 8, invariant 11), for the
+/// accounts of `plan`. Must run after their balance rows are locked, in a statement of its own
+/// (its snapshot then holds every usage row a previous holder of the lock committed).
+///
+/// For each account it finds the effective limits (the account's own row wins over a default,
+/// which applies to role `user` only; a row naming the currency wins over `*`), reads what each
+/// has counted in its window as of `now` (`limit_usage`: a UTC calendar day, or the last
+/// `window_s` seconds, exact to the microsecond), and marks the account exceeded when `used +
+/// what the plan adds > value` for any of them (`max_per_transaction`: when the plan's largest
+/// debit is `> value`): the same sums `domain::WindowUsage::admit` checks one movement at a
+/// time. In the same statement it writes `plan.rows` for the accounts that have a windowed
+/// limit in that direction; a caller that gets an exceeded account rolls the attempt back.
+///
+/// A new kind of limit is one arm in each `CASE` below and one in `WindowUsage::requested`.
+pub(super) async fn count_usage(
+    transaction: &Transaction<'_>,
+    now: DateTime<Utc>,
+    plan: &UsagePlan,
+) -> Result<CountedUsage, BatchError> {
+    let n = plan.accounts.len();
+    let mut users = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut debit_sums = Vec::with_capacity(n);
+    let mut debit_counts = Vec::with_capacity(n);
+    let mut debit_maxes = Vec::with_capacity(n);
+    let mut credit_sums = Vec::with_capacity(n);
+    for (account, usage) in &plan.accounts {
+        users.push(account.user.as_uuid());
+        currencies.push(account.currency.code());
+        debit_sums.push(usage.debit_sum);
+        debit_counts.push(usage.debit_count);
+        debit_maxes.push(usage.debit_max);
+        credit_sums.push(usage.credit_sum);
+    }
+    let m = plan.rows.len();
+    let mut row_ids = Vec::with_capacity(m);
+    let mut row_users = Vec::with_capacity(m);
+    let mut row_currencies = Vec::with_capacity(m);
+    let mut row_directions = Vec::with_capacity(m);
+    let mut row_amounts = Vec::with_capacity(m);
+    for (id, account, debit, amount) in &plan.rows {
+        row_ids.push(*id);
+        row_users.push(account.user.as_uuid());
+        row_currencies.push(account.currency.code());
+        row_directions.push(if *debit { "debit" } else { "credit" });
+        row_amounts.push(*amount);
+    }
+    let statement = transaction
+        .prepare_cached(
+            "WITH d AS (
+                 SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
+                                      $6::bigint[], $7::bigint[])
+                      AS d(user_id, currency, debit_sum, debit_count, debit_max, credit_sum)
+             ), effective AS (
+                 SELECT d.*, l.kind, l.value, l.window_s,
+                        CASE WHEN l.kind = 'daily_credit' THEN 'credit' ELSE 'debit' END AS direction,
+                        CASE WHEN l.window_s IS NULL THEN date_trunc('day', $1::timestamptz)
+                             ELSE $1::timestamptz - make_interval(secs => l.window_s)
+                                  + interval '1 microsecond' END AS since
+                 FROM d
+                 JOIN users u ON u.id = d.user_id
+                 CROSS JOIN LATERAL (
+                     SELECT DISTINCT ON (l.kind) l.kind, l.value, l.window_s
+                     FROM limits l
+                     WHERE l.currency IN (d.currency, '*')
+                       AND (l.user_id = d.user_id OR (l.user_id IS NULL AND u.role = 'user'))
+                     ORDER BY l.kind, l.user_id IS NULL, l.currency = '*'
+                 ) l
+             ), counted AS (
+                 INSERT INTO limit_usage (transaction_id, user_id, currency, direction, amount, at)
+                 SELECT r.transaction_id, r.user_id, r.currency, r.direction, r.amount, $1
+                 FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::bigint[])
+                      AS r(transaction_id, user_id, currency, direction, amount)
+                 WHERE EXISTS (SELECT 1 FROM effective e
+                               WHERE e.user_id = r.user_id AND e.currency = r.currency
+                                 AND e.direction = r.direction AND e.kind <> 'max_per_transaction')
+             )
+             SELECT e.user_id, e.currency, e.kind, e.value, e.window_s, w.used,
+                    CASE e.kind
+                        WHEN 'max_per_transaction' THEN e.debit_max > e.value
+                        WHEN 'velocity' THEN w.used + e.debit_count > e.value
+                        WHEN 'daily_credit' THEN w.used + e.credit_sum > e.value
+                        ELSE w.used + e.debit_sum > e.value
+                    END AS exceeded
+             FROM effective e
+             CROSS JOIN LATERAL (
+                 -- Capped: every value is at most 2^61, so the cap changes no verdict and the
+                 -- sums above cannot overflow.
+                 SELECT LEAST(CASE e.kind WHEN 'max_per_transaction' THEN 0
+                                          WHEN 'velocity' THEN count(*)
+                                          ELSE coalesce(sum(u.amount), 0) END,
+                              4611686018427387904)::bigint AS used
+                 FROM limit_usage u
+                 WHERE e.kind <> 'max_per_transaction'
+                   AND u.user_id = e.user_id AND u.currency = e.currency
+                   AND u.direction = e.direction AND u.at >= e.since
+             ) w",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 12] = [
+        &now,
+        &users,
+        &currencies,
+        &debit_sums,
+        &debit_counts,
+        &debit_maxes,
+        &credit_sums,
+        &row_ids,
+        &row_users,
+        &row_currencies,
+        &row_directions,
+        &row_amounts,
+    ];
+    let mut counted = CountedUsage::default();
+    for row in transaction.query(&statement, &params).await? {
+        let account = account_of(&row)?;
+        let kind = LimitKind::parse(row.get(2))
+            .ok_or(BatchError::Inconsistent("limits.kind holds a kind Tally does not know"))?;
+        let window_s: Option<i32> = row.get(4);
+        counted.limits.entry(account).or_default().push(WindowUsage {
+            kind,
+            value: row.get(3),
+            window_s: window_s.and_then(|s| u32::try_from(s).ok()),
+            used: row.get(5),
+        });
+        if row.get::<_, bool>(6) && !counted.exceeded.contains(&account) {
+            counted.exceeded.push(account);
+        }
+    }
+    Ok(counted)
+}
+
+/// The alerts of the accounts `entries` touch, read after their balance rows are locked.
+pub(super) async fn read_alerts(
+    transaction: &Transaction<'_>,
+    entries: &EntryRows,
+) -> Result<Vec<Alert>, BatchError> {
+    let statement = transaction
+        .prepare_cached(
+            "SELECT a.id, a.user_id, a.currency, a.condition = 'below', a.threshold, a.armed
+             FROM alerts a
+             JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[])) AS d(user_id, currency)
+               ON a.user_id = d.user_id AND a.currency = d.currency
+             ORDER BY a.id",
+        )
+        .await?;
+    Ok(transaction
+        .query(&statement, &[&entries.users, &entries.currencies])
+        .await?
+        .iter()
+        .map(|row| Alert {
+            id: row.get(0),
+            user: row.get(1),
+            currency: row.get(2),
+            below: row.get(3),
+            threshold: row.get(4),
+            armed: row.get(5),
+        })
+        .collect())
+}
+
+/// Writes what the batch did to its accounts' alerts: their `armed` flags and counts, and one
+/// `balance.alert` event per firing (DESIGN.md section 8).
+pub(super) async fn write_alerts(
+    transaction: &Transaction<'_>,
+    changes: &AlertChanges,
+) -> Result<(), BatchError> {
+    let ids: Vec<Uuid> = changes.states.iter().map(|state| state.0).collect();
+    let armed: Vec<bool> = changes.states.iter().map(|state| state.1).collect();
+    let fired: Vec<i64> = changes.states.iter().map(|state| state.2).collect();
+    let firing_alerts: Vec<Uuid> = changes.firings.iter().map(|f| f.alert).collect();
+    let firing_transactions: Vec<Uuid> = changes.firings.iter().map(|f| f.transaction_id).collect();
+    let firing_balances: Vec<i64> = changes.firings.iter().map(|f| f.balance).collect();
+    let statement = transaction
+        .prepare_cached(
+            "WITH changed AS (
+                 UPDATE alerts a
+                 SET armed = d.armed, fired_count = a.fired_count + d.fired,
+                     last_fired_at = CASE WHEN d.fired > 0 THEN now() ELSE a.last_fired_at END
+                 FROM unnest($1::uuid[], $2::bool[], $3::bigint[]) AS d(id, armed, fired)
+                 WHERE a.id = d.id
+                 RETURNING a.*
+             )
+             INSERT INTO events (stream, type, payload)
+             SELECT 'alert:' || c.id, 'balance.alert',
+                    jsonb_build_object('alert_id', c.id, 'user_id', c.user_id,
+                                       'currency', c.currency, 'condition', c.condition,
+                                       'threshold', c.threshold, 'balance', f.balance,
+                                       'transaction_id', f.transaction_id)
+             FROM unnest($4::uuid[], $5::uuid[], $6::bigint[]) WITH ORDINALITY
+                  AS f(alert_id, transaction_id, balance, n)
+             JOIN changed c ON c.id = f.alert_id
+             ORDER BY f.n",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &ids,
+        &armed,
+        &fired,
+        &firing_alerts,
+        &firing_transactions,
+        &firing_balances,
+    ];
+    transaction.execute(&statement, &params).await?;
+    Ok(())
 }
