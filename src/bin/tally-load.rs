@@ -18,7 +18,8 @@
 //!   size.
 //!
 //! Workloads: `transfer-uniform` (random transfers among `--accounts` accounts),
-//! `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
+//! `transfer-limited` (the same between accounts that each have every kind of configured limit,
+//! none binding), `transfer-hot` (90% of transfers touch one account), `bulk` (`--bulk-clients` clients
 //! posting `--bulk-items`-item independent bulks), `read-mix` (80% balance and history reads,
 //! 20% transfers), `lifecycle` (each client in a loop: a transfer hold, then a post of all or
 //! part of it or a void, then a partial reversal of every other posting). `--rate R` paces the clients to R requests/s in total (Poisson arrivals per
@@ -46,8 +47,9 @@ const CURRENCIES: [&str; 25] = [
     "USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "NZD", "SEK", "NOK", "DKK", "PLN", "CZK",
     "HUF", "MXN", "BRL", "INR", "CNY", "HKD", "SGD", "KRW", "ZAR", "TRY", "ILS", "THB",
 ];
-/// Minor units credited to every account before a run.
-const FUNDING: i64 = 1_000_000_000;
+/// Minor units credited to every account before a run: what Tally's default `daily_credit`
+/// lets a user credit themself in a day (`config/default.toml`, `limits.defaults`).
+const FUNDING: i64 = 100_000_000;
 /// Registrations and logins in flight during setup.
 const SETUP_CONCURRENCY: usize = 16;
 /// The admin (username, password) `compare` bootstraps in the Tally it starts.
@@ -79,6 +81,9 @@ enum Cmd {
 #[serde(rename_all = "kebab-case")]
 enum Workload {
     TransferUniform,
+    /// `transfer-uniform` between accounts that each have every kind of configured limit
+    /// (none of them binding): what the limit check costs (issue 12). Needs `--admin-username`.
+    TransferLimited,
     TransferHot,
     Bulk,
     ReadMix,
@@ -114,6 +119,11 @@ struct RunArgs {
     /// Print the result as one JSON line too.
     #[arg(long)]
     json: bool,
+    /// An admin of that Tally, for `transfer-limited` (it sets the accounts' limits).
+    #[arg(long)]
+    admin_username: Option<String>,
+    #[arg(long)]
+    admin_password: Option<String>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -317,6 +327,9 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         users.len(),
         setup.elapsed()
     );
+    if args.workload == Workload::TransferLimited {
+        set_limits(&http, args, &users).await?;
+    }
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_s);
@@ -513,7 +526,7 @@ fn workload_request<'a>(
         (from, to, rng.random_range(0..currencies))
     };
     match workload {
-        Workload::TransferUniform => {
+        Workload::TransferUniform | Workload::TransferLimited => {
             let (from, to, currency) = uniform(rng);
             transfer(from, to, currency, rng)
         }
@@ -707,6 +720,48 @@ async fn create_users(
         }
     }
     Ok(users)
+}
+
+/// Gives every user every kind of configured limit in every currency, each far above what a
+/// run moves, so that each transfer pays for the whole check and none is refused.
+async fn set_limits(http: &reqwest::Client, args: &RunArgs, users: &[User]) -> anyhow::Result<()> {
+    let (Some(username), Some(password)) = (&args.admin_username, &args.admin_password) else {
+        bail!("transfer-limited needs --admin-username and --admin-password");
+    };
+    let login: Value = http
+        .post(format!("{}/api/v1/auth/login", args.base))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let admin = login["access_token"]
+        .as_str()
+        .with_context(|| format!("admin login: {login}"))?
+        .to_owned();
+    let limits = json!({"limits": [
+        {"kind": "max_per_transaction", "currency": "*", "value": 1_000_000},
+        {"kind": "daily_debit", "currency": "*", "value": 1_000_000_000_000i64},
+        {"kind": "rolling_debit", "currency": "*", "value": 1_000_000_000_000i64, "window_s": 3600},
+        {"kind": "velocity", "currency": "*", "value": 1_000_000_000, "window_s": 60},
+        {"kind": "daily_credit", "currency": "*", "value": 1_000_000_000_000i64},
+    ]});
+    for chunk in users.chunks(SETUP_CONCURRENCY) {
+        for reply in futures_util::future::join_all(chunk.iter().map(|user| {
+            http.put(format!("{}/api/v1/users/{}/limits", args.base, user.id))
+                .bearer_auth(&admin)
+                .json(&limits)
+                .send()
+        }))
+        .await
+        {
+            let reply = reply?;
+            if !reply.status().is_success() {
+                bail!("setting limits failed: {}", reply.text().await.unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every currency Tally accepts (ISO 4217 with minor units), in code order.
@@ -1195,6 +1250,7 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for workload in [
         Workload::TransferUniform,
+        Workload::TransferLimited,
         Workload::TransferHot,
         Workload::Bulk,
         Workload::ReadMix,
@@ -1213,6 +1269,8 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             rate: None,
             seed: 42,
             json: false,
+            admin_username: Some(BENCH_ADMIN.0.to_owned()),
+            admin_password: Some(BENCH_ADMIN.1.to_owned()),
         };
         let mut report = run(&run_args).await?;
         report.rss_mib = service.rss_mib();
@@ -1235,6 +1293,8 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         rate: Some(half),
         seed: 43,
         json: false,
+        admin_username: None,
+        admin_password: None,
     })
     .await?;
     print_report(&paced);
@@ -1285,11 +1345,13 @@ async fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         ));
     }
     table.push_str(&format!(
-        "\nRatios: transfer-uniform / pgbench = {:.2}; transfer-hot / transfer-uniform = {:.2}; bulk = {:.0} transfers/s; \
+        "\nRatios: transfer-uniform / pgbench = {:.2}; transfer-limited / transfer-uniform = {:.2}; \
+         transfer-hot / transfer-uniform = {:.2}; bulk = {:.0} transfers/s; \
          p99 at half of the transfer-uniform maximum ({half:.0} requests/s paced, {:.0} achieved) = {:.2} ms.\n",
         uniform / pgbench_tps,
         rows[1].transactions_per_s / uniform.max(1e-9),
-        rows[2].transactions_per_s,
+        rows[2].transactions_per_s / uniform.max(1e-9),
+        rows[3].transactions_per_s,
         paced.throughput,
         paced.latency_ms.p99
     ));

@@ -162,10 +162,19 @@ impl TestApp {
 
     /// Starts the app with settings adjusted by `adjust`.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        Self::spawn_with_clock(Arc::new(tally::clock::SystemClock), adjust).await
+    }
+
+    /// Starts the app with settings adjusted by `adjust`, its ledger reading "now" from
+    /// `clock` (a `ManualClock` the test drives across days and windows).
+    pub async fn spawn_with_clock(
+        clock: Arc<dyn tally::clock::Clock>,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let mut settings = test_settings();
         adjust(&mut settings);
         let database_url = settings.database.url.clone();
-        let app = Application::build(settings.clone())
+        let app = Application::build_with_clock(settings.clone(), clock)
             .await
             .expect("the application builds");
         let port = app.port();

@@ -8,9 +8,10 @@ use crate::helpers::*;
 
 #[actix_web::test]
 async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes() {
-    let app = TestApp::spawn().await;
+    let (app, _) = TestApp::spawn_with_admin(|_| {}).await;
     for workload in [
         "transfer-uniform",
+        "transfer-limited",
         "transfer-hot",
         "bulk",
         "read-mix",
@@ -39,6 +40,7 @@ async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes
                     "2",
                 ])
                 .args(["--bulk-items", "50", "--json"])
+                .args(["--admin-username", ADMIN_USERNAME, "--admin-password", ADMIN_PASSWORD])
                 .output()
         })
         .await

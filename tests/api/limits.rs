@@ -1,0 +1,505 @@
+//! Limits (DESIGN.md section 8, invariant 11): each kind refuses exactly what does not fit, with
+//! the figures a client needs; no path gets around a limit (a bulk split, holds posted later, a
+//! reversal, two instances at once); windows follow a clock the test drives (UTC days, rolling
+//! windows exact to the microsecond); balance alerts fire once per crossing.
+
+use std::sync::Arc;
+
+use chrono::{TimeDelta, TimeZone, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tally::clock::{Clock, ManualClock};
+
+use crate::helpers::{Reply, TestApp, TestUser};
+
+const TRANSFER: &str = "/api/v1/transactions/transfer";
+const DEBIT: &str = "/api/v1/transactions/debit";
+
+/// A clock standing at 2026-03-10 12:00:00 UTC.
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap(),
+    ))
+}
+
+async fn spawn(clock: &Arc<ManualClock>) -> (TestApp, TestUser) {
+    let app = TestApp::spawn_with_clock(clock.clone(), |settings| {
+        settings.bootstrap.admin_username = crate::helpers::ADMIN_USERNAME.to_owned();
+        settings.bootstrap.admin_email = crate::helpers::ADMIN_EMAIL.to_owned();
+        settings.bootstrap.admin_password = crate::helpers::ADMIN_PASSWORD.to_owned();
+    })
+    .await;
+    let admin = app
+        .login(crate::helpers::ADMIN_USERNAME, crate::helpers::ADMIN_PASSWORD)
+        .await;
+    (app, admin)
+}
+
+/// TEMPORARY: by SQL until the admin API lands.
+async fn set_limits(app: &TestApp, _admin: &TestUser, user: &TestUser, limits: Value) {
+    let db = app.db().await;
+    db.execute("DELETE FROM limits WHERE user_id = $1", &[&user.id]).await.unwrap();
+    for l in limits.as_array().unwrap() {
+        let window: Option<i32> = l["window_s"].as_i64().map(|w| w as i32);
+        db.execute(
+            "INSERT INTO limits (id, user_id, currency, kind, value, window_s) VALUES (gen_random_uuid(), $1, $2, $3, $4, $5)",
+            &[&user.id, &l["currency"].as_str().unwrap(), &l["kind"].as_str().unwrap(), &l["value"].as_i64().unwrap(), &window],
+        ).await.unwrap();
+    }
+}
+
+async fn transfer(app: &TestApp, from: &TestUser, to: &TestUser, amount: i64) -> Reply {
+    app.post(
+        TRANSFER,
+        Some(&from.token),
+        &json!({"to_user_id": to.id, "amount": amount, "currency": "USD"}),
+    )
+    .await
+}
+
+async fn debit(app: &TestApp, user: &TestUser, amount: i64) -> Reply {
+    app.post(
+        DEBIT,
+        Some(&user.token),
+        &json!({"amount": amount, "currency": "USD"}),
+    )
+    .await
+}
+
+/// Asserts a `limit_exceeded` reply with these figures and returns its body.
+#[track_caller]
+fn assert_limit(reply: &Reply, kind: &str, value: i64, used: i64, requested: i64) -> Value {
+    let body = reply.assert_problem(422, "limit_exceeded").clone();
+    assert_eq!(body["limit"]["kind"], kind, "{body}");
+    assert_eq!(body["limit"]["currency"], "USD", "{body}");
+    assert_eq!(body["limit"]["value"], value, "{body}");
+    assert_eq!(body["used"], used, "{body}");
+    assert_eq!(body["requested"], requested, "{body}");
+    assert_eq!(body["remaining"], (value - used).max(0), "{body}");
+    body
+}
+
+/// A user credited `amount` USD by the admin (an admin credit counts toward no limit).
+async fn funded(app: &TestApp, admin: &TestUser, prefix: &str, amount: i64) -> TestUser {
+    let user = app.user(prefix).await;
+    let reply = app
+        .post(
+            "/api/v1/transactions/credit",
+            Some(&admin.token),
+            &json!({"user_id": user.id, "amount": amount, "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "credit: {}", reply.body);
+    user
+}
+
+async fn limit_refusals(app: &TestApp, kind: &str) -> f64 {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let prefix = format!("tally_limit_refusals_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+#[actix_web::test]
+async fn a_daily_debit_limit_refuses_what_does_not_fit_records_it_and_resets_at_utc_midnight() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 500}]),
+    )
+    .await;
+    let refusals = limit_refusals(&app, "daily_debit").await;
+
+    assert_eq!(transfer(&app, &payer, &payee, 300).await.status, StatusCode::CREATED);
+    let refused = transfer(&app, &payer, &payee, 250).await;
+    let body = assert_limit(&refused, "daily_debit", 500, 300, 250);
+    assert!(body["limit"]["window_s"].is_null(), "{body}");
+    // Recorded as a failed transaction with that reason; a replay of its id shows it.
+    let id = body["transaction_id"].as_str().expect("the failed transaction's id");
+    let recorded = app
+        .get(&format!("/api/v1/transactions/{id}"), &payer.token)
+        .await;
+    assert_eq!(recorded.body["status"], "failed", "{}", recorded.body);
+    assert_eq!(recorded.body["failure_reason"], "limit_exceeded");
+    assert_eq!(limit_refusals(&app, "daily_debit").await, refusals + 1.0);
+
+    // Exactly the rest fits; then not one minor unit more, by any kind of debit.
+    assert_eq!(debit(&app, &payer, 200).await.status, StatusCode::CREATED);
+    assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 500, 500, 1);
+
+    // 23:59:59.999999 is still the same UTC day; midnight starts a new one.
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 10, 23, 59, 59).unwrap() + TimeDelta::microseconds(999_999));
+    assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 500, 500, 1);
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 11, 0, 0, 0).unwrap());
+    assert_eq!(debit(&app, &payer, 500).await.status, StatusCode::CREATED);
+    assert_eq!(app.balance(&payer, "USD").await, 10_000 - 1_000);
+    app.assert_ledger_invariants().await;
+}
+
+#[actix_web::test]
+async fn rolling_windows_and_velocity_count_exactly_the_last_window_s() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let payer = funded(&app, &admin, "payer", 10_000).await;
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([
+            {"kind": "rolling_debit", "currency": "USD", "value": 100, "window_s": 60},
+            {"kind": "velocity", "currency": "*", "value": 3, "window_s": 10},
+        ]),
+    )
+    .await;
+    let start = clock.now();
+    assert_eq!(debit(&app, &payer, 60).await.status, StatusCode::CREATED);
+    clock.set(start + TimeDelta::seconds(30));
+    assert_eq!(debit(&app, &payer, 40).await.status, StatusCode::CREATED);
+    // One microsecond before the first debit leaves the window, it still counts.
+    clock.set(start + TimeDelta::seconds(60) - TimeDelta::microseconds(1));
+    let refused = debit(&app, &payer, 1).await;
+    let body = assert_limit(&refused, "rolling_debit", 100, 100, 1);
+    assert_eq!(body["limit"]["window_s"], 60);
+    // At exactly 60 s it has left: 40 used.
+    clock.set(start + TimeDelta::seconds(60));
+    assert_eq!(debit(&app, &payer, 60).await.status, StatusCode::CREATED);
+    assert_limit(&debit(&app, &payer, 1).await, "rolling_debit", 100, 100, 1);
+
+    // Velocity: three debits in any 10 s.
+    clock.set(start + TimeDelta::seconds(200));
+    for _ in 0..3 {
+        assert_eq!(debit(&app, &payer, 1).await.status, StatusCode::CREATED);
+    }
+    let body = assert_limit(&debit(&app, &payer, 1).await, "velocity", 3, 3, 1);
+    assert_eq!(body["limit"]["window_s"], 10);
+    clock.set(start + TimeDelta::seconds(210));
+    assert_eq!(debit(&app, &payer, 1).await.status, StatusCode::CREATED);
+    app.assert_ledger_invariants().await;
+}
+
+#[actix_web::test]
+async fn max_per_transaction_and_daily_credit_and_who_they_apply_to() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([
+            {"kind": "max_per_transaction", "currency": "USD", "value": 100},
+            {"kind": "daily_credit", "currency": "USD", "value": 1_000},
+        ]),
+    )
+    .await;
+    assert_eq!(transfer(&app, &payer, &payee, 100).await.status, StatusCode::CREATED);
+    assert_limit(&transfer(&app, &payer, &payee, 101).await, "max_per_transaction", 100, 0, 101);
+    // A hold is a debit too.
+    let hold = app
+        .post(
+            TRANSFER,
+            Some(&payer.token),
+            &json!({"to_user_id": payee.id, "amount": 101, "currency": "USD",
+                    "hold": {"timeout_s": 600}}),
+        )
+        .await;
+    assert_limit(&hold, "max_per_transaction", 100, 0, 101);
+    // The payee's receipt is not the payer's business, and the payee has no limit.
+    assert_eq!(transfer(&app, &payee, &payer, 100).await.status, StatusCode::CREATED);
+
+    // daily_credit bounds what the user credits themself, not what an admin credits them.
+    let own_credit = |amount: i64| {
+        let app = &app;
+        let payer = &payer;
+        async move {
+            app.post(
+                "/api/v1/transactions/credit",
+                Some(&payer.token),
+                &json!({"amount": amount, "currency": "USD"}),
+            )
+            .await
+        }
+    };
+    assert_eq!(own_credit(900).await.status, StatusCode::CREATED);
+    assert_limit(&own_credit(101).await, "daily_credit", 1_000, 900, 101);
+    let by_admin = app
+        .post(
+            "/api/v1/transactions/credit",
+            Some(&admin.token),
+            &json!({"user_id": payer.id, "amount": 5_000, "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(by_admin.status, StatusCode::CREATED, "{}", by_admin.body);
+    assert_eq!(own_credit(100).await.status, StatusCode::CREATED);
+    app.assert_ledger_invariants().await;
+}
+
+#[actix_web::test]
+async fn holds_count_when_created_give_back_on_void_and_keep_the_posted_part() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 100}]),
+    )
+    .await;
+    let hold = |amount: i64| {
+        let (app, payer, payee) = (&app, &payer, &payee);
+        async move {
+            let reply = app
+                .post(
+                    TRANSFER,
+                    Some(&payer.token),
+                    &json!({"to_user_id": payee.id, "amount": amount, "currency": "USD",
+                            "hold": {"timeout_s": 600}}),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "hold: {}", reply.body);
+            reply.body["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let first = hold(80).await;
+    assert_limit(&debit(&app, &payer, 30).await, "daily_debit", 100, 80, 30);
+    // The void gives the 80 back.
+    let void = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/transactions/{first}/void"),
+            Some(&payee.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(void.status, StatusCode::OK, "{}", void.body);
+    assert_eq!(debit(&app, &payer, 30).await.status, StatusCode::CREATED);
+    // A hold of 70 posted for 20: the 50 released come back, the posting is not counted again.
+    let second = hold(70).await;
+    let post = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/transactions/{second}/post"),
+            Some(&payee.token),
+            Some(&json!({"amount": 20})),
+            None,
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
+    assert_eq!(debit(&app, &payer, 50).await.status, StatusCode::CREATED);
+    assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 100, 100, 1);
+    // Posting a hold in full later never passes the limit: the hold used the room already.
+    clock.advance(TimeDelta::days(1));
+    let third = hold(100).await;
+    assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 100, 100, 1);
+    let post = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/transactions/{third}/post"),
+            Some(&payee.token),
+            Some(&json!({})),
+            None,
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
+    assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 100, 100, 1);
+    app.assert_ledger_invariants().await;
+}
+
+#[actix_web::test]
+async fn a_limit_cannot_be_passed_by_splitting_across_a_bulk_in_either_mode() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "*", "value": 100}]),
+    )
+    .await;
+    let items: Vec<Value> = (0..5)
+        .map(|_| json!({"type": "transfer", "to_user_id": payee.id, "amount": 30, "currency": "USD"}))
+        .collect();
+    let bulk = |mode: &str, items: Vec<Value>| {
+        let (app, payer) = (&app, &payer);
+        let body = json!({"mode": mode, "transactions": items});
+        async move {
+            app.request(
+                Method::POST,
+                "/api/v1/transactions/bulk",
+                Some(&payer.token),
+                Some(&body),
+                None,
+            )
+            .await
+        }
+    };
+    // Atomic: 150 > 100, nothing applies, the item that crosses is named.
+    let counts = app.row_counts().await;
+    let refused = bulk("atomic", items.clone()).await;
+    let body = refused.assert_problem(422, "bulk_failed");
+    assert_eq!(body["results"][3]["status"], "failed", "{body}");
+    assert_eq!(body["results"][3]["error"]["code"], "limit_exceeded", "{body}");
+    assert_eq!(body["results"][3]["error"]["used"], 90, "{body}");
+    assert_eq!(app.row_counts().await, counts);
+
+    // Independent: exactly the first three fit.
+    let reply = bulk("independent", items).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let statuses: Vec<&str> = reply.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_str().expect("status"))
+        .collect();
+    assert_eq!(statuses, ["completed", "completed", "completed", "failed", "failed"]);
+    assert_eq!(reply.body["results"][4]["error"]["code"], "limit_exceeded");
+    assert_eq!(reply.body["results"][4]["error"]["limit"]["kind"], "daily_debit");
+    assert_eq!(app.balance(&payee, "USD").await, 90);
+    app.assert_ledger_invariants().await;
+}
+
+#[actix_web::test]
+async fn a_reversal_is_a_debit_of_the_side_it_takes_from() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 1_000).await, app.user("payee").await);
+    let sent = transfer(&app, &payer, &payee, 300).await;
+    assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
+    set_limits(
+        &app,
+        &admin,
+        &payee,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 200}]),
+    )
+    .await;
+    let path = format!("/api/v1/transactions/{}/reverse", sent.body["id"].as_str().unwrap());
+    let reverse = |amount: i64| {
+        let (app, admin, path) = (&app, &admin, &path);
+        async move {
+            app.request(
+                Method::POST,
+                path,
+                Some(&admin.token),
+                Some(&json!({"amount": amount, "reason": "chargeback"})),
+                None,
+            )
+            .await
+        }
+    };
+    assert_limit(&reverse(300).await, "daily_debit", 200, 0, 300);
+    assert_eq!(reverse(200).await.status, StatusCode::CREATED);
+    assert_limit(&reverse(100).await, "daily_debit", 200, 200, 100);
+    assert_eq!(app.balance(&payee, "USD").await, 100);
+    app.assert_ledger_invariants().await;
+}
+
+/// Two instances on one database, 40 concurrent debits of 100 against a daily limit of 1,000:
+/// exactly ten are accepted, whichever instance took them.
+#[actix_web::test]
+async fn two_instances_at_once_cannot_pass_a_limit() {
+    let clock = clock();
+    let (first, admin) = spawn(&clock).await;
+    let url = first.database_url.clone();
+    let second = TestApp::spawn_with_clock(clock.clone(), move |settings| {
+        settings.database.url = url;
+    })
+    .await;
+    let payer = funded(&first, &admin, "payer", 100_000).await;
+    set_limits(
+        &first,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 1_000}]),
+    )
+    .await;
+    let apps = [&first, &second];
+    let replies = futures_util::future::join_all(
+        (0..40).map(|n| debit(apps[n % 2], &payer, 100)),
+    )
+    .await;
+    let accepted = replies
+        .iter()
+        .filter(|reply| reply.status == StatusCode::CREATED)
+        .count();
+    for reply in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+        reply.assert_problem(422, "limit_exceeded");
+    }
+    assert_eq!(accepted, 10);
+    assert_eq!(first.balance(&payer, "USD").await, 100_000 - 1_000);
+    first.assert_ledger_invariants().await;
+}
+
+/// Balance alerts are edge-triggered: a concurrent burst that takes the balance below the
+/// threshold writes one event, however many debits cross it together; a credit above re-arms.
+#[actix_web::test]
+async fn an_alert_fires_once_per_crossing_under_a_concurrent_burst() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (funded(&app, &admin, "payer", 1_000).await, app.user("payee").await);
+    let created = app
+        .post(
+            "/api/v1/alerts",
+            Some(&payer.token),
+            &json!({"currency": "USD", "condition": "below", "threshold": 500}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["armed"], true);
+    let alert_id = created.body["id"].as_str().expect("id").to_owned();
+    let events = || {
+        let app = &app;
+        let alert_id = alert_id.clone();
+        async move {
+            app.db()
+                .await
+                .query(
+                    "SELECT payload FROM events WHERE type = 'balance.alert' AND stream = $1 ORDER BY seq",
+                    &[&format!("alert:{alert_id}")],
+                )
+                .await
+                .expect("events")
+                .iter()
+                .map(|row| row.get::<_, Value>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // 20 debits of 30 at once: 1,000 → 400, crossing 500 once.
+    let burst =
+        futures_util::future::join_all((0..20).map(|_| transfer(&app, &payer, &payee, 30))).await;
+    assert!(burst.iter().all(|reply| reply.status == StatusCode::CREATED));
+    let fired = events().await;
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert!(fired[0]["balance"].as_i64().unwrap() < 500);
+    assert!(fired[0]["balance"].as_i64().unwrap() >= 470);
+
+    // Still below: nothing more. Back above re-arms it; the next crossing fires again.
+    assert_eq!(transfer(&app, &payer, &payee, 10).await.status, StatusCode::CREATED);
+    assert_eq!(events().await.len(), 1);
+    assert_eq!(transfer(&app, &payee, &payer, 200).await.status, StatusCode::CREATED);
+    assert_eq!(events().await.len(), 1);
+    let listed = app.get("/api/v1/alerts", &payer.token).await;
+    assert_eq!(listed.body["alerts"][0]["armed"], true, "{}", listed.body);
+    assert_eq!(listed.body["alerts"][0]["fired_count"], 1, "{}", listed.body);
+    let burst =
+        futures_util::future::join_all((0..10).map(|_| transfer(&app, &payer, &payee, 30))).await;
+    assert!(burst.iter().all(|reply| reply.status == StatusCode::CREATED));
+    assert_eq!(events().await.len(), 2);
+    app.assert_ledger_invariants().await;
+}
