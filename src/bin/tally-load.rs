@@ -757,7 +757,10 @@ async fn set_limits(http: &reqwest::Client, args: &RunArgs, users: &[User]) -> a
         {
             let reply = reply?;
             if !reply.status().is_success() {
-                bail!("setting limits failed: {}", reply.text().await.unwrap_or_default());
+                bail!(
+                    "setting limits failed: {}",
+                    reply.text().await.unwrap_or_default()
+                );
             }
         }
     }

@@ -20,7 +20,9 @@ pub struct LimitSpec {
 /// Why a limit was refused; each names the field at fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LimitSpecError {
-    #[error("must be one of max_per_transaction, daily_debit, rolling_debit, daily_credit, velocity")]
+    #[error(
+        "must be one of max_per_transaction, daily_debit, rolling_debit, daily_credit, velocity"
+    )]
     Kind,
     #[error("must be from 1 to 2^61 ({MONEY_BOUND_MINOR})")]
     Value,
@@ -125,7 +127,12 @@ mod tests {
             Err(LimitSpecError::WindowRange)
         );
         assert_eq!(
-            LimitSpec::new(LimitKind::RollingDebit, None, 3, Some(i64::from(WINDOW_MAX_S) + 1)),
+            LimitSpec::new(
+                LimitKind::RollingDebit,
+                None,
+                3,
+                Some(i64::from(WINDOW_MAX_S) + 1)
+            ),
             Err(LimitSpecError::WindowRange)
         );
         assert!(LimitSpec::new(LimitKind::RollingDebit, None, 3, Some(60)).is_ok());

@@ -15,8 +15,8 @@ pub use movement::{
     MovementError, Phase, Reversal,
 };
 pub use rules::{
-    check_sequence, Bounds, BoundsError, Change, Counted, CurrencyBounds, Leg, LimitBreach, LimitKind,
-    Limits, Prefixes, Refusal, Snapshot, WindowUsage, MONEY_BOUND_MINOR,
+    check_sequence, Bounds, BoundsError, Change, Counted, CurrencyBounds, Leg, LimitBreach,
+    LimitKind, Limits, Prefixes, Refusal, Snapshot, WindowUsage, MONEY_BOUND_MINOR,
 };
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,

@@ -654,7 +654,10 @@ mod tests {
     fn configured_limits_count_what_they_are_about() {
         let debit = Counted::Debit(40);
         let credit = Counted::SelfCredit(40);
-        assert_eq!(window(LimitKind::DailyDebit, 100, 60).admit(usd(), debit), Ok(()));
+        assert_eq!(
+            window(LimitKind::DailyDebit, 100, 60).admit(usd(), debit),
+            Ok(())
+        );
         let Err(Refusal::LimitExceeded(breach)) =
             window(LimitKind::RollingDebit, 100, 61).admit(usd(), debit)
         else {
@@ -666,12 +669,25 @@ mod tests {
         );
         assert_eq!(breach.remaining(), 39);
         // A credit does not count toward a debit limit, nor a debit toward daily_credit.
-        assert_eq!(window(LimitKind::DailyDebit, 1, 1).admit(usd(), credit), Ok(()));
-        assert_eq!(window(LimitKind::DailyCredit, 1, 1).admit(usd(), debit), Ok(()));
-        assert!(window(LimitKind::DailyCredit, 79, 40).admit(usd(), credit).is_err());
+        assert_eq!(
+            window(LimitKind::DailyDebit, 1, 1).admit(usd(), credit),
+            Ok(())
+        );
+        assert_eq!(
+            window(LimitKind::DailyCredit, 1, 1).admit(usd(), debit),
+            Ok(())
+        );
+        assert!(window(LimitKind::DailyCredit, 79, 40)
+            .admit(usd(), credit)
+            .is_err());
         // Velocity counts debits, max_per_transaction looks at one.
-        assert_eq!(window(LimitKind::Velocity, 3, 2).admit(usd(), debit), Ok(()));
-        assert!(window(LimitKind::Velocity, 3, 3).admit(usd(), debit).is_err());
+        assert_eq!(
+            window(LimitKind::Velocity, 3, 2).admit(usd(), debit),
+            Ok(())
+        );
+        assert!(window(LimitKind::Velocity, 3, 3)
+            .admit(usd(), debit)
+            .is_err());
         assert!(window(LimitKind::MaxPerTransaction, 39, 0)
             .admit(usd(), debit)
             .is_err());
@@ -724,13 +740,21 @@ mod tests {
         assert_eq!(results[0], Ok(()));
         assert!(matches!(
             results[1],
-            Err(Refusal::LimitExceeded(LimitBreach { kind: LimitKind::DailyDebit, used: 60, .. }))
+            Err(Refusal::LimitExceeded(LimitBreach {
+                kind: LimitKind::DailyDebit,
+                used: 60,
+                ..
+            }))
         ));
         assert_eq!(results[2], Ok(()));
         assert_eq!(results[3], Ok(()));
         assert!(matches!(
             results[4],
-            Err(Refusal::LimitExceeded(LimitBreach { kind: LimitKind::Velocity, used: 3, .. }))
+            Err(Refusal::LimitExceeded(LimitBreach {
+                kind: LimitKind::Velocity,
+                used: 3,
+                ..
+            }))
         ));
         assert_eq!(usage[&user(1)][0].used, 3);
         assert_eq!(usage[&user(1)][1].used, 101);

@@ -42,8 +42,8 @@ use super::messages::{Append, Item, Observed, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
-use crate::clock::Clock;
 use crate::cache::BalanceCache;
+use crate::clock::Clock;
 use crate::domain::{
     AccountKey, AccountState, Bounds, CommittedBalance, Currency, LimitKind, Movement, Phase,
     Refusal,
@@ -266,7 +266,8 @@ impl JournalWriter {
             span.add_link(item.submission.trace_context.clone());
         }
         let write = async move {
-            let (written, committed, retries) = write_batch(&pool, (&bounds, clock.as_ref()), &items).await;
+            let (written, committed, retries) =
+                write_batch(&pool, (&bounds, clock.as_ref()), &items).await;
             // Before any caller is answered, so that every client reads its own writes, on
             // any process (or is told the outcome is unknown when that cannot be made sure).
             let acknowledge = cache.write_through(&committed).await.may_acknowledge();
@@ -316,7 +317,8 @@ impl JournalWriter {
         let started = Instant::now();
         let span = tracing::info_span!(parent: None, "ledger.commit_atomic", batch.size = atomic.movements.len());
         let write = async move {
-            let mut result = write_atomic(&pool, (&bounds, clock.as_ref()), &atomic.movements).await;
+            let mut result =
+                write_atomic(&pool, (&bounds, clock.as_ref()), &atomic.movements).await;
             if let Ok(AtomicOutcome::Committed(report)) = &result {
                 let committed: Vec<CommittedBalance> = report
                     .accounts
@@ -540,7 +542,8 @@ async fn write_batch(
             .collect();
         let result = match pool.get().await {
             Ok(mut client) => {
-                let result = crate::store::journal::commit_batch(&mut client, &batch, bounds, clock.now())
+                let result =
+                    crate::store::journal::commit_batch(&mut client, &batch, bounds, clock.now())
                         .await;
                 if matches!(&result, Err(error) if error.is_connection_lost()) {
                     // Never hand a broken connection back to the pool.
@@ -729,7 +732,8 @@ async fn write_atomic(
             tracing::warn!(%error, "journal writer: no database connection");
             SubmitError::Unavailable
         })?;
-        let result = crate::store::journal::commit_atomic(&mut client, movements, bounds, clock.now()).await;
+        let result =
+            crate::store::journal::commit_atomic(&mut client, movements, bounds, clock.now()).await;
         if matches!(&result, Err(error) if error.is_connection_lost()) {
             // Never hand a broken connection back to the pool.
             drop(deadpool_postgres::Client::take(client));

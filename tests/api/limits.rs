@@ -30,15 +30,20 @@ async fn spawn(clock: &Arc<ManualClock>) -> (TestApp, TestUser) {
     })
     .await;
     let admin = app
-        .login(crate::helpers::ADMIN_USERNAME, crate::helpers::ADMIN_PASSWORD)
+        .login(
+            crate::helpers::ADMIN_USERNAME,
+            crate::helpers::ADMIN_PASSWORD,
+        )
         .await;
     (app, admin)
 }
 
 /// TEMPORARY: by SQL until the admin API lands.
-async fn set_limits(app: &TestApp, _admin: &TestUser, user: &TestUser, limits: Value) {
+pub(crate) async fn set_limits(app: &TestApp, _admin: &TestUser, user: &TestUser, limits: Value) {
     let db = app.db().await;
-    db.execute("DELETE FROM limits WHERE user_id = $1", &[&user.id]).await.unwrap();
+    db.execute("DELETE FROM limits WHERE user_id = $1", &[&user.id])
+        .await
+        .unwrap();
     for l in limits.as_array().unwrap() {
         let window: Option<i32> = l["window_s"].as_i64().map(|w| w as i32);
         db.execute(
@@ -113,7 +118,10 @@ async fn limit_refusals(app: &TestApp, kind: &str) -> f64 {
 async fn a_daily_debit_limit_refuses_what_does_not_fit_records_it_and_resets_at_utc_midnight() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
     set_limits(
         &app,
         &admin,
@@ -123,12 +131,17 @@ async fn a_daily_debit_limit_refuses_what_does_not_fit_records_it_and_resets_at_
     .await;
     let refusals = limit_refusals(&app, "daily_debit").await;
 
-    assert_eq!(transfer(&app, &payer, &payee, 300).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(&app, &payer, &payee, 300).await.status,
+        StatusCode::CREATED
+    );
     let refused = transfer(&app, &payer, &payee, 250).await;
     let body = assert_limit(&refused, "daily_debit", 500, 300, 250);
     assert!(body["limit"]["window_s"].is_null(), "{body}");
     // Recorded as a failed transaction with that reason; a replay of its id shows it.
-    let id = body["transaction_id"].as_str().expect("the failed transaction's id");
+    let id = body["transaction_id"]
+        .as_str()
+        .expect("the failed transaction's id");
     let recorded = app
         .get(&format!("/api/v1/transactions/{id}"), &payer.token)
         .await;
@@ -141,7 +154,9 @@ async fn a_daily_debit_limit_refuses_what_does_not_fit_records_it_and_resets_at_
     assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 500, 500, 1);
 
     // 23:59:59.999999 is still the same UTC day; midnight starts a new one.
-    clock.set(Utc.with_ymd_and_hms(2026, 3, 10, 23, 59, 59).unwrap() + TimeDelta::microseconds(999_999));
+    clock.set(
+        Utc.with_ymd_and_hms(2026, 3, 10, 23, 59, 59).unwrap() + TimeDelta::microseconds(999_999),
+    );
     assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 500, 500, 1);
     clock.set(Utc.with_ymd_and_hms(2026, 3, 11, 0, 0, 0).unwrap());
     assert_eq!(debit(&app, &payer, 500).await.status, StatusCode::CREATED);
@@ -194,7 +209,10 @@ async fn rolling_windows_and_velocity_count_exactly_the_last_window_s() {
 async fn max_per_transaction_and_daily_credit_and_who_they_apply_to() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
     set_limits(
         &app,
         &admin,
@@ -205,8 +223,17 @@ async fn max_per_transaction_and_daily_credit_and_who_they_apply_to() {
         ]),
     )
     .await;
-    assert_eq!(transfer(&app, &payer, &payee, 100).await.status, StatusCode::CREATED);
-    assert_limit(&transfer(&app, &payer, &payee, 101).await, "max_per_transaction", 100, 0, 101);
+    assert_eq!(
+        transfer(&app, &payer, &payee, 100).await.status,
+        StatusCode::CREATED
+    );
+    assert_limit(
+        &transfer(&app, &payer, &payee, 101).await,
+        "max_per_transaction",
+        100,
+        0,
+        101,
+    );
     // A hold is a debit too.
     let hold = app
         .post(
@@ -218,7 +245,10 @@ async fn max_per_transaction_and_daily_credit_and_who_they_apply_to() {
         .await;
     assert_limit(&hold, "max_per_transaction", 100, 0, 101);
     // The payee's receipt is not the payer's business, and the payee has no limit.
-    assert_eq!(transfer(&app, &payee, &payer, 100).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(&app, &payee, &payer, 100).await.status,
+        StatusCode::CREATED
+    );
 
     // daily_credit bounds what the user credits themself, not what an admin credits them.
     let own_credit = |amount: i64| {
@@ -251,7 +281,10 @@ async fn max_per_transaction_and_daily_credit_and_who_they_apply_to() {
 async fn holds_count_when_created_give_back_on_void_and_keep_the_posted_part() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
     set_limits(
         &app,
         &admin,
@@ -324,7 +357,10 @@ async fn holds_count_when_created_give_back_on_void_and_keep_the_posted_part() {
 async fn a_limit_cannot_be_passed_by_splitting_across_a_bulk_in_either_mode() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
     set_limits(
         &app,
         &admin,
@@ -354,7 +390,10 @@ async fn a_limit_cannot_be_passed_by_splitting_across_a_bulk_in_either_mode() {
     let refused = bulk("atomic", items.clone()).await;
     let body = refused.assert_problem(422, "bulk_failed");
     assert_eq!(body["results"][3]["status"], "failed", "{body}");
-    assert_eq!(body["results"][3]["error"]["code"], "limit_exceeded", "{body}");
+    assert_eq!(
+        body["results"][3]["error"]["code"], "limit_exceeded",
+        "{body}"
+    );
     assert_eq!(body["results"][3]["error"]["used"], 90, "{body}");
     assert_eq!(app.row_counts().await, counts);
 
@@ -367,9 +406,15 @@ async fn a_limit_cannot_be_passed_by_splitting_across_a_bulk_in_either_mode() {
         .iter()
         .map(|r| r["status"].as_str().expect("status"))
         .collect();
-    assert_eq!(statuses, ["completed", "completed", "completed", "failed", "failed"]);
+    assert_eq!(
+        statuses,
+        ["completed", "completed", "completed", "failed", "failed"]
+    );
     assert_eq!(reply.body["results"][4]["error"]["code"], "limit_exceeded");
-    assert_eq!(reply.body["results"][4]["error"]["limit"]["kind"], "daily_debit");
+    assert_eq!(
+        reply.body["results"][4]["error"]["limit"]["kind"],
+        "daily_debit"
+    );
     assert_eq!(app.balance(&payee, "USD").await, 90);
     app.assert_ledger_invariants().await;
 }
@@ -378,7 +423,10 @@ async fn a_limit_cannot_be_passed_by_splitting_across_a_bulk_in_either_mode() {
 async fn a_reversal_is_a_debit_of_the_side_it_takes_from() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 1_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 1_000).await,
+        app.user("payee").await,
+    );
     let sent = transfer(&app, &payer, &payee, 300).await;
     assert_eq!(sent.status, StatusCode::CREATED, "{}", sent.body);
     set_limits(
@@ -388,7 +436,10 @@ async fn a_reversal_is_a_debit_of_the_side_it_takes_from() {
         json!([{"kind": "daily_debit", "currency": "USD", "value": 200}]),
     )
     .await;
-    let path = format!("/api/v1/transactions/{}/reverse", sent.body["id"].as_str().unwrap());
+    let path = format!(
+        "/api/v1/transactions/{}/reverse",
+        sent.body["id"].as_str().unwrap()
+    );
     let reverse = |amount: i64| {
         let (app, admin, path) = (&app, &admin, &path);
         async move {
@@ -429,15 +480,16 @@ async fn two_instances_at_once_cannot_pass_a_limit() {
     )
     .await;
     let apps = [&first, &second];
-    let replies = futures_util::future::join_all(
-        (0..40).map(|n| debit(apps[n % 2], &payer, 100)),
-    )
-    .await;
+    let replies =
+        futures_util::future::join_all((0..40).map(|n| debit(apps[n % 2], &payer, 100))).await;
     let accepted = replies
         .iter()
         .filter(|reply| reply.status == StatusCode::CREATED)
         .count();
-    for reply in replies.iter().filter(|reply| reply.status != StatusCode::CREATED) {
+    for reply in replies
+        .iter()
+        .filter(|reply| reply.status != StatusCode::CREATED)
+    {
         reply.assert_problem(422, "limit_exceeded");
     }
     assert_eq!(accepted, 10);
@@ -451,7 +503,10 @@ async fn two_instances_at_once_cannot_pass_a_limit() {
 async fn an_alert_fires_once_per_crossing_under_a_concurrent_burst() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 1_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 1_000).await,
+        app.user("payee").await,
+    );
     let created = app
         .post(
             "/api/v1/alerts",
@@ -483,23 +538,37 @@ async fn an_alert_fires_once_per_crossing_under_a_concurrent_burst() {
     // 20 debits of 30 at once: 1,000 → 400, crossing 500 once.
     let burst =
         futures_util::future::join_all((0..20).map(|_| transfer(&app, &payer, &payee, 30))).await;
-    assert!(burst.iter().all(|reply| reply.status == StatusCode::CREATED));
+    assert!(burst
+        .iter()
+        .all(|reply| reply.status == StatusCode::CREATED));
     let fired = events().await;
     assert_eq!(fired.len(), 1, "{fired:?}");
     assert!(fired[0]["balance"].as_i64().unwrap() < 500);
     assert!(fired[0]["balance"].as_i64().unwrap() >= 470);
 
     // Still below: nothing more. Back above re-arms it; the next crossing fires again.
-    assert_eq!(transfer(&app, &payer, &payee, 10).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(&app, &payer, &payee, 10).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(events().await.len(), 1);
-    assert_eq!(transfer(&app, &payee, &payer, 200).await.status, StatusCode::CREATED);
+    assert_eq!(
+        transfer(&app, &payee, &payer, 200).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(events().await.len(), 1);
     let listed = app.get("/api/v1/alerts", &payer.token).await;
     assert_eq!(listed.body["alerts"][0]["armed"], true, "{}", listed.body);
-    assert_eq!(listed.body["alerts"][0]["fired_count"], 1, "{}", listed.body);
+    assert_eq!(
+        listed.body["alerts"][0]["fired_count"], 1,
+        "{}",
+        listed.body
+    );
     let burst =
         futures_util::future::join_all((0..10).map(|_| transfer(&app, &payer, &payee, 30))).await;
-    assert!(burst.iter().all(|reply| reply.status == StatusCode::CREATED));
+    assert!(burst
+        .iter()
+        .all(|reply| reply.status == StatusCode::CREATED));
     assert_eq!(events().await.len(), 2);
     app.assert_ledger_invariants().await;
 }

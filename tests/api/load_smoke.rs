@@ -40,7 +40,12 @@ async fn every_workload_of_the_load_generator_runs_and_its_contract_check_passes
                     "2",
                 ])
                 .args(["--bulk-items", "50", "--json"])
-                .args(["--admin-username", ADMIN_USERNAME, "--admin-password", ADMIN_PASSWORD])
+                .args([
+                    "--admin-username",
+                    ADMIN_USERNAME,
+                    "--admin-password",
+                    ADMIN_PASSWORD,
+                ])
                 .output()
         })
         .await

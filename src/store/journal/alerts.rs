@@ -119,7 +119,11 @@ mod tests {
         // 150 → 90 (fires) → 80 (still below: nothing) → 120 (re-arms) → 50 (fires again).
         let changes = crossings(&[below(100, true)], &entries(user, &[150, 90, 80, 120, 50]));
         assert_eq!(
-            changes.firings.iter().map(|f| f.balance).collect::<Vec<_>>(),
+            changes
+                .firings
+                .iter()
+                .map(|f| f.balance)
+                .collect::<Vec<_>>(),
             [90, 50]
         );
         assert_eq!(changes.states, [(Uuid::from_u128(99), false, 2)]);
@@ -142,7 +146,9 @@ mod tests {
         let mut alert = below(100, true);
         alert.below = false;
         let user = Uuid::from_u128(7);
-        assert!(crossings(&[alert.clone()], &entries(user, &[100])).firings.is_empty());
+        assert!(crossings(&[alert.clone()], &entries(user, &[100]))
+            .firings
+            .is_empty());
         assert_eq!(crossings(&[alert], &entries(user, &[101])).firings.len(), 1);
     }
 }

@@ -68,7 +68,8 @@ impl UsagePlan {
                 } else {
                     account.credit_sum += amount;
                 }
-                plan.rows.push((movements[i].id(), leg.account, debit, amount));
+                plan.rows
+                    .push((movements[i].id(), leg.account, debit, amount));
             }
         }
         plan

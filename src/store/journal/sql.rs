@@ -837,15 +837,20 @@ pub(super) async fn count_usage(
     let mut counted = CountedUsage::default();
     for row in transaction.query(&statement, &params).await? {
         let account = account_of(&row)?;
-        let kind = LimitKind::parse(row.get(2))
-            .ok_or(BatchError::Inconsistent("limits.kind holds a kind Tally does not know"))?;
+        let kind = LimitKind::parse(row.get(2)).ok_or(BatchError::Inconsistent(
+            "limits.kind holds a kind Tally does not know",
+        ))?;
         let window_s: Option<i32> = row.get(4);
-        counted.limits.entry(account).or_default().push(WindowUsage {
-            kind,
-            value: row.get(3),
-            window_s: window_s.and_then(|s| u32::try_from(s).ok()),
-            used: row.get(5),
-        });
+        counted
+            .limits
+            .entry(account)
+            .or_default()
+            .push(WindowUsage {
+                kind,
+                value: row.get(3),
+                window_s: window_s.and_then(|s| u32::try_from(s).ok()),
+                used: row.get(5),
+            });
         if row.get::<_, bool>(6) && !counted.exceeded.contains(&account) {
             counted.exceeded.push(account);
         }
