@@ -15,9 +15,13 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 
-use super::messages::{Append, Item, Observed, Reservation, Reserve, Retire, Settle};
+use super::messages::{
+    Append, Item, Observed, ObservedLimits, Reservation, Reserve, Retire, Settle,
+};
 use super::{Submission, SubmitError};
-use crate::domain::{AccountKey, AccountState, Bounds, Change, Limits, Snapshot};
+use crate::domain::{
+    AccountKey, AccountState, Bounds, Change, LimitKind, Limits, Snapshot, WindowUsage,
+};
 use crate::store::{AcquireError, DbPool};
 
 /// What the database said about the account when the actor loaded it.
@@ -40,6 +44,10 @@ pub(super) struct BalanceActor {
     reserved: i64,
     /// How many reservations are outstanding.
     reservations: u64,
+    /// The account's configured limits and what each had used after the last commit that
+    /// counted toward them (empty: none, or none seen yet). A fast path only: the database
+    /// decides (`store::journal::sql::count_usage`).
+    limits: Vec<WindowUsage>,
     retiring: bool,
 }
 
@@ -58,6 +66,7 @@ impl BalanceActor {
             cached: None,
             reserved: 0,
             reservations: 0,
+            limits: Vec::new(),
             retiring: false,
         }
     }
@@ -114,7 +123,9 @@ impl BalanceActor {
             // debited.
             pending: cached.pending.saturating_add(self.reserved),
         };
-        if limits.admit(snapshot, Change::settled(-amount)).is_ok() {
+        if limits.admit(snapshot, Change::settled(-amount)).is_ok()
+            && self.within_limits(&submission)
+        {
             self.reserved += amount;
             self.reservations += 1;
             let reservation = Reservation {
@@ -134,6 +145,28 @@ impl BalanceActor {
                 alone: true,
             }));
         }
+    }
+
+    /// Whether the movement fits the configured limits as the last commit left them, counting
+    /// the outstanding reservations as used (their sum toward the amounts, their number toward
+    /// `velocity`). One that would not fit goes to the checked path, so it never makes a
+    /// group's commit roll back.
+    fn within_limits(&self, submission: &Submission) -> bool {
+        let (counted, _) = submission.movement.counted();
+        let reserved = i64::try_from(self.reservations).unwrap_or(i64::MAX);
+        self.limits.iter().all(|window| {
+            let in_flight = match window.kind {
+                LimitKind::Velocity => reserved,
+                LimitKind::MaxPerTransaction => 0,
+                _ => self.reserved,
+            };
+            WindowUsage {
+                used: window.used.saturating_add(in_flight),
+                ..*window
+            }
+            .admit(self.account.currency, counted)
+            .is_ok()
+        })
     }
 
     fn observe(&mut self, state: AccountState) {
@@ -186,6 +219,9 @@ impl Handler<Settle> for BalanceActor {
         );
         if let Some(state) = settle.observed {
             self.observe(state);
+            // The commit's `ObservedLimits` follows (through the directory) when the account
+            // still has limits; none follows when they were removed.
+            self.limits.clear();
         }
         if settle.reload {
             self.cached = None;
@@ -199,6 +235,14 @@ impl Handler<Observed> for BalanceActor {
 
     fn handle(&mut self, Observed(state): Observed, _ctx: &mut Context<Self>) {
         self.observe(state);
+    }
+}
+
+impl Handler<ObservedLimits> for BalanceActor {
+    type Result = ();
+
+    fn handle(&mut self, ObservedLimits(_, limits): ObservedLimits, _ctx: &mut Context<Self>) {
+        self.limits = limits;
     }
 }
 

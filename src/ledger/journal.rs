@@ -38,7 +38,7 @@ use actix::{
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::messages::{Append, Item, Observed, Settle};
+use super::messages::{Append, Item, Observed, ObservedLimits, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
@@ -46,7 +46,7 @@ use crate::cache::BalanceCache;
 use crate::clock::Clock;
 use crate::domain::{
     AccountKey, AccountState, Bounds, CommittedBalance, Currency, LimitKind, Movement, Phase,
-    Refusal,
+    Refusal, WindowUsage,
 };
 use crate::store::journal::{AtomicOutcome, BatchError, BatchItem, BatchReport, Posting};
 use crate::store::{AcquireError, DbPool};
@@ -105,6 +105,8 @@ pub(super) struct JournalWriter {
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
     directory: Recipient<Observed>,
+    /// Where the accounts' limits and usage after a commit go (the directory).
+    limits_observer: Recipient<ObservedLimits>,
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
     metrics: JournalMetrics,
@@ -211,7 +213,7 @@ impl JournalWriter {
         pool: DbPool,
         (bounds, clock): (Arc<Bounds>, Arc<dyn Clock>),
         cache: Arc<BalanceCache>,
-        directory: Recipient<Observed>,
+        (directory, limits_observer): (Recipient<Observed>, Recipient<ObservedLimits>),
         settings: JournalSettings,
         stats: Arc<PipelineStats>,
         admitted: Admitted,
@@ -222,6 +224,7 @@ impl JournalWriter {
             clock,
             cache,
             directory,
+            limits_observer,
             settings,
             stats,
             metrics: JournalMetrics::new(),
@@ -266,18 +269,18 @@ impl JournalWriter {
             span.add_link(item.submission.trace_context.clone());
         }
         let write = async move {
-            let (written, committed, retries) =
+            let (written, committed, retries, limits) =
                 write_batch(&pool, (&bounds, clock.as_ref()), &items).await;
             // Before any caller is answered, so that every client reads its own writes, on
             // any process (or is told the outcome is unknown when that cannot be made sure).
             let acknowledge = cache.write_through(&committed).await.may_acknowledge();
             let accounts: Vec<AccountState> =
                 committed.into_iter().map(|balance| balance.state).collect();
-            (items, written, accounts, retries, acknowledge)
+            (items, written, accounts, retries, acknowledge, limits)
         }
         .instrument(span);
         ctx.spawn(write.into_actor(self).map(
-            move |(items, written, accounts, retries, acknowledge), writer, ctx| {
+            move |(items, written, accounts, retries, acknowledge, limits), writer, ctx| {
                 writer.metrics.batch_size.record(items.len() as f64);
                 writer
                     .metrics
@@ -301,6 +304,13 @@ impl JournalWriter {
                     .retries_reconnect
                     .fetch_add(retries.reconnect, Ordering::Relaxed);
                 writer.settle(items, written, accounts, acknowledge);
+                for (account, windows) in limits {
+                    if !windows.is_empty() {
+                        writer
+                            .limits_observer
+                            .do_send(ObservedLimits(account, windows));
+                    }
+                }
                 writer.in_flight -= 1;
                 writer.stats.journal_heartbeat();
                 // What arrived during the commit has waited long enough: write it now.
@@ -367,6 +377,13 @@ impl JournalWriter {
                             }
                             for state in report.accounts {
                                 writer.directory.do_send(Observed(state));
+                            }
+                            for (account, windows) in report.limits {
+                                if !windows.is_empty() {
+                                    writer
+                                        .limits_observer
+                                        .do_send(ObservedLimits(account, windows));
+                                }
                             }
                             let at = report.committed_at;
                             Ok(AtomicResult::Committed(Recorded {
@@ -524,9 +541,15 @@ async fn write_batch(
     pool: &DbPool,
     (bounds, clock): (&Bounds, &dyn Clock),
     items: &[Item],
-) -> (Vec<Written>, Vec<CommittedBalance>, Retries) {
+) -> (
+    Vec<Written>,
+    Vec<CommittedBalance>,
+    Retries,
+    Vec<(AccountKey, Vec<WindowUsage>)>,
+) {
     let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
     let mut accounts = Vec::new();
+    let mut limits = Vec::new();
     let mut retries = Retries::default();
     // Ranges still to write, last popped first; pushed so that earlier movements go first.
     // Each carries how many transient retries it had and whether it was already re-run on a
@@ -559,7 +582,9 @@ async fn write_batch(
                 committed_at,
                 accounts: states,
                 attempts,
+                limits: counted,
             }) => {
+                limits.extend(counted);
                 retries.refused += u64::from(attempts - 1);
                 for (slot, posting) in written[range].iter_mut().zip(postings) {
                     *slot = Some(Written::Posted(posting, committed_at));
@@ -620,7 +645,7 @@ async fn write_batch(
         .into_iter()
         .map(|slot| slot.expect("every range is written or failed"))
         .collect();
-    (written, accounts, retries)
+    (written, accounts, retries, limits)
 }
 
 /// The database is gone: everything not yet written is answered `Unavailable` now rather than

@@ -7,7 +7,7 @@
 use actix::{Message, Recipient};
 
 use super::Submission;
-use crate::domain::AccountState;
+use crate::domain::{AccountKey, AccountState, WindowUsage};
 
 /// Reserve funds for a movement on its debited account (worker → directory → balance actor),
 /// then pass it on to the journal writer.
@@ -57,3 +57,10 @@ pub(super) struct Observed(pub AccountState);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Retire;
+
+/// An account's configured limits and what each had used after a commit (journal writer →
+/// directory → the account's balance actor, if it has one): the actor's fast path sends a
+/// movement these say would cross a limit to the checked path instead of the group.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct ObservedLimits(pub AccountKey, pub Vec<WindowUsage>);

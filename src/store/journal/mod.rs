@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     check_sequence, AccountKey, AccountState, Authority, Bounds, HoldEnd, Movement, Phase, Refusal,
-    UserId,
+    UserId, WindowUsage,
 };
 use plan::{in_lock_order, DeltaPlan, EntryRows, UsagePlan};
 
@@ -94,6 +94,9 @@ pub struct BatchReport {
     pub accounts: Vec<AccountState>,
     /// How many times the transaction was started (1 unless the database refused accounts).
     pub attempts: u32,
+    /// The configured limits of the accounts this batch counted toward, with what each had
+    /// used after it (the balance actors' fast path, DESIGN.md section 8).
+    pub limits: BTreeMap<AccountKey, Vec<WindowUsage>>,
 }
 
 /// A movement to write and whether to apply it in the checked path (its reservation was refused
@@ -272,6 +275,7 @@ pub async fn commit_batch(
         let mut entries = EntryRows::default();
         let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
         let mut committed_at = None;
+        let mut limits: BTreeMap<AccountKey, Vec<WindowUsage>> = BTreeMap::new();
         if !plan.is_empty() {
             // The transactions are written as completed before any balance row is locked, in
             // the same round trip as the update: if the database refuses an account the attempt
@@ -308,6 +312,8 @@ pub async fn commit_batch(
                     move_to_checked_path(&movements, &grouped, &counted.exceeded, &mut alone);
                     continue;
                 }
+                limits = counted.limits;
+                usage.count_into(&mut limits);
             }
             for (account, account_plan) in &plan.accounts {
                 let state = returned[account];
@@ -328,6 +334,7 @@ pub async fn commit_batch(
                 Apply::Admitted,
                 &mut entries,
                 &mut states,
+                &mut limits,
             )
             .await?;
             let refused_postings: Vec<(usize, Refusal)> = checked
@@ -402,6 +409,7 @@ pub async fn commit_batch(
             committed_at,
             accounts: states.into_values().collect(),
             attempts,
+            limits,
         });
     }
 }
@@ -625,6 +633,7 @@ async fn check_and_apply(
     apply: Apply,
     entries: &mut EntryRows,
     states: &mut BTreeMap<AccountKey, AccountState>,
+    windows: &mut BTreeMap<AccountKey, Vec<WindowUsage>>,
 ) -> Result<Vec<Result<(), Refusal>>, BatchError> {
     let mut accounts: Vec<AccountKey> = indices
         .iter()
@@ -705,6 +714,7 @@ async fn check_and_apply(
             "the limits' arbiter refused what the posting rule admitted on locked rows",
         ));
     }
+    windows.extend(usage);
     Ok(decisions)
 }
 
@@ -777,6 +787,7 @@ pub async fn commit_atomic(
     }
     let mut entries = EntryRows::default();
     let mut states = BTreeMap::new();
+    let mut limits = BTreeMap::new();
     let decisions = check_and_apply(
         &transaction,
         &movements,
@@ -785,6 +796,7 @@ pub async fn commit_atomic(
         Apply::AllOrNothing,
         &mut entries,
         &mut states,
+        &mut limits,
     )
     .await?;
     let refused: Vec<(usize, Refusal)> = decisions
@@ -813,5 +825,6 @@ pub async fn commit_atomic(
         committed_at,
         accounts: states.into_values().collect(),
         attempts: 1,
+        limits,
     }))
 }

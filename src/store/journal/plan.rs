@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::domain::{AccountKey, Bounds, Change, Counted, Movement, Prefixes};
+use crate::domain::{AccountKey, Bounds, Change, Counted, Movement, Prefixes, WindowUsage};
 
 /// One account's part of a statement: its changes in batch order `(item index, change)` and
 /// the parameters of the conditional update (DESIGN.md section 5; the rule is `domain::rules`).
@@ -89,6 +89,20 @@ impl UsagePlan {
 
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
+    }
+
+    /// Counts this plan's movements into `limits` (what each had used before it).
+    pub fn count_into(&self, limits: &mut BTreeMap<AccountKey, Vec<WindowUsage>>) {
+        for (_, account, debit, amount) in &self.rows {
+            let counted = if *debit {
+                Counted::Debit(*amount)
+            } else {
+                Counted::SelfCredit(*amount)
+            };
+            for window in limits.get_mut(account).into_iter().flatten() {
+                window.count(counted);
+            }
+        }
     }
 }
 
