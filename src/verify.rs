@@ -265,6 +265,27 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE t.reversed_amount <> coalesce(r.total, 0)",
     ),
     (
+        "limit_usage",
+        "what the limits count matches the ledger: each counted row is a completed debit, \
+         transfer or reversal of its user (its amount), a hold of its user (its amount while \
+         pending, the posted amount once posted; none once voided or expired), or a credit the \
+         user gave themself; never a posting, which its hold counted (invariant 11)",
+        "SELECT format('limit_usage of transaction %s (%s %s %s of user %s): %s', u.transaction_id,
+                       u.direction, u.amount, u.currency, u.user_id,
+                       CASE WHEN t.id IS NULL THEN 'no such transaction'
+                            ELSE format('the transaction is %s %s %s of %s', t.status, t.type, t.amount,
+                                        t.from_user_id) END)
+         FROM limit_usage u LEFT JOIN transactions t ON t.id = u.transaction_id
+         WHERE t.id IS NULL
+            OR t.currency <> u.currency
+            OR t.pending_id IS NOT NULL
+            OR u.user_id <> CASE u.direction WHEN 'debit' THEN t.from_user_id ELSE t.to_user_id END
+            OR (u.direction = 'credit' AND (t.type <> 'credit' OR t.initiated_by <> t.to_user_id))
+            OR u.amount IS DISTINCT FROM CASE t.status WHEN 'completed' THEN t.amount
+                                                       WHEN 'pending' THEN t.amount
+                                                       WHEN 'posted' THEN t.posted_amount END",
+    ),
+    (
         "idempotency",
         "every idempotency key names a transaction of the same user and key (a void's names the \
          hold it voided), and each key made \

@@ -351,6 +351,21 @@ async fn holds_count_when_created_give_back_on_void_and_keep_the_posted_part() {
     assert_eq!(post.status, StatusCode::CREATED, "{}", post.body);
     assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 100, 100, 1);
     app.assert_ledger_invariants().await;
+
+    // `tally verify` holds what the limits counted to the ledger: a count that drifted from
+    // its transaction is named.
+    app.db()
+        .await
+        .execute(
+            "UPDATE limit_usage SET amount = amount + 1 WHERE transaction_id = $1::text::uuid",
+            &[&third],
+        )
+        .await
+        .expect("tamper");
+    let report = app.verify().await;
+    let usage = crate::helpers::check(&report, "limit_usage");
+    assert_eq!(usage.violations, 1, "{report}");
+    assert!(usage.examples[0].contains(&third), "{report}");
 }
 
 #[actix_web::test]
