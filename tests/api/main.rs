@@ -17,6 +17,7 @@ mod holds;
 mod import;
 mod instances;
 mod lifecycle;
+mod limits_admin;
 mod load_smoke;
 mod middleware;
 mod openapi;
