@@ -875,3 +875,55 @@ async fn bad_alerts_are_named_and_refused() {
         .get(0);
     assert_eq!(count, 100);
 }
+
+#[test]
+fn a_bad_configured_default_stops_the_start_naming_its_key() {
+    use tally::config::LimitDefaultSettings;
+    let entry =
+        |kind: &str, currency: &str, value: i64, window_s: Option<i64>| LimitDefaultSettings {
+            kind: kind.to_owned(),
+            currency: currency.to_owned(),
+            value,
+            window_s,
+        };
+    for (defaults, key) in [
+        (
+            vec![entry("weekly", "*", 1, None)],
+            "limits.defaults[0].kind",
+        ),
+        (
+            vec![entry("supply", "*", 1, None)],
+            "limits.defaults[0].kind",
+        ),
+        (
+            vec![
+                entry("daily_debit", "USD", 1, None),
+                entry("daily_debit", "usd", 1, None),
+            ],
+            "limits.defaults[1].currency",
+        ),
+        (
+            vec![entry("velocity", "*", 3, None)],
+            "limits.defaults[0].window_s",
+        ),
+        (
+            vec![entry("daily_debit", "*", 0, None)],
+            "limits.defaults[0].value",
+        ),
+        (
+            vec![
+                entry("daily_debit", "*", 1, None),
+                entry("daily_debit", "*", 2, None),
+            ],
+            "limits.defaults[1].currency",
+        ),
+    ] {
+        let mut settings = test_settings();
+        settings.limits.defaults = defaults;
+        let error = settings.validate().expect_err("refused").to_string();
+        assert!(error.starts_with(key), "{key}: {error}");
+    }
+    let mut settings = test_settings();
+    settings.limits.defaults = vec![entry("rolling_debit", "EUR", 5, Some(60))];
+    settings.validate().expect("a valid default");
+}
