@@ -30,6 +30,67 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub bulk: BulkSettings,
     pub ledger: LedgerSettings,
+    pub limits: LimitsSettings,
+}
+
+/// `[limits]`: the configured limits (DESIGN.md section 8).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// The default limits of every account of role `user`, written into the database the first
+    /// time a database is started (`store::limits::seed_defaults`); from then on
+    /// `PUT /api/v1/limits/defaults` decides and this list is not read again.
+    pub defaults: Vec<LimitDefaultSettings>,
+}
+
+/// One entry of `limits.defaults`: `{ kind, currency, value, window_s? }` as on the wire
+/// (`currency` an ISO 4217 code or `*`; `value` in minor units, a count for `velocity`;
+/// `window_s` in seconds, only for `rolling_debit` and `velocity`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitDefaultSettings {
+    pub kind: String,
+    pub currency: String,
+    pub value: i64,
+    #[serde(default)]
+    pub window_s: Option<i64>,
+}
+
+impl LimitsSettings {
+    /// The validated defaults, in the order given.
+    ///
+    /// Errors, naming the entry and key (`limits.defaults[1].window_s`): what
+    /// [`crate::domain::LimitSpec::new`] refuses, an unknown currency, or a (kind, currency)
+    /// given twice.
+    pub fn defaults(&self) -> anyhow::Result<Vec<crate::domain::LimitSpec>> {
+        use crate::domain::{Currency, LimitKind, LimitSpec};
+        let mut specs: Vec<LimitSpec> = Vec::with_capacity(self.defaults.len());
+        for (index, entry) in self.defaults.iter().enumerate() {
+            let key = |field: &str| format!("limits.defaults[{index}].{field}");
+            let kind = LimitKind::parse(&entry.kind).ok_or_else(|| {
+                anyhow::anyhow!("{}: unknown limit kind {:?}", key("kind"), entry.kind)
+            })?;
+            let currency = match entry.currency.as_str() {
+                "*" => None,
+                code => Some(
+                    Currency::parse(code)
+                        .map_err(|error| anyhow::anyhow!("{}: {error}", key("currency")))?,
+                ),
+            };
+            let spec = LimitSpec::new(kind, currency, entry.value, entry.window_s)
+                .map_err(|error| anyhow::anyhow!("{} {error}", key(error.field())))?;
+            anyhow::ensure!(
+                !specs.iter().any(|other| other.kind() == spec.kind()
+                    && other.currency() == spec.currency()),
+                "{}: {} on {} is given twice",
+                key("currency"),
+                spec.kind().as_str(),
+                spec.currency_code()
+            );
+            specs.push(spec);
+        }
+        Ok(specs)
+    }
 }
 
 /// The bounds of invariant 7 (DESIGN.md section 2), in minor units of each currency.
@@ -378,6 +439,7 @@ impl Settings {
             "database.statement_timeout_ms must be at most 2147483647"
         );
         self.ledger.bounds()?;
+        self.limits.defaults()?;
         // The deltas of one group commit statement must stay inside ±MONEY_BOUND_MINOR, so that
         // no sum in it can overflow 64 bits (invariant 7; see domain::rules).
         let batch_max = crate::domain::MONEY_BOUND_MINOR / crate::domain::Amount::MAX_MINOR;

@@ -317,6 +317,27 @@ pub struct BalanceBody {
     updated_at: Option<DateTime<Utc>>,
 }
 
+impl BalanceBody {
+    /// The balance of `currency`: `amount`, `pending` and `overdraft_limit` in minor units,
+    /// `updated_at` `None` for a currency the account never used.
+    pub(crate) fn new(
+        currency: Currency,
+        amount: i64,
+        pending: i64,
+        overdraft_limit: i64,
+        updated_at: Option<DateTime<Utc>>,
+    ) -> BalanceBody {
+        BalanceBody {
+            currency: currency.code(),
+            amount,
+            pending,
+            available: amount - pending,
+            overdraft_limit,
+            updated_at,
+        }
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct BalancesBody {
     user_id: Uuid,

@@ -2,11 +2,13 @@
 //! middleware (HTTP metrics, and the error handler that turns every error reply, actix's own
 //! included, into problem+json).
 
+pub mod alerts;
 pub mod auth;
 pub mod balances;
 pub mod bulk;
 pub mod holds;
 pub mod input;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
@@ -83,7 +85,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::scope("")
                         .wrap(from_fn(middleware::rate_limit_by_user))
                         .wrap(from_fn(crate::auth::require_bearer))
-                        .service(web::scope("/users").configure(users::configure))
+                        .service(
+                            web::scope("/users")
+                                .configure(users::configure)
+                                .configure(limits::user_routes),
+                        )
+                        .service(web::scope("/limits").configure(limits::configure))
+                        .service(web::scope("/alerts").configure(alerts::configure))
                         .service(web::scope("/transactions").configure(transactions::configure))
                         .service(web::scope("/balances").configure(balances::configure)),
                 ),
@@ -230,8 +238,25 @@ pub async fn audit(
     actor: Option<UserId>,
     entity: (&'static str, Option<String>),
     action: &'static str,
-    mut details: serde_json::Value,
+    details: serde_json::Value,
 ) {
+    if let Err(error) = audit_in_transaction(client, req, actor, entity, action, details).await {
+        tracing::error!(%error, action, "could not write the audit log");
+    }
+}
+
+/// Like [`audit`], for an entry written in the transaction of the change it records: the error
+/// is returned, so the change is not committed unaudited (a failed statement aborts the
+/// transaction, and PostgreSQL answers a `COMMIT` of an aborted transaction with a rollback,
+/// not an error).
+pub async fn audit_in_transaction(
+    client: &impl deadpool_postgres::GenericClient,
+    req: &actix_web::HttpRequest,
+    actor: Option<UserId>,
+    entity: (&'static str, Option<String>),
+    action: &'static str,
+    mut details: serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
     if let Some(object) = details.as_object_mut() {
         object.insert(
             "ip".into(),
@@ -246,7 +271,5 @@ pub async fn audit(
         actor,
         details: &details,
     };
-    if let Err(error) = crate::store::audit::record(client, entry).await {
-        tracing::error!(%error, action, "could not write the audit log");
-    }
+    crate::store::audit::record(client, entry).await
 }

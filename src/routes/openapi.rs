@@ -18,8 +18,9 @@ use utoipa::{Modify, OpenApi};
 use super::auth::{TokenBody, UserBody};
 use super::posting::TransactionBody;
 use super::schemas::{
-    BulkItem, BulkRequest, DebitRequest, HoldRequest, LoginRequest, MovementRequest, PostRequest,
-    RefreshRequest, RegisterRequest, ReverseRequest, TransferRequest, UpdateUserRequest,
+    AlertRequest, BulkItem, BulkRequest, DebitRequest, HoldRequest, LimitItem, LimitsRequest,
+    LoginRequest, MovementRequest, OverdraftRequest, PostRequest, RefreshRequest, RegisterRequest,
+    ReverseRequest, TransferRequest, UpdateUserRequest,
 };
 use super::transactions::TransactionPage;
 use super::users::UserPage;
@@ -39,6 +40,9 @@ use crate::error::{FieldError, Problem};
         super::transactions::get_transaction, super::transactions::history,
         super::holds::post, super::holds::void, super::reversals::reverse,
         super::balances::current, super::balances::historical, super::balances::at_time,
+        super::limits::get_account_limits, super::limits::put_account_limits,
+        super::limits::get_defaults, super::limits::put_defaults, super::limits::put_overdraft,
+        super::alerts::create, super::alerts::list, super::alerts::delete,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -47,6 +51,9 @@ use crate::error::{FieldError, Problem};
         super::balances::ChangeBody, super::balances::ClosingBalancesBody, super::balances::ClosingBody,
         super::balances::HistoricalBody, super::balances::AtTimeBody, super::ops::HealthBody,
         super::bulk::BulkBody, super::bulk::BulkResult, BulkRequest, BulkItem, RegisterRequest, LoginRequest, RefreshRequest, UpdateUserRequest, MovementRequest, DebitRequest, TransferRequest, HoldRequest, PostRequest, ReverseRequest,
+        LimitsRequest, LimitItem, OverdraftRequest, AlertRequest,
+        super::limits::LimitBody, super::limits::EffectiveLimitBody, super::limits::AccountLimitsBody,
+        super::limits::DefaultLimitsBody, super::alerts::AlertBody, super::alerts::AlertsBody,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -54,6 +61,8 @@ use crate::error::{FieldError, Problem};
         (name = "users", description = "User management"),
         (name = "transactions", description = "Credits, debits, transfers and history"),
         (name = "balances", description = "Balances"),
+        (name = "limits", description = "Limits, default limits and overdrafts (admins set them)"),
+        (name = "alerts", description = "Balance alerts"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -99,9 +108,11 @@ impl OpenApiDocument {
 mod exact {
     use serde_json::{json, Value};
 
-    use crate::domain::SYSTEM_USER_ID;
-    use crate::domain::{Amount, Currency, Description, Email, IdempotencyKey, Reference};
-    use crate::routes::{balances, posting, transactions, users};
+    use crate::domain::{
+        Amount, Currency, Description, Email, IdempotencyKey, LimitKind, Reference,
+        MONEY_BOUND_MINOR, SYSTEM_USER_ID, WINDOW_MAX_S,
+    };
+    use crate::routes::{balances, limits, posting, transactions, users};
 
     /// Where a request schema lives.
     const SCHEMAS: &str = "/components/schemas";
@@ -273,6 +284,132 @@ mod exact {
                 "if": {"properties": {"type": {"const": "credit"}}},
                 "then": {"properties": {"hold": {"type": "null"}}},
             }]),
+        );
+
+        // Limits, overdrafts and alerts.
+        let configurable: Vec<&str> = LimitKind::ALL
+            .into_iter()
+            .filter(|kind| kind.is_configurable())
+            .map(LimitKind::as_str)
+            .collect();
+        let windowed: Vec<&str> = LimitKind::ALL
+            .into_iter()
+            .filter(|kind| kind.is_configurable() && kind.has_window())
+            .map(LimitKind::as_str)
+            .collect();
+        let kind = json!({"type": "string", "enum": configurable});
+        let limit_currency = json!({"anyOf": [currency.clone(), {"type": "string", "const": "*"}]});
+        let limit_value = json!({
+            "type": "integer",
+            "format": "int64",
+            "description": "Minor units (a number of debits for `velocity`), 1 to 2^61.",
+            "minimum": 1,
+            "maximum": MONEY_BOUND_MINOR,
+        });
+        let window = json!({
+            "type": ["integer", "null"],
+            "description": "Seconds, 1 to 366 days; only and always for the rolling kinds.",
+            "minimum": 1,
+            "maximum": WINDOW_MAX_S,
+        });
+        let item = format!("{SCHEMAS}/LimitItem");
+        set(document, &format!("{item}/properties/kind"), kind.clone());
+        set(
+            document,
+            &format!("{item}/properties/currency"),
+            limit_currency.clone(),
+        );
+        set(document, &format!("{item}/properties/value"), limit_value);
+        set(document, &format!("{item}/properties/window_s"), window);
+        // A window exactly on the rolling kinds.
+        set(
+            document,
+            &format!("{item}/if"),
+            json!({"required": ["kind"], "properties": {"kind": {"enum": windowed}}}),
+        );
+        set(
+            document,
+            &format!("{item}/then"),
+            json!({"required": ["window_s"], "properties": {"window_s": {"type": "integer"}}}),
+        );
+        set(
+            document,
+            &format!("{item}/else"),
+            json!({"properties": {"window_s": {"type": "null"}}}),
+        );
+        let set_of = format!("{SCHEMAS}/LimitsRequest/properties/limits");
+        set(document, &format!("{set_of}/minItems"), json!(0));
+        set(
+            document,
+            &format!("{set_of}/maxItems"),
+            json!(limits::LIMITS_MAX),
+        );
+        for body in ["LimitBody", "EffectiveLimitBody"] {
+            let properties = format!("{SCHEMAS}/{body}/properties");
+            set(document, &format!("{properties}/kind"), kind.clone());
+            set(
+                document,
+                &format!("{properties}/currency"),
+                limit_currency.clone(),
+            );
+        }
+        set(
+            document,
+            &format!("{SCHEMAS}/EffectiveLimitBody/properties/source"),
+            json!({"type": "string", "enum": ["account", "default"]}),
+        );
+        set(
+            document,
+            &format!("{SCHEMAS}/OverdraftRequest/properties/overdraft_limit"),
+            json!({
+                "type": "integer",
+                "format": "int64",
+                "description": "Minor units, 0 to 2^61.",
+                "minimum": 0,
+                "maximum": MONEY_BOUND_MINOR,
+            }),
+        );
+        let alert = format!("{SCHEMAS}/AlertRequest/properties");
+        set(document, &format!("{alert}/currency"), currency.clone());
+        let condition = json!({"type": "string", "enum": ["below", "above"]});
+        set(document, &format!("{alert}/condition"), condition.clone());
+        set(
+            document,
+            &format!("{alert}/threshold"),
+            json!({
+                "type": "integer",
+                "format": "int64",
+                "description": "Minor units, -2^61 to 2^61.",
+                "minimum": -MONEY_BOUND_MINOR,
+                "maximum": MONEY_BOUND_MINOR,
+            }),
+        );
+        if let Some(field) = document.pointer_mut(&format!("{alert}/user_id")) {
+            field["allOf"] = json!([not_system]);
+        }
+        set(
+            document,
+            &format!("{SCHEMAS}/AlertBody/properties/condition"),
+            condition,
+        );
+        for (method, path) in [
+            ("put", "/api/v1/users/{id}/limits"),
+            ("put", "/api/v1/users/{id}/accounts/{currency}"),
+        ] {
+            parameter(
+                document,
+                method,
+                path,
+                "id",
+                json!({"type": "string", "format": "uuid", "not": {"const": SYSTEM_USER_ID.to_string()}}),
+            );
+        }
+        parameter(
+            document,
+            "put",
+            "/api/v1/users/{id}/accounts/{currency}",
+            "currency",
+            currency.clone(),
         );
 
         // Query parameters and headers.

@@ -181,3 +181,49 @@ pub struct BulkItem {
     /// Make a transfer or debit a hold (two-phase); not on a credit.
     pub hold: Option<HoldRequest>,
 }
+
+/// A whole set of limits (an account's own, or the defaults), replacing the set before.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    /// 0 to 100 limits, at most one per (kind, currency); `[]` clears the set.
+    pub limits: Vec<LimitItem>,
+}
+
+/// One limit.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitItem {
+    /// `max_per_transaction`, `daily_debit`, `rolling_debit`, `daily_credit` or `velocity`.
+    pub kind: String,
+    /// An ISO 4217 code (for an account: one it holds a balance in), or `*` for every currency.
+    pub currency: String,
+    /// Minor units of the account's currency (a number of debits for `velocity`), 1 to 2^61.
+    pub value: i64,
+    /// Seconds, 1 to 31622400 (366 days): required for `rolling_debit` and `velocity`, absent
+    /// or null for the other kinds.
+    pub window_s: Option<i64>,
+}
+
+/// An account's overdraft limit.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverdraftRequest {
+    /// How far below zero `amount - pending` may go, minor units, 0 to 2^61.
+    #[schema(minimum = 0, maximum = 2_305_843_009_213_693_952_i64)]
+    pub overdraft_limit: i64,
+}
+
+/// A balance alert.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRequest {
+    /// ISO 4217 code with minor units.
+    pub currency: String,
+    /// `below` (holds while `amount < threshold`) or `above` (while `amount > threshold`).
+    pub condition: String,
+    /// Minor units, -2^61 to 2^61.
+    pub threshold: i64,
+    /// Admins only: whose account (default: the caller's).
+    pub user_id: Option<Uuid>,
+}

@@ -105,7 +105,7 @@ pub async fn list_users(
 /// The caller as the database knows them now: user management acts on the current role, not
 /// on the one in a token that may be up to 15 minutes old (a demoted admin is no longer one).
 /// Errors: 401 when the caller was deleted.
-async fn current(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
+pub(super) async fn current(state: &AppState, principal: Principal) -> Result<Principal, ApiError> {
     let client = state.pool.get().await?;
     match store::users::find_active(&client, principal.user.as_uuid()).await? {
         Some(user) => Ok(Principal {
@@ -119,7 +119,7 @@ async fn current(state: &AppState, principal: Principal) -> Result<Principal, Ap
 }
 
 /// The user themself or an admin; anyone else gets 404, as for an unknown id.
-fn may_access(principal: Principal, id: Uuid) -> Result<(), ApiError> {
+pub(super) fn may_access(principal: Principal, id: Uuid) -> Result<(), ApiError> {
     if principal.is_admin() || principal.user.as_uuid() == id {
         Ok(())
     } else {

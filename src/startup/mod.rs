@@ -75,6 +75,7 @@ impl Application {
         let metrics = crate::telemetry::metrics_handle()?;
         store::prepare_database(&settings.database).await?;
         let pools = Pools::open(&settings)?;
+        seed_limit_defaults(pools.api.inner(), &settings.limits).await?;
         let cache = crate::cache::BalanceCache::new(&settings.redis)?;
         let ledger = Ledger::start(
             &settings.pipeline,
@@ -310,6 +311,31 @@ impl Pools {
 }
 
 /// Creates the configured bootstrap admin when all of its settings are given.
+/// Writes `limits.defaults` into a database started for the first time (see
+/// `store::limits::seed_defaults`); a database seeded before keeps what it has.
+///
+/// Errors: the database cannot be reached or written.
+async fn seed_limit_defaults(
+    pool: &deadpool_postgres::Pool,
+    settings: &crate::config::LimitsSettings,
+) -> anyhow::Result<()> {
+    let defaults = settings.defaults()?;
+    let mut client = pool
+        .get()
+        .await
+        .context("a connection to seed the default limits")?;
+    if store::limits::seed_defaults(&mut client, &defaults)
+        .await
+        .context("seeding the default limits")?
+    {
+        tracing::info!(
+            limits = defaults.len(),
+            "default limits seeded from limits.defaults"
+        );
+    }
+    Ok(())
+}
+
 async fn bootstrap_admin(
     pool: &deadpool_postgres::Pool,
     settings: &crate::config::BootstrapSettings,

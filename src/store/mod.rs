@@ -1,12 +1,14 @@
 //! PostgreSQL access: connection pools, database creation, migrations, and every SQL statement
 //! Tally runs. Nothing outside this module writes SQL.
 
+pub mod alerts;
 pub mod audit;
 pub mod balances;
 pub mod events;
 pub mod health;
 pub mod idempotency;
 pub mod journal;
+pub mod limits;
 pub mod lockout;
 pub mod tokens;
 pub mod transactions;

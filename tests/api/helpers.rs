@@ -29,6 +29,9 @@ pub fn test_settings() -> Settings {
     settings.auth.jwt_secret = "test-secret-test-secret-test-secret!".to_owned();
     // Every test client shares 127.0.0.1; the rate-limit tests turn limiting back on.
     settings.rate_limit.enabled = false;
+    // No default limits: many tests credit large amounts as plain users. The limits tests keep
+    // the configured ones with `TestApp::spawn_with_limit_defaults`.
+    settings.limits.defaults.clear();
     settings
 }
 
@@ -190,6 +193,19 @@ impl TestApp {
                 .build()
                 .expect("http client"),
         }
+    }
+
+    /// Starts the app with the `[bootstrap]` admin configured (as [`TestApp::spawn_with_admin`])
+    /// and the `limits.defaults` of `config/default.toml` kept (which [`test_settings`] clears).
+    pub async fn spawn_with_limit_defaults(
+        adjust: impl FnOnce(&mut Settings),
+    ) -> (TestApp, TestUser) {
+        let configured = Settings::load(None).expect("default settings load").limits;
+        Self::spawn_with_admin(|settings| {
+            settings.limits = configured;
+            adjust(settings);
+        })
+        .await
     }
 
     /// Starts the app with the `[bootstrap]` admin configured (what `TALLY__BOOTSTRAP__ADMIN_*`

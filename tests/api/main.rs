@@ -18,6 +18,7 @@ mod import;
 mod instances;
 mod lifecycle;
 mod limits;
+mod limits_admin;
 mod limits_model;
 mod load_smoke;
 mod middleware;

@@ -35,6 +35,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/balances/current"),
     ("get", "/api/v1/balances/historical"),
     ("get", "/api/v1/balances/at-time"),
+    ("get", "/api/v1/users/{id}/limits"),
+    ("put", "/api/v1/users/{id}/limits"),
+    ("put", "/api/v1/users/{id}/accounts/{currency}"),
+    ("get", "/api/v1/limits/defaults"),
+    ("put", "/api/v1/limits/defaults"),
+    ("post", "/api/v1/alerts"),
+    ("get", "/api/v1/alerts"),
+    ("delete", "/api/v1/alerts/{id}"),
     ("get", "/metrics"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
@@ -196,7 +204,7 @@ async fn every_route_the_app_serves_is_documented_and_nothing_more() {
     let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
     let id = Uuid::new_v4().to_string();
     for path in paths {
-        let concrete = path.replace("{id}", &id);
+        let concrete = path.replace("{id}", &id).replace("{currency}", "USD");
         for method in METHODS {
             let served = listed.contains(&((*method).to_owned(), path.to_owned()));
             let http_method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
