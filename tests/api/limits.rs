@@ -586,3 +586,55 @@ async fn an_alert_fires_once_per_crossing_under_a_concurrent_burst() {
     assert_eq!(events().await.len(), 2);
     app.assert_ledger_invariants().await;
 }
+
+/// `tally_batch_retries_total{reason="refused"}` of this app: read until two scrapes agree (the
+/// registry is shared by every app of the test process; each scrape sets it from this app's own
+/// counter).
+async fn refused_retries(app: &TestApp) -> f64 {
+    let scrape = || async {
+        let text = app
+            .http
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix("tally_batch_retries_total{reason=\"refused\"} "))
+            .map_or(0.0, |value| value.parse().expect("a number"))
+    };
+    let mut last = scrape().await;
+    for _ in 0..50 {
+        let now = scrape().await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the metric did not settle");
+}
+
+/// The balance actor's fast path: once a commit told it the account's limits and usage, a
+/// debit that would cross one goes straight to the checked path, and no group commit is rolled
+/// back for it.
+#[actix_web::test]
+async fn a_debit_the_actor_knows_is_over_the_limit_never_rolls_a_group_back() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let payer = funded(&app, &admin, "payer", 10_000).await;
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 100}]),
+    )
+    .await;
+    assert_eq!(debit(&app, &payer, 100).await.status, StatusCode::CREATED);
+    let before = refused_retries(&app).await;
+    for _ in 0..5 {
+        assert_limit(&debit(&app, &payer, 1).await, "daily_debit", 100, 100, 1);
+    }
+    assert_eq!(refused_retries(&app).await, before);
+}
