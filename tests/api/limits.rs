@@ -638,3 +638,46 @@ async fn a_debit_the_actor_knows_is_over_the_limit_never_rolls_a_group_back() {
     }
     assert_eq!(refused_retries(&app).await, before);
 }
+
+/// Out of the box (the configured defaults), a plain user can no longer create money without
+/// bound: self-service credits stop at `daily_credit` (1,000,000.00 a UTC day), while an admin
+/// still credits freely; an account's own limit wins over the default.
+#[actix_web::test]
+async fn the_default_configuration_bounds_self_service_credits() {
+    let (app, admin) = TestApp::spawn_with_limit_defaults(|_| {}).await;
+    let user = app.user("saver").await;
+    let own = |amount: i64| {
+        let (app, user) = (&app, &user);
+        async move {
+            app.post(
+                "/api/v1/transactions/credit",
+                Some(&user.token),
+                &json!({"amount": amount, "currency": "EUR"}),
+            )
+            .await
+        }
+    };
+    assert_eq!(own(99_999_999).await.status, StatusCode::CREATED);
+    let refused = own(2).await;
+    let body = refused.assert_problem(422, "limit_exceeded");
+    assert_eq!(body["limit"]["kind"], "daily_credit", "{body}");
+    assert_eq!(body["limit"]["currency"], "EUR", "{body}");
+    assert_eq!(body["remaining"], 1, "{body}");
+    let by_admin = app
+        .post(
+            "/api/v1/transactions/credit",
+            Some(&admin.token),
+            &json!({"user_id": user.id, "amount": 500_000_000, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(by_admin.status, StatusCode::CREATED, "{}", by_admin.body);
+    set_limits(
+        &app,
+        &admin,
+        &user,
+        json!([{"kind": "daily_credit", "currency": "*", "value": 200_000_000}]),
+    )
+    .await;
+    assert_eq!(own(2).await.status, StatusCode::CREATED);
+    app.assert_ledger_invariants().await;
+}
