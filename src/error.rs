@@ -60,8 +60,8 @@ pub enum ApiError {
     /// 422 `insufficient_funds`: recorded as the `failed` transaction `transaction_id`.
     #[error("the source account's available balance is lower than the amount")]
     InsufficientFunds { transaction_id: Uuid },
-    /// 422 `limit_exceeded`: a bound of invariant 7 (or, later, a configured limit) would be
-    /// crossed. `detail` is what the client is shown beside the code (`limit: {kind, currency,
+    /// 422 `limit_exceeded`: a configured limit (DESIGN.md section 8) or a bound of invariant 7
+    /// would be crossed. `detail` is what the client is shown beside the code (`limit: {kind, currency,
     /// value, window_s?}`, `used`, `requested`, `remaining`, minor units), as stored on the
     /// failed transaction `transaction_id` (none in an atomic bulk, which records nothing).
     #[error("the movement would exceed a limit")]
@@ -140,8 +140,8 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub results: Option<serde_json::Value>,
-    /// With `limit_exceeded`: the limit crossed, `{kind, currency, value, window_s?}` (`kind`
-    /// is `balance_max` or `supply` for the bounds of invariant 7).
+    /// With `limit_exceeded`: the limit crossed, `{kind, currency, value, window_s}` (`kind`
+    /// is a configured kind, or `balance_max` or `supply` for the bounds of invariant 7).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub limit: Option<serde_json::Value>,

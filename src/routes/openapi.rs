@@ -298,6 +298,27 @@ mod exact {
             .map(LimitKind::as_str)
             .collect();
         let kind = json!({"type": "string", "enum": configurable});
+        // The limit a `limit_exceeded` problem names: any kind, configured or a bound of
+        // invariant 7.
+        let every_kind: Vec<&str> = LimitKind::ALL.into_iter().map(LimitKind::as_str).collect();
+        set(
+            document,
+            &format!("{SCHEMAS}/Problem/properties/limit"),
+            json!({
+                "type": ["object", "null"],
+                "description": "With limit_exceeded: the limit the movement would cross. `value` \
+                    in minor units of `currency` (a number of debits for velocity); `window_s` \
+                    for rolling_debit and velocity, else null.",
+                "required": ["kind", "currency", "value"],
+                "additionalProperties": false,
+                "properties": {
+                    "kind": {"type": "string", "enum": every_kind},
+                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "value": {"type": "integer", "minimum": 1},
+                    "window_s": {"type": ["integer", "null"], "minimum": 1},
+                },
+            }),
+        );
         let limit_currency = json!({"anyOf": [currency.clone(), {"type": "string", "const": "*"}]});
         let limit_value = json!({
             "type": "integer",

@@ -90,39 +90,6 @@ async fn commits_of(app: &TestApp, ids: &[Uuid]) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
-/// A metric's value from `/metrics`. The metrics registry is shared by every app of the test
-/// process, and `tally_batches_total` is set from this app's own counter at each scrape, so
-/// the value is read until two scrapes in a row agree (this app is idle meanwhile).
-async fn metric(app: &TestApp, line_prefix: &str) -> f64 {
-    let scrape = || async {
-        let text = app
-            .http
-            .get(format!("{}/metrics", app.address))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(line_prefix)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|value| value.trim().parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-    };
-    let mut last = scrape().await;
-    for _ in 0..20 {
-        let next = scrape().await;
-        if next == last {
-            return next;
-        }
-        last = next;
-    }
-    panic!("{line_prefix} never read the same twice in a row");
-}
-
 #[track_caller]
 fn assert_completed_like(
     result: &Value,
@@ -304,7 +271,7 @@ async fn an_atomic_bulk_applies_everything_in_one_commit() {
             }
         }
     }
-    let batches_before = metric(&app, "tally_batches_total").await;
+    let batches_before = app.metric("tally_batches_total").await;
     let reply = post_bulk(&app, &alice, "atomic", &items, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let results = results(&reply);
@@ -314,7 +281,7 @@ async fn an_atomic_bulk_applies_everything_in_one_commit() {
     }
     let ids = transaction_ids(results);
     let (xmins, stamps) = commits_of(&app, &ids).await;
-    let batches = metric(&app, "tally_batches_total").await - batches_before;
+    let batches = app.metric("tally_batches_total").await - batches_before;
     println!(
         "atomic bulk: {} items, {xmins} database transaction(s), {batches} batch(es) counted",
         ids.len()
@@ -598,7 +565,7 @@ async fn a_ten_thousand_item_bulk_is_committed_in_few_database_transactions() {
     let body_bytes = json!({"mode": "independent", "transactions": items})
         .to_string()
         .len();
-    let batches_before = metric(&app, "tally_batches_total").await;
+    let batches_before = app.metric("tally_batches_total").await;
     let started = Instant::now();
     let reply = post_bulk(&app, &payer, "independent", &items, None).await;
     let elapsed = started.elapsed();
@@ -609,7 +576,7 @@ async fn a_ten_thousand_item_bulk_is_committed_in_few_database_transactions() {
         assert_eq!(result["index"], index);
         assert_eq!(result["status"], "completed", "{result}");
     }
-    let batches = metric(&app, "tally_batches_total").await - batches_before;
+    let batches = app.metric("tally_batches_total").await - batches_before;
     let ids = transaction_ids(results);
     assert_eq!(
         ids.iter().collect::<HashSet<_>>().len(),

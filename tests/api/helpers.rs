@@ -262,6 +262,39 @@ impl TestApp {
         }
     }
 
+    /// A metric's value from `/metrics`. The metrics registry is shared by every app of the test
+    /// process, and `tally_batches_total` is set from this app's own counter at each scrape, so
+    /// the value is read until two scrapes in a row agree (this app is idle meanwhile).
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let scrape = || async {
+            let text = self
+                .http
+                .get(format!("{}/metrics", self.address))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("metrics text");
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(line_prefix)
+                        .and_then(|rest| rest.strip_prefix(' '))
+                        .and_then(|value| value.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0)
+        };
+        let mut last = scrape().await;
+        for _ in 0..20 {
+            let next = scrape().await;
+            if next == last {
+                return next;
+            }
+            last = next;
+        }
+        panic!("{line_prefix} never read the same twice in a row");
+    }
+
     /// A direct connection to the test's database, for checks by SQL.
     pub async fn db(&self) -> tokio_postgres::Client {
         let (client, connection) =
