@@ -654,9 +654,15 @@ async fn an_expired_hold_gives_its_count_back() {
     })
     .await;
     let admin = app
-        .login(crate::helpers::ADMIN_USERNAME, crate::helpers::ADMIN_PASSWORD)
+        .login(
+            crate::helpers::ADMIN_USERNAME,
+            crate::helpers::ADMIN_PASSWORD,
+        )
         .await;
-    let (payer, payee) = (funded(&app, &admin, "payer", 10_000).await, app.user("payee").await);
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
     set_limits(
         &app,
         &admin,
@@ -683,7 +689,11 @@ async fn an_expired_hold_gives_its_count_back() {
         if current.body["status"] == "expired" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never expired: {}", current.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never expired: {}",
+            current.body
+        );
         actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(debit(&app, &payer, 1).await.status, StatusCode::CREATED);

@@ -210,7 +210,9 @@ pub async fn commit_batch(
         attempts += 1;
         let transaction = client.transaction().await?;
         let mut postings: Vec<Option<Posting>> = vec![None; movements.len()];
-        decide_keys_and_parties(&transaction, &movements, &undecided, &mut postings).await?;
+        let roles =
+            decide_keys_and_parties(&transaction, &movements, &undecided, &mut postings).await?;
+        let defaults = |user: UserId| has_defaults(&roles, user);
         for &i in &undecided {
             if postings[i].is_none() {
                 postings[i] = standing[i].clone();
@@ -276,6 +278,7 @@ pub async fn commit_batch(
         let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
         let mut committed_at = None;
         let mut limits: BTreeMap<AccountKey, Vec<WindowUsage>> = BTreeMap::new();
+        let mut usage_rows = Vec::new();
         if !plan.is_empty() {
             // The transactions are written as completed before any balance row is locked, in
             // the same round trip as the update: if the database refuses an account the attempt
@@ -283,9 +286,11 @@ pub async fn commit_batch(
             for &i in &grouped {
                 postings[i] = Some(Posting::Completed);
             }
-            let (written_at, returned) = tokio::try_join!(
+            // The configured limits are checked in the same round trip, right behind the update.
+            let usage = UsagePlan::build(&movements, &grouped);
+            let (written_at, (returned, counted)) = tokio::try_join!(
                 sql::insert_transactions(&transaction, &movements, &grouped, &postings),
-                apply_plan(&transaction, &plan)
+                apply_plan(&transaction, &plan, (now, &usage, &defaults))
             )?;
             let refused: Vec<AccountKey> = plan
                 .accounts
@@ -302,16 +307,14 @@ pub async fn commit_batch(
                 move_to_checked_path(&movements, &grouped, &refused, &mut alone);
                 continue;
             }
-            // The configured limits, in a statement of its own now that the rows are locked.
-            let usage = UsagePlan::build(&movements, &grouped);
-            if !usage.is_empty() {
-                let counted = sql::count_usage(&transaction, now, &usage).await?;
+            if let Some(counted) = counted {
                 if !counted.exceeded.is_empty() {
                     // A limit would be crossed: the checked path finds which movements fit.
                     transaction.rollback().await?;
                     move_to_checked_path(&movements, &grouped, &counted.exceeded, &mut alone);
                     continue;
                 }
+                usage_rows = counted.rows_to_record(&usage);
                 limits = counted.limits;
                 usage.count_into(&mut limits);
             }
@@ -326,15 +329,18 @@ pub async fn commit_batch(
         // The checked path, for what the fast path could not take.
         let checked: Vec<usize> = open.iter().copied().filter(|&i| alone[i]).collect();
         if !checked.is_empty() {
+            // What the fast path counted must be there when the checked path reads the usage.
+            sql::record_usage(&transaction, now, &usage_rows).await?;
+            usage_rows.clear();
             let decisions = check_and_apply(
                 &transaction,
                 &movements,
                 &checked,
-                (bounds, now),
+                (bounds, now, &defaults),
                 Apply::Admitted,
                 &mut entries,
                 &mut states,
-                &mut limits,
+                (&mut limits, &mut usage_rows),
             )
             .await?;
             let refused_postings: Vec<(usize, Refusal)> = checked
@@ -389,7 +395,7 @@ pub async fn commit_batch(
             entries.sums_to_zero_per_currency(),
             "a batch's entries must sum to zero per currency"
         );
-        write_entries(&transaction, &entries).await?;
+        write_entries(&transaction, &entries, (now, &usage_rows)).await?;
         let committed_at = match committed_at {
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
@@ -414,19 +420,28 @@ pub async fn commit_batch(
     }
 }
 
-/// Writes the batch's entries and, from them, fires its accounts' balance alerts: the alerts
-/// are read in the same round trip, after every balance row the batch changes is locked.
+/// Writes the batch's entries and what it counted toward the limits and, from the entries,
+/// fires its accounts' balance alerts: the alerts are read in the same round trip, after every
+/// balance row the batch changes is locked.
 async fn write_entries(
     transaction: &Transaction<'_>,
     entries: &EntryRows,
+    (now, usage_rows): (DateTime<Utc>, &[(Uuid, AccountKey, bool, i64)]),
 ) -> Result<(), BatchError> {
     if entries.deltas.is_empty() {
-        return Ok(());
+        return sql::record_usage(transaction, now, usage_rows).await;
     }
-    let ((), alerts) = tokio::try_join!(
+    // Polled (so sent) in this order, and the first statement's error wins: the later ones
+    // fail only because the transaction is aborted.
+    let (inserted, alerts, recorded) = futures_util::future::join3(
         sql::insert_entries(transaction, entries),
-        sql::read_alerts(transaction, entries)
-    )?;
+        sql::read_alerts(transaction, entries),
+        sql::record_usage(transaction, now, usage_rows),
+    )
+    .await;
+    inserted?;
+    let alerts = alerts?;
+    recorded?;
     if alerts.is_empty() {
         return Ok(());
     }
@@ -533,7 +548,7 @@ async fn decide_keys_and_parties(
     movements: &[&Movement],
     indices: &[usize],
     postings: &mut [Option<Posting>],
-) -> Result<(), BatchError> {
+) -> Result<HashMap<Uuid, bool>, BatchError> {
     let admins = sql::lock_parties(transaction, movements, indices).await?;
     let refusal = |movement: &Movement| -> Option<Posting> {
         // Releasing a hold frees the payer's own money whatever became of the parties since:
@@ -587,28 +602,47 @@ async fn decide_keys_and_parties(
     for (i, posting) in refused {
         postings[i].get_or_insert(posting);
     }
-    Ok(())
+    Ok(admins)
+}
+
+/// Whether the default limits apply to `user`'s accounts: role `user` (the parties' roles as
+/// [`decide_keys_and_parties`] share-locked them: `true` for an admin).
+fn has_defaults(roles: &HashMap<Uuid, bool>, user: UserId) -> bool {
+    roles.get(&user.as_uuid()) == Some(&false)
 }
 
 /// Applies a plan with the conditional update, creating the missing rows only when the update
 /// misses them (in the steady state this is one statement), and returns the state of every
-/// account it changed; an account missing from the result was refused.
+/// account it changed (an account missing from the result was refused) and, when `usage`
+/// counts anything, the limits' verdict on its accounts (`sql::check_usage`, sent right
+/// behind the update; checked again after creating missing rows, which it ran before).
 async fn apply_plan(
     transaction: &Transaction<'_>,
     plan: &DeltaPlan,
-) -> Result<HashMap<AccountKey, AccountState>, BatchError> {
+    (now, usage, defaults): (DateTime<Utc>, &UsagePlan, &(dyn Fn(UserId) -> bool + Sync)),
+) -> Result<(HashMap<AccountKey, AccountState>, Option<sql::CountedUsage>), BatchError> {
     let mut all: Vec<AccountKey> = plan.accounts.keys().copied().collect();
     in_lock_order(&mut all);
-    let mut returned = sql::update_balances(transaction, plan, &all).await?;
+    let (mut returned, mut counted) =
+        sql::update_balances_then_check_usage(transaction, plan, &all, (now, usage, defaults))
+            .await?;
     let absent: Vec<AccountKey> = all
         .into_iter()
         .filter(|account| !returned.contains_key(account))
         .collect();
     if !absent.is_empty() {
         sql::insert_missing_balances(transaction, &absent).await?;
-        returned.extend(sql::update_balances(transaction, plan, &absent).await?);
+        let (more, recounted) = sql::update_balances_then_check_usage(
+            transaction,
+            plan,
+            &absent,
+            (now, usage, defaults),
+        )
+        .await?;
+        returned.extend(more);
+        counted = recounted.or(counted);
     }
-    Ok(returned)
+    Ok((returned, counted))
 }
 
 /// What [`check_and_apply`] applies.
@@ -629,11 +663,14 @@ async fn check_and_apply(
     transaction: &Transaction<'_>,
     movements: &[&Movement],
     indices: &[usize],
-    (bounds, now): (&Bounds, DateTime<Utc>),
+    (bounds, now, defaults): (&Bounds, DateTime<Utc>, &(dyn Fn(UserId) -> bool + Sync)),
     apply: Apply,
     entries: &mut EntryRows,
     states: &mut BTreeMap<AccountKey, AccountState>,
-    windows: &mut BTreeMap<AccountKey, Vec<WindowUsage>>,
+    (windows, usage_rows): (
+        &mut BTreeMap<AccountKey, Vec<WindowUsage>>,
+        &mut Vec<(Uuid, AccountKey, bool, i64)>,
+    ),
 ) -> Result<Vec<Result<(), Refusal>>, BatchError> {
     let mut accounts: Vec<AccountKey> = indices
         .iter()
@@ -673,7 +710,10 @@ async fn check_and_apply(
         BTreeMap::new()
     } else {
         let read = UsagePlan::read_only(counting.accounts.keys().copied());
-        sql::count_usage(transaction, now, &read).await?.limits
+        let statement = sql::check_usage_statement(transaction).await?;
+        sql::check_usage(transaction, &statement, now, &read, defaults)
+            .await?
+            .limits
     };
     let decisions = check_sequence(
         indices.iter().map(|&i| movements[i].legs()),
@@ -695,7 +735,15 @@ async fn check_and_apply(
         .map_err(|_| BatchError::Inconsistent("admitted movements' sums do not fit 64 bits"))?;
     let mut in_order: Vec<AccountKey> = plan.accounts.keys().copied().collect();
     in_lock_order(&mut in_order);
-    let returned = sql::update_balances(transaction, &plan, &in_order).await?;
+    // The rows are locked: the update and the limits' final check go in one round trip.
+    let counting = UsagePlan::build(movements, &admitted);
+    let (returned, counted) = sql::update_balances_then_check_usage(
+        transaction,
+        &plan,
+        &in_order,
+        (now, &counting, defaults),
+    )
+    .await?;
     for (account, account_plan) in &plan.accounts {
         let state = returned.get(account).ok_or(BatchError::Inconsistent(
             "the conditional update refused what the posting rule admitted on locked rows",
@@ -703,16 +751,13 @@ async fn check_and_apply(
         entries.push_account(movements, *account, account_plan, state.amount);
         states.insert(*account, *state);
     }
-    let counting = UsagePlan::build(movements, &admitted);
-    if !counting.is_empty()
-        && !sql::count_usage(transaction, now, &counting)
-            .await?
-            .exceeded
-            .is_empty()
-    {
-        return Err(BatchError::Inconsistent(
-            "the limits' arbiter refused what the posting rule admitted on locked rows",
-        ));
+    if let Some(counted) = counted {
+        if !counted.exceeded.is_empty() {
+            return Err(BatchError::Inconsistent(
+                "the limits' arbiter refused what the posting rule admitted on locked rows",
+            ));
+        }
+        usage_rows.extend(counted.rows_to_record(&counting));
     }
     windows.extend(usage);
     Ok(decisions)
@@ -758,7 +803,8 @@ pub async fn commit_atomic(
         transaction.rollback().await?;
         return Ok(AtomicOutcome::Duplicate);
     }
-    decide_keys_and_parties(&transaction, &movements, &all, &mut postings).await?;
+    let roles = decide_keys_and_parties(&transaction, &movements, &all, &mut postings).await?;
+    let defaults = |user: UserId| has_defaults(&roles, user);
     if postings
         .iter()
         .any(|posting| matches!(posting, Some(Posting::Duplicate { .. })))
@@ -788,15 +834,16 @@ pub async fn commit_atomic(
     let mut entries = EntryRows::default();
     let mut states = BTreeMap::new();
     let mut limits = BTreeMap::new();
+    let mut usage_rows = Vec::new();
     let decisions = check_and_apply(
         &transaction,
         &movements,
         &all,
-        (bounds, now),
+        (bounds, now, &defaults),
         Apply::AllOrNothing,
         &mut entries,
         &mut states,
-        &mut limits,
+        (&mut limits, &mut usage_rows),
     )
     .await?;
     let refused: Vec<(usize, Refusal)> = decisions
@@ -818,7 +865,7 @@ pub async fn commit_atomic(
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
         };
-    write_entries(&transaction, &entries).await?;
+    write_entries(&transaction, &entries, (now, &usage_rows)).await?;
     transaction.commit().await.map_err(BatchError::AtCommit)?;
     Ok(AtomicOutcome::Committed(BatchReport {
         postings: vec![Posting::Completed; movements.len()],

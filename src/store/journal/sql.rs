@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use serde_json::json;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::alerts::{Alert, AlertChanges};
@@ -234,6 +235,36 @@ pub(super) async fn update_balances(
     plan: &DeltaPlan,
     accounts: &[AccountKey],
 ) -> Result<HashMap<AccountKey, AccountState>, BatchError> {
+    let statement = update_balances_statement(transaction).await?;
+    update_balances_with(transaction, &statement, plan, accounts).await
+}
+
+/// The conditional update of [`update_balances`].
+const UPDATE_BALANCES: &str = "UPDATE balances b
+             SET amount = b.amount + d.delta, pending = b.pending + d.pending_delta,
+                 version = b.version + 1, last_updated_at = now()
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[], $8::bigint[])
+                  AS d(user_id, currency, delta, min_after_debit, max_after_credit, floor, ceiling,
+                       pending_delta)
+             WHERE b.user_id = d.user_id AND b.currency = d.currency
+               AND (d.min_after_debit IS NULL
+                    OR b.amount - b.pending + d.min_after_debit >= COALESCE(d.floor, -b.overdraft_limit))
+               AND (d.max_after_credit IS NULL OR b.amount + d.max_after_credit <= d.ceiling)
+             RETURNING b.user_id, b.currency, b.amount, b.version, b.pending, b.overdraft_limit";
+
+/// The prepared [`UPDATE_BALANCES`] (cached per connection).
+async fn update_balances_statement(transaction: &Transaction<'_>) -> Result<Statement, BatchError> {
+    Ok(transaction.prepare_cached(UPDATE_BALANCES).await?)
+}
+
+/// [`update_balances`] with its statement prepared.
+async fn update_balances_with(
+    transaction: &Transaction<'_>,
+    update: &Statement,
+    plan: &DeltaPlan,
+    accounts: &[AccountKey],
+) -> Result<HashMap<AccountKey, AccountState>, BatchError> {
     let mut users = Vec::with_capacity(accounts.len());
     let mut currencies = Vec::with_capacity(accounts.len());
     let mut sums = Vec::with_capacity(accounts.len());
@@ -253,22 +284,6 @@ pub(super) async fn update_balances(
         floors.push(account_plan.floor);
         ceilings.push(account_plan.ceiling);
     }
-    let update = transaction
-        .prepare_cached(
-            "UPDATE balances b
-             SET amount = b.amount + d.delta, pending = b.pending + d.pending_delta,
-                 version = b.version + 1, last_updated_at = now()
-             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::bigint[], $7::bigint[], $8::bigint[])
-                  AS d(user_id, currency, delta, min_after_debit, max_after_credit, floor, ceiling,
-                       pending_delta)
-             WHERE b.user_id = d.user_id AND b.currency = d.currency
-               AND (d.min_after_debit IS NULL
-                    OR b.amount - b.pending + d.min_after_debit >= COALESCE(d.floor, -b.overdraft_limit))
-               AND (d.max_after_credit IS NULL OR b.amount + d.max_after_credit <= d.ceiling)
-             RETURNING b.user_id, b.currency, b.amount, b.version, b.pending, b.overdraft_limit",
-        )
-        .await?;
     let params: [&(dyn ToSql + Sync); 8] = [
         &users,
         &currencies,
@@ -280,7 +295,7 @@ pub(super) async fn update_balances(
         &pending_sums,
     ];
     transaction
-        .query(&update, &params)
+        .query(update, &params)
         .await?
         .iter()
         .map(|row| {
@@ -713,7 +728,7 @@ pub(super) async fn claim_reversal(
     }))
 }
 
-/// What [`count_usage`] found: each account's configured limits with what they had counted
+/// What [`check_usage`] found: each account's configured limits with what they had counted
 /// before the statement, and the accounts the statement's movements would take past one.
 #[derive(Debug, Default)]
 pub(super) struct CountedUsage {
@@ -721,24 +736,88 @@ pub(super) struct CountedUsage {
     pub exceeded: Vec<AccountKey>,
 }
 
-/// The final arbiter of the configured limits (DESIGN.md section 8, invariant 11), for the
-/// accounts of `plan`. Must run after their balance rows are locked, in a statement of its own
-/// (its snapshot then holds every usage row a previous holder of the lock committed).
+impl CountedUsage {
+    /// The usage rows of `plan` worth keeping: those of accounts with a windowed limit in the
+    /// row's direction (`max_per_transaction` keeps no count).
+    pub fn rows_to_record(&self, plan: &UsagePlan) -> Vec<(Uuid, AccountKey, bool, i64)> {
+        plan.rows
+            .iter()
+            .filter(|(_, account, debit, _)| {
+                self.limits.get(account).is_some_and(|limits| {
+                    limits.iter().any(|limit| {
+                        limit.kind != LimitKind::MaxPerTransaction
+                            && (limit.kind == LimitKind::DailyCredit) != *debit
+                    })
+                })
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// The final arbiter of the configured limits (DESIGN.md section 8, invariant 11) for the
+/// accounts of `plan`; read-only. Must execute after their balance rows are locked, as a
+/// statement of its own (its snapshot then holds every usage row a previous holder of the lock
+/// committed): [`update_balances_then_check_usage`] sends it right behind the update.
 ///
 /// For each account it finds the effective limits (the account's own row wins over a default,
-/// which applies to role `user` only; a row naming the currency wins over `*`), reads what each
-/// has counted in its window as of `now` (`limit_usage`: a UTC calendar day, or the last
-/// `window_s` seconds, exact to the microsecond), and marks the account exceeded when `used +
-/// what the plan adds > value` for any of them (`max_per_transaction`: when the plan's largest
-/// debit is `> value`): the same sums `domain::WindowUsage::admit` checks one movement at a
-/// time. In the same statement it writes `plan.rows` for the accounts that have a windowed
-/// limit in that direction; a caller that gets an exceeded account rolls the attempt back.
+/// which applies when `defaults` says the account's user has role `user`; a row naming the
+/// currency wins over `*`), reads what each has counted in its window as of `now`
+/// (`limit_usage`: a UTC calendar day, or the last `window_s` seconds, exact to the
+/// microsecond), and marks the account exceeded when `used + what the plan adds > value` for
+/// any of them (`max_per_transaction`: when the plan's largest debit is `> value`): the same
+/// sums `domain::WindowUsage::admit` checks one movement at a time. The plan's own rows are
+/// written later by [`record_usage`], in the same transaction.
 ///
 /// A new kind of limit is one arm in each `CASE` below and one in `WindowUsage::requested`.
-pub(super) async fn count_usage(
+const CHECK_USAGE: &str = "WITH d AS (
+         SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                              $7::bigint[], $8::bool[])
+              AS d(user_id, currency, debit_sum, debit_count, debit_max, credit_sum, defaults)
+     ), effective AS (
+         SELECT d.*, l.kind, l.value, l.window_s,
+                CASE WHEN l.kind = 'daily_credit' THEN 'credit' ELSE 'debit' END AS direction,
+                CASE WHEN l.window_s IS NULL THEN date_trunc('day', $1::timestamptz)
+                     ELSE $1::timestamptz - make_interval(secs => l.window_s)
+                          + interval '1 microsecond' END AS since
+         FROM d
+         CROSS JOIN LATERAL (
+             SELECT DISTINCT ON (l.kind) l.kind, l.value, l.window_s
+             FROM limits l
+             WHERE l.currency IN (d.currency, '*')
+               AND (l.user_id = d.user_id OR (l.user_id IS NULL AND d.defaults))
+             ORDER BY l.kind, l.user_id IS NULL, l.currency = '*'
+         ) l
+     )
+     SELECT e.user_id, e.currency, e.kind, e.value, e.window_s, w.used,
+            CASE e.kind
+                WHEN 'max_per_transaction' THEN e.debit_max > e.value
+                WHEN 'velocity' THEN w.used + e.debit_count > e.value
+                WHEN 'daily_credit' THEN w.used + e.credit_sum > e.value
+                ELSE w.used + e.debit_sum > e.value
+            END AS exceeded
+     FROM effective e
+     CROSS JOIN LATERAL (
+         -- Capped: every value is at most 2^61, so the cap changes no verdict and the sums
+         -- above cannot overflow.
+         SELECT LEAST(CASE e.kind WHEN 'max_per_transaction' THEN 0
+                                  WHEN 'velocity' THEN count(*)
+                                  ELSE coalesce(sum(u.amount), 0) END,
+                      4611686018427387904)::bigint AS used
+         FROM limit_usage u
+         WHERE e.kind <> 'max_per_transaction'
+           AND u.user_id = e.user_id AND u.currency = e.currency
+           AND u.direction = e.direction AND u.at >= e.since
+     ) w";
+
+/// [`CHECK_USAGE`] for `plan`; `defaults(user)` says whether the defaults apply to the user's
+/// accounts (role `user`, as the commit share-locked it).
+pub(super) async fn check_usage(
     transaction: &Transaction<'_>,
+    statement: &Statement,
     now: DateTime<Utc>,
     plan: &UsagePlan,
+    defaults: &(dyn Fn(UserId) -> bool + Sync),
 ) -> Result<CountedUsage, BatchError> {
     let n = plan.accounts.len();
     let mut users = Vec::with_capacity(n);
@@ -747,6 +826,7 @@ pub(super) async fn count_usage(
     let mut debit_counts = Vec::with_capacity(n);
     let mut debit_maxes = Vec::with_capacity(n);
     let mut credit_sums = Vec::with_capacity(n);
+    let mut applies = Vec::with_capacity(n);
     for (account, usage) in &plan.accounts {
         users.push(account.user.as_uuid());
         currencies.push(account.currency.code());
@@ -754,73 +834,9 @@ pub(super) async fn count_usage(
         debit_counts.push(usage.debit_count);
         debit_maxes.push(usage.debit_max);
         credit_sums.push(usage.credit_sum);
+        applies.push(defaults(account.user));
     }
-    let m = plan.rows.len();
-    let mut row_ids = Vec::with_capacity(m);
-    let mut row_users = Vec::with_capacity(m);
-    let mut row_currencies = Vec::with_capacity(m);
-    let mut row_directions = Vec::with_capacity(m);
-    let mut row_amounts = Vec::with_capacity(m);
-    for (id, account, debit, amount) in &plan.rows {
-        row_ids.push(*id);
-        row_users.push(account.user.as_uuid());
-        row_currencies.push(account.currency.code());
-        row_directions.push(if *debit { "debit" } else { "credit" });
-        row_amounts.push(*amount);
-    }
-    let statement = transaction
-        .prepare_cached(
-            "WITH d AS (
-                 SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
-                                      $6::bigint[], $7::bigint[])
-                      AS d(user_id, currency, debit_sum, debit_count, debit_max, credit_sum)
-             ), effective AS (
-                 SELECT d.*, l.kind, l.value, l.window_s,
-                        CASE WHEN l.kind = 'daily_credit' THEN 'credit' ELSE 'debit' END AS direction,
-                        CASE WHEN l.window_s IS NULL THEN date_trunc('day', $1::timestamptz)
-                             ELSE $1::timestamptz - make_interval(secs => l.window_s)
-                                  + interval '1 microsecond' END AS since
-                 FROM d
-                 JOIN users u ON u.id = d.user_id
-                 CROSS JOIN LATERAL (
-                     SELECT DISTINCT ON (l.kind) l.kind, l.value, l.window_s
-                     FROM limits l
-                     WHERE l.currency IN (d.currency, '*')
-                       AND (l.user_id = d.user_id OR (l.user_id IS NULL AND u.role = 'user'))
-                     ORDER BY l.kind, l.user_id IS NULL, l.currency = '*'
-                 ) l
-             ), counted AS (
-                 INSERT INTO limit_usage (transaction_id, user_id, currency, direction, amount, at)
-                 SELECT r.transaction_id, r.user_id, r.currency, r.direction, r.amount, $1
-                 FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::bigint[])
-                      AS r(transaction_id, user_id, currency, direction, amount)
-                 WHERE EXISTS (SELECT 1 FROM effective e
-                               WHERE e.user_id = r.user_id AND e.currency = r.currency
-                                 AND e.direction = r.direction AND e.kind <> 'max_per_transaction')
-             )
-             SELECT e.user_id, e.currency, e.kind, e.value, e.window_s, w.used,
-                    CASE e.kind
-                        WHEN 'max_per_transaction' THEN e.debit_max > e.value
-                        WHEN 'velocity' THEN w.used + e.debit_count > e.value
-                        WHEN 'daily_credit' THEN w.used + e.credit_sum > e.value
-                        ELSE w.used + e.debit_sum > e.value
-                    END AS exceeded
-             FROM effective e
-             CROSS JOIN LATERAL (
-                 -- Capped: every value is at most 2^61, so the cap changes no verdict and the
-                 -- sums above cannot overflow.
-                 SELECT LEAST(CASE e.kind WHEN 'max_per_transaction' THEN 0
-                                          WHEN 'velocity' THEN count(*)
-                                          ELSE coalesce(sum(u.amount), 0) END,
-                              4611686018427387904)::bigint AS used
-                 FROM limit_usage u
-                 WHERE e.kind <> 'max_per_transaction'
-                   AND u.user_id = e.user_id AND u.currency = e.currency
-                   AND u.direction = e.direction AND u.at >= e.since
-             ) w",
-        )
-        .await?;
-    let params: [&(dyn ToSql + Sync); 12] = [
+    let params: [&(dyn ToSql + Sync); 8] = [
         &now,
         &users,
         &currencies,
@@ -828,14 +844,10 @@ pub(super) async fn count_usage(
         &debit_counts,
         &debit_maxes,
         &credit_sums,
-        &row_ids,
-        &row_users,
-        &row_currencies,
-        &row_directions,
-        &row_amounts,
+        &applies,
     ];
     let mut counted = CountedUsage::default();
-    for row in transaction.query(&statement, &params).await? {
+    for row in transaction.query(statement, &params).await? {
         let account = account_of(&row)?;
         let kind = LimitKind::parse(row.get(2)).ok_or(BatchError::Inconsistent(
             "limits.kind holds a kind Tally does not know",
@@ -856,6 +868,71 @@ pub(super) async fn count_usage(
         }
     }
     Ok(counted)
+}
+
+/// The prepared [`CHECK_USAGE`] (cached per connection).
+pub(super) async fn check_usage_statement(
+    transaction: &Transaction<'_>,
+) -> Result<Statement, BatchError> {
+    Ok(transaction.prepare_cached(CHECK_USAGE).await?)
+}
+
+/// The conditional update of `accounts` and, when `usage` counts anything, the limits' check
+/// of its accounts, pipelined: both statements are prepared first, so the check is sent right
+/// behind the update and executes after it took the row locks (one round trip). The check's
+/// verdict holds only for accounts the update locked: the caller checks again the accounts it
+/// had to create.
+pub(super) async fn update_balances_then_check_usage(
+    transaction: &Transaction<'_>,
+    plan: &DeltaPlan,
+    accounts: &[AccountKey],
+    (now, usage, defaults): (DateTime<Utc>, &UsagePlan, &(dyn Fn(UserId) -> bool + Sync)),
+) -> Result<(HashMap<AccountKey, AccountState>, Option<CountedUsage>), BatchError> {
+    if usage.is_empty() {
+        return Ok((update_balances(transaction, plan, accounts).await?, None));
+    }
+    let (update, check) = tokio::try_join!(
+        update_balances_statement(transaction),
+        check_usage_statement(transaction)
+    )?;
+    // `join` polls the update first, so it is sent first; `tokio::join!` rotates the order it
+    // polls in. When the update fails (a lock timeout, say), the check fails only because the
+    // transaction is aborted: the update's error is the one that says why.
+    let (returned, counted) = futures_util::future::join(
+        update_balances_with(transaction, &update, plan, accounts),
+        check_usage(transaction, &check, now, usage, defaults),
+    )
+    .await;
+    Ok((returned?, Some(counted?)))
+}
+
+/// Writes the usage rows `rows` (`(transaction id, account, is a debit, amount)`) at `now`.
+pub(super) async fn record_usage(
+    transaction: &Transaction<'_>,
+    now: DateTime<Utc>,
+    rows: &[(Uuid, AccountKey, bool, i64)],
+) -> Result<(), BatchError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
+    let users: Vec<Uuid> = rows.iter().map(|row| row.1.user.as_uuid()).collect();
+    let currencies: Vec<&str> = rows.iter().map(|row| row.1.currency.code()).collect();
+    let directions: Vec<&str> = rows
+        .iter()
+        .map(|row| if row.2 { "debit" } else { "credit" })
+        .collect();
+    let amounts: Vec<i64> = rows.iter().map(|row| row.3).collect();
+    let statement = transaction
+        .prepare_cached(
+            "INSERT INTO limit_usage (transaction_id, user_id, currency, direction, amount, at)
+             SELECT r.*, $6 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[])
+                  AS r(transaction_id, user_id, currency, direction, amount)",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 6] = [&ids, &users, &currencies, &directions, &amounts, &now];
+    transaction.execute(&statement, &params).await?;
+    Ok(())
 }
 
 /// The alerts of the accounts `entries` touch, read after their balance rows are locked.
