@@ -15,9 +15,7 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 
-use super::messages::{
-    Append, Item, Observed, ObservedLimits, Reservation, Reserve, Retire, Settle,
-};
+use super::messages::{Append, Item, Observed, Reservation, Reserve, Retire, Settle};
 use super::{Submission, SubmitError};
 use crate::domain::{
     AccountKey, AccountState, Bounds, Change, LimitKind, Limits, Snapshot, WindowUsage,
@@ -217,11 +215,14 @@ impl Handler<Settle> for BalanceActor {
             self.reserved >= 0,
             "reservations never release more than they took"
         );
+        match settle.limits {
+            Some(limits) => self.limits = limits,
+            // Committed without any limit read: the account has none (any more).
+            None if settle.observed.is_some() => self.limits.clear(),
+            None => {}
+        }
         if let Some(state) = settle.observed {
             self.observe(state);
-            // The commit's `ObservedLimits` follows (through the directory) when the account
-            // still has limits; none follows when they were removed.
-            self.limits.clear();
         }
         if settle.reload {
             self.cached = None;
@@ -235,14 +236,6 @@ impl Handler<Observed> for BalanceActor {
 
     fn handle(&mut self, Observed(state): Observed, _ctx: &mut Context<Self>) {
         self.observe(state);
-    }
-}
-
-impl Handler<ObservedLimits> for BalanceActor {
-    type Result = ();
-
-    fn handle(&mut self, ObservedLimits(_, limits): ObservedLimits, _ctx: &mut Context<Self>) {
-        self.limits = limits;
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Recipient};
 
 use super::balance::BalanceActor;
-use super::messages::{Append, Observed, ObservedLimits, Reserve, Retire};
+use super::messages::{Append, Observed, Reserve, Retire};
 use super::PipelineStats;
 use crate::domain::{AccountKey, Bounds};
 use crate::store::DbPool;
@@ -140,16 +140,6 @@ impl Handler<Observed> for Directory {
     fn handle(&mut self, Observed(state): Observed, _ctx: &mut Context<Self>) {
         if let Some(slot) = self.actors.get(&state.account) {
             slot.actor.do_send(Observed(state));
-        }
-    }
-}
-
-impl Handler<ObservedLimits> for Directory {
-    type Result = ();
-
-    fn handle(&mut self, observed: ObservedLimits, _ctx: &mut Context<Self>) {
-        if let Some(slot) = self.actors.get(&observed.0) {
-            slot.actor.do_send(observed);
         }
     }
 }

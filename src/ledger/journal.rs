@@ -25,7 +25,7 @@
 //! Metrics: the writer owns its counter handles (registered on first use), so counting a
 //! settled movement is an atomic add, with no lock and no registry lookup.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use actix::{
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::messages::{Append, Item, Observed, ObservedLimits, Settle};
+use super::messages::{Append, Item, Observed, Settle};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{AtomicResult, Outcome, PipelineStats, Recorded, SubmitError};
@@ -105,8 +105,6 @@ pub(super) struct JournalWriter {
     /// Committed balances are written through to it before callers are answered.
     cache: Arc<BalanceCache>,
     directory: Recipient<Observed>,
-    /// Where the accounts' limits and usage after a commit go (the directory).
-    limits_observer: Recipient<ObservedLimits>,
     settings: JournalSettings,
     stats: Arc<PipelineStats>,
     metrics: JournalMetrics,
@@ -213,7 +211,7 @@ impl JournalWriter {
         pool: DbPool,
         (bounds, clock): (Arc<Bounds>, Arc<dyn Clock>),
         cache: Arc<BalanceCache>,
-        (directory, limits_observer): (Recipient<Observed>, Recipient<ObservedLimits>),
+        directory: Recipient<Observed>,
         settings: JournalSettings,
         stats: Arc<PipelineStats>,
         admitted: Admitted,
@@ -224,7 +222,6 @@ impl JournalWriter {
             clock,
             cache,
             directory,
-            limits_observer,
             settings,
             stats,
             metrics: JournalMetrics::new(),
@@ -303,14 +300,7 @@ impl JournalWriter {
                 stats
                     .retries_reconnect
                     .fetch_add(retries.reconnect, Ordering::Relaxed);
-                writer.settle(items, written, accounts, acknowledge);
-                for (account, windows) in limits {
-                    if !windows.is_empty() {
-                        writer
-                            .limits_observer
-                            .do_send(ObservedLimits(account, windows));
-                    }
-                }
+                writer.settle(items, written, (accounts, limits), acknowledge);
                 writer.in_flight -= 1;
                 writer.stats.journal_heartbeat();
                 // What arrived during the commit has waited long enough: write it now.
@@ -378,13 +368,6 @@ impl JournalWriter {
                             for state in report.accounts {
                                 writer.directory.do_send(Observed(state));
                             }
-                            for (account, windows) in report.limits {
-                                if !windows.is_empty() {
-                                    writer
-                                        .limits_observer
-                                        .do_send(ObservedLimits(account, windows));
-                                }
-                            }
                             let at = report.committed_at;
                             Ok(AtomicResult::Committed(Recorded {
                                 created_at: at,
@@ -419,9 +402,10 @@ impl JournalWriter {
         &mut self,
         items: Vec<Item>,
         written: Vec<Written>,
-        accounts: Vec<AccountState>,
+        (accounts, limits): (Vec<AccountState>, Vec<(AccountKey, Vec<WindowUsage>)>),
         acknowledge: bool,
     ) {
+        let limits: HashMap<AccountKey, Vec<WindowUsage>> = limits.into_iter().collect();
         let mut told: HashSet<AccountKey> = HashSet::new();
         for (item, written) in items.into_iter().zip(written) {
             let movement = &item.submission.movement;
@@ -516,6 +500,7 @@ impl JournalWriter {
                     release: reservation.amount,
                     observed,
                     reload,
+                    limits: limits.get(&debited).cloned(),
                 });
             }
             item.submission.answer(result);

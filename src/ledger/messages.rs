@@ -7,7 +7,7 @@
 use actix::{Message, Recipient};
 
 use super::Submission;
-use crate::domain::{AccountKey, AccountState, WindowUsage};
+use crate::domain::{AccountState, WindowUsage};
 
 /// Reserve funds for a movement on its debited account (worker → directory → balance actor),
 /// then pass it on to the journal writer.
@@ -45,6 +45,10 @@ pub(super) struct Settle {
     pub release: i64,
     pub observed: Option<AccountState>,
     pub reload: bool,
+    /// The account's configured limits and what each had used after the commit, when the
+    /// commit read them (`None` with `observed`: the account has none). The actor's fast path
+    /// sends a movement these say would cross a limit to the checked path instead of a group.
+    pub limits: Option<Vec<WindowUsage>>,
 }
 
 /// An account's balance as a commit left it (journal writer → directory → the account's
@@ -57,10 +61,3 @@ pub(super) struct Observed(pub AccountState);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(super) struct Retire;
-
-/// An account's configured limits and what each had used after a commit (journal writer →
-/// directory → the account's balance actor, if it has one): the actor's fast path sends a
-/// movement these say would cross a limit to the checked path instead of the group.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(super) struct ObservedLimits(pub AccountKey, pub Vec<WindowUsage>);

@@ -237,10 +237,7 @@ impl Ledger {
                     journal_pool,
                     (journal_bounds, clock),
                     cache,
-                    (
-                        directory_address.clone().recipient(),
-                        directory_address.recipient(),
-                    ),
+                    directory_address.recipient(),
                     journal_settings,
                     journal_stats,
                     admitted,
