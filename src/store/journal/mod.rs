@@ -705,13 +705,14 @@ async fn check_and_apply(
         .iter()
         .map(|(account, (snapshot, _))| (*account, *snapshot))
         .collect();
+    // What each limit of the counted accounts has used (the verdicts on all of `indices`
+    // together are not needed: the rule decides them one by one).
     let counting = UsagePlan::build(movements, indices);
     let mut usage = if counting.is_empty() {
         BTreeMap::new()
     } else {
-        let read = UsagePlan::read_only(counting.accounts.keys().copied());
         let statement = sql::check_usage_statement(transaction).await?;
-        sql::check_usage(transaction, &statement, now, &read, defaults)
+        sql::check_usage(transaction, &statement, now, &counting, defaults)
             .await?
             .limits
     };

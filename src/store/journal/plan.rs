@@ -75,18 +75,6 @@ impl UsagePlan {
         plan
     }
 
-    /// Only reads: the limits and usage of `accounts`, counting nothing new (the checked
-    /// path's read under the row locks).
-    pub fn read_only(accounts: impl IntoIterator<Item = AccountKey>) -> UsagePlan {
-        UsagePlan {
-            accounts: accounts
-                .into_iter()
-                .map(|account| (account, AccountUsage::default()))
-                .collect(),
-            rows: Vec::new(),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.accounts.is_empty()
     }

@@ -760,7 +760,8 @@ impl CountedUsage {
 /// statement of its own (its snapshot then holds every usage row a previous holder of the lock
 /// committed): [`update_balances_then_check_usage`] sends it right behind the update.
 ///
-/// For each account it finds the effective limits (the account's own row wins over a default,
+/// For each account it finds the effective limits of what the plan counts there (debits, or
+/// credits a user gives themself; the account's own row wins over a default,
 /// which applies when `defaults` says the account's user has role `user`; a row naming the
 /// currency wins over `*`), reads what each has counted in its window as of `now`
 /// (`limit_usage`: a UTC calendar day, or the last `window_s` seconds, exact to the
@@ -788,6 +789,9 @@ const CHECK_USAGE: &str = "WITH d AS (
                AND (l.user_id = d.user_id OR (l.user_id IS NULL AND d.defaults))
              ORDER BY l.kind, l.user_id IS NULL, l.currency = '*'
          ) l
+         -- Only the limits of what the plan counts: a transfer's payer is not asked about its
+         -- daily_credit.
+         WHERE CASE WHEN l.kind = 'daily_credit' THEN d.credit_sum > 0 ELSE d.debit_count > 0 END
      )
      SELECT e.user_id, e.currency, e.kind, e.value, e.window_s, w.used,
             CASE e.kind
