@@ -40,7 +40,7 @@ use crate::domain::{
     check_sequence, AccountKey, AccountState, Authority, Bounds, HoldEnd, Movement, Phase, Refusal,
     UserId, WindowUsage,
 };
-use plan::{in_lock_order, DeltaPlan, EntryRows, UsagePlan};
+use plan::{in_lock_order, DeltaPlan, EntryRows, UsagePlan, UsageRow};
 
 pub(crate) use sql::failure_detail;
 
@@ -274,11 +274,8 @@ pub async fn commit_batch(
                 }
             }
         };
-        let mut entries = EntryRows::default();
-        let mut states: BTreeMap<AccountKey, AccountState> = BTreeMap::new();
+        let mut applied = Applied::default();
         let mut committed_at = None;
-        let mut limits: BTreeMap<AccountKey, Vec<WindowUsage>> = BTreeMap::new();
-        let mut usage_rows = Vec::new();
         if !plan.is_empty() {
             // The transactions are written as completed before any balance row is locked, in
             // the same round trip as the update: if the database refuses an account the attempt
@@ -314,14 +311,16 @@ pub async fn commit_batch(
                     move_to_checked_path(&movements, &grouped, &counted.exceeded, &mut alone);
                     continue;
                 }
-                usage_rows = counted.rows_to_record(&usage);
-                limits = counted.limits;
-                usage.count_into(&mut limits);
+                applied.usage_rows = counted.rows_to_record(&usage);
+                applied.limits = counted.limits;
+                usage.count_into(&mut applied.limits);
             }
             for (account, account_plan) in &plan.accounts {
                 let state = returned[account];
-                entries.push_account(&movements, *account, account_plan, state.amount);
-                states.insert(*account, state);
+                applied
+                    .entries
+                    .push_account(&movements, *account, account_plan, state.amount);
+                applied.states.insert(*account, state);
             }
             committed_at = written_at;
         }
@@ -330,17 +329,15 @@ pub async fn commit_batch(
         let checked: Vec<usize> = open.iter().copied().filter(|&i| alone[i]).collect();
         if !checked.is_empty() {
             // What the fast path counted must be there when the checked path reads the usage.
-            sql::record_usage(&transaction, now, &usage_rows).await?;
-            usage_rows.clear();
+            sql::record_usage(&transaction, now, &applied.usage_rows).await?;
+            applied.usage_rows.clear();
             let decisions = check_and_apply(
                 &transaction,
                 &movements,
                 &checked,
                 (bounds, now, &defaults),
                 Apply::Admitted,
-                &mut entries,
-                &mut states,
-                (&mut limits, &mut usage_rows),
+                &mut applied,
             )
             .await?;
             let refused_postings: Vec<(usize, Refusal)> = checked
@@ -392,10 +389,10 @@ pub async fn commit_batch(
             committed_at = committed_at.or(written_at);
         }
         debug_assert!(
-            entries.sums_to_zero_per_currency(),
+            applied.entries.sums_to_zero_per_currency(),
             "a batch's entries must sum to zero per currency"
         );
-        write_entries(&transaction, &entries, (now, &usage_rows)).await?;
+        write_entries(&transaction, &applied.entries, (now, &applied.usage_rows)).await?;
         let committed_at = match committed_at {
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
@@ -413,9 +410,9 @@ pub async fn commit_batch(
         return Ok(BatchReport {
             postings,
             committed_at,
-            accounts: states.into_values().collect(),
+            accounts: applied.states.into_values().collect(),
             attempts,
-            limits,
+            limits: applied.limits,
         });
     }
 }
@@ -426,7 +423,7 @@ pub async fn commit_batch(
 async fn write_entries(
     transaction: &Transaction<'_>,
     entries: &EntryRows,
-    (now, usage_rows): (DateTime<Utc>, &[(Uuid, AccountKey, bool, i64)]),
+    (now, usage_rows): (DateTime<Utc>, &[UsageRow]),
 ) -> Result<(), BatchError> {
     if entries.deltas.is_empty() {
         return sql::record_usage(transaction, now, usage_rows).await;
@@ -645,6 +642,18 @@ async fn apply_plan(
     Ok((returned, counted))
 }
 
+/// What an attempt has applied so far, for the statements that end it.
+#[derive(Debug, Default)]
+struct Applied {
+    entries: EntryRows,
+    /// Final state of every account changed.
+    states: BTreeMap<AccountKey, AccountState>,
+    /// The configured limits of the counted accounts, with what each used after the attempt.
+    limits: BTreeMap<AccountKey, Vec<WindowUsage>>,
+    /// What to write to `limit_usage` with the entries.
+    usage_rows: Vec<UsageRow>,
+}
+
 /// What [`check_and_apply`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Apply {
@@ -665,13 +674,14 @@ async fn check_and_apply(
     indices: &[usize],
     (bounds, now, defaults): (&Bounds, DateTime<Utc>, &(dyn Fn(UserId) -> bool + Sync)),
     apply: Apply,
-    entries: &mut EntryRows,
-    states: &mut BTreeMap<AccountKey, AccountState>,
-    (windows, usage_rows): (
-        &mut BTreeMap<AccountKey, Vec<WindowUsage>>,
-        &mut Vec<(Uuid, AccountKey, bool, i64)>,
-    ),
+    out: &mut Applied,
 ) -> Result<Vec<Result<(), Refusal>>, BatchError> {
+    let Applied {
+        entries,
+        states,
+        limits: windows,
+        usage_rows,
+    } = out;
     let mut accounts: Vec<AccountKey> = indices
         .iter()
         .flat_map(|&i| movements[i].legs().map(|leg| leg.account))
@@ -832,19 +842,14 @@ pub async fn commit_atomic(
         transaction.rollback().await?;
         return Ok(AtomicOutcome::Forbidden(forbidden));
     }
-    let mut entries = EntryRows::default();
-    let mut states = BTreeMap::new();
-    let mut limits = BTreeMap::new();
-    let mut usage_rows = Vec::new();
+    let mut applied = Applied::default();
     let decisions = check_and_apply(
         &transaction,
         &movements,
         &all,
         (bounds, now, &defaults),
         Apply::AllOrNothing,
-        &mut entries,
-        &mut states,
-        (&mut limits, &mut usage_rows),
+        &mut applied,
     )
     .await?;
     let refused: Vec<(usize, Refusal)> = decisions
@@ -857,7 +862,7 @@ pub async fn commit_atomic(
         return Ok(AtomicOutcome::Refused(refused));
     }
     debug_assert!(
-        entries.sums_to_zero_per_currency(),
+        applied.entries.sums_to_zero_per_currency(),
         "an atomic set's entries must sum to zero per currency"
     );
     let completed = vec![Some(Posting::Completed); movements.len()];
@@ -866,13 +871,13 @@ pub async fn commit_atomic(
             Some(at) => at,
             None => sql::transaction_time(&transaction).await?,
         };
-    write_entries(&transaction, &entries, (now, &usage_rows)).await?;
+    write_entries(&transaction, &applied.entries, (now, &applied.usage_rows)).await?;
     transaction.commit().await.map_err(BatchError::AtCommit)?;
     Ok(AtomicOutcome::Committed(BatchReport {
         postings: vec![Posting::Completed; movements.len()],
         committed_at,
-        accounts: states.into_values().collect(),
+        accounts: applied.states.into_values().collect(),
         attempts: 1,
-        limits,
+        limits: applied.limits,
     }))
 }

@@ -35,8 +35,19 @@ pub(super) struct AccountPlan {
 #[derive(Debug, Default)]
 pub(super) struct UsagePlan {
     pub accounts: BTreeMap<AccountKey, AccountUsage>,
-    /// One per counted movement: `(transaction id, account, is a debit, amount)`.
-    pub rows: Vec<(Uuid, AccountKey, bool, i64)>,
+    /// One per counted movement.
+    pub rows: Vec<UsageRow>,
+}
+
+/// One counted movement, as a row of `limit_usage`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UsageRow {
+    pub transaction_id: Uuid,
+    pub account: AccountKey,
+    /// A debit (or hold) of the account; else a credit the user gave themself.
+    pub debit: bool,
+    /// Minor units.
+    pub amount: i64,
 }
 
 /// One account's counted movements in a statement, minor units.
@@ -68,8 +79,12 @@ impl UsagePlan {
                 } else {
                     account.credit_sum += amount;
                 }
-                plan.rows
-                    .push((movements[i].id(), leg.account, debit, amount));
+                plan.rows.push(UsageRow {
+                    transaction_id: movements[i].id(),
+                    account: leg.account,
+                    debit,
+                    amount,
+                });
             }
         }
         plan
@@ -81,13 +96,13 @@ impl UsagePlan {
 
     /// Counts this plan's movements into `limits` (what each had used before it).
     pub fn count_into(&self, limits: &mut BTreeMap<AccountKey, Vec<WindowUsage>>) {
-        for (_, account, debit, amount) in &self.rows {
-            let counted = if *debit {
-                Counted::Debit(*amount)
+        for row in &self.rows {
+            let counted = if row.debit {
+                Counted::Debit(row.amount)
             } else {
-                Counted::SelfCredit(*amount)
+                Counted::SelfCredit(row.amount)
             };
-            for window in limits.get_mut(account).into_iter().flatten() {
+            for window in limits.get_mut(&row.account).into_iter().flatten() {
                 window.count(counted);
             }
         }

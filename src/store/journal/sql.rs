@@ -11,7 +11,7 @@ use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::alerts::{Alert, AlertChanges};
-use super::plan::{DeltaPlan, EntryRows, UsagePlan};
+use super::plan::{DeltaPlan, EntryRows, UsagePlan, UsageRow};
 use super::{BatchError, Posting, ReversalRefusal};
 use crate::domain::{
     AccountKey, AccountState, Currency, LimitKind, Movement, Phase, Refusal, Snapshot,
@@ -739,14 +739,14 @@ pub(super) struct CountedUsage {
 impl CountedUsage {
     /// The usage rows of `plan` worth keeping: those of accounts with a windowed limit in the
     /// row's direction (`max_per_transaction` keeps no count).
-    pub fn rows_to_record(&self, plan: &UsagePlan) -> Vec<(Uuid, AccountKey, bool, i64)> {
+    pub fn rows_to_record(&self, plan: &UsagePlan) -> Vec<UsageRow> {
         plan.rows
             .iter()
-            .filter(|(_, account, debit, _)| {
-                self.limits.get(account).is_some_and(|limits| {
+            .filter(|row| {
+                self.limits.get(&row.account).is_some_and(|limits| {
                     limits.iter().any(|limit| {
                         limit.kind != LimitKind::MaxPerTransaction
-                            && (limit.kind == LimitKind::DailyCredit) != *debit
+                            && (limit.kind == LimitKind::DailyCredit) != row.debit
                     })
                 })
             })
@@ -910,23 +910,23 @@ pub(super) async fn update_balances_then_check_usage(
     Ok((returned?, Some(counted?)))
 }
 
-/// Writes the usage rows `rows` (`(transaction id, account, is a debit, amount)`) at `now`.
+/// Writes the usage rows `rows` at `now`.
 pub(super) async fn record_usage(
     transaction: &Transaction<'_>,
     now: DateTime<Utc>,
-    rows: &[(Uuid, AccountKey, bool, i64)],
+    rows: &[UsageRow],
 ) -> Result<(), BatchError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.0).collect();
-    let users: Vec<Uuid> = rows.iter().map(|row| row.1.user.as_uuid()).collect();
-    let currencies: Vec<&str> = rows.iter().map(|row| row.1.currency.code()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.transaction_id).collect();
+    let users: Vec<Uuid> = rows.iter().map(|row| row.account.user.as_uuid()).collect();
+    let currencies: Vec<&str> = rows.iter().map(|row| row.account.currency.code()).collect();
     let directions: Vec<&str> = rows
         .iter()
-        .map(|row| if row.2 { "debit" } else { "credit" })
+        .map(|row| if row.debit { "debit" } else { "credit" })
         .collect();
-    let amounts: Vec<i64> = rows.iter().map(|row| row.3).collect();
+    let amounts: Vec<i64> = rows.iter().map(|row| row.amount).collect();
     let statement = transaction
         .prepare_cached(
             "INSERT INTO limit_usage (transaction_id, user_id, currency, direction, amount, at)
