@@ -158,8 +158,8 @@ async fn compare_drops_every_database_it_creates() {
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    // pgbench's, five workloads and the paced run.
-    assert_eq!(created.len(), 7, "{stderr}");
+    // pgbench's, six workloads and the paced run.
+    assert_eq!(created.len(), 8, "{stderr}");
     let (admin, connection) = tokio_postgres::connect(
         &format!("{}/postgres", database_server()),
         tokio_postgres::NoTls,

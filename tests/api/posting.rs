@@ -150,7 +150,7 @@ async fn the_supply_bound_refuses_with_the_figures_and_replays_the_same() {
     let problem = over.assert_problem(422, "limit_exceeded");
     assert_eq!(
         problem["limit"],
-        json!({"kind": "balance_max", "currency": "EUR", "value": 600})
+        json!({"kind": "balance_max", "currency": "EUR", "value": 600, "window_s": null})
     );
     assert_eq!(
         (problem["used"].as_i64(), problem["remaining"].as_i64()),
@@ -162,7 +162,7 @@ async fn the_supply_bound_refuses_with_the_figures_and_replays_the_same() {
     let problem = refused.assert_problem(422, "limit_exceeded").clone();
     assert_eq!(
         problem["limit"],
-        json!({"kind": "supply", "currency": "EUR", "value": 1000})
+        json!({"kind": "supply", "currency": "EUR", "value": 1000, "window_s": null})
     );
     assert_eq!(problem["used"], 600);
     assert_eq!(problem["requested"], 500);
