@@ -774,24 +774,28 @@ impl CountedUsage {
 const CHECK_USAGE: &str = "WITH d AS (
          SELECT * FROM unnest($2::uuid[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
                               $7::bigint[], $8::bool[])
-              AS d(user_id, currency, debit_sum, debit_count, debit_max, credit_sum, defaults)
-     ), effective AS (
-         SELECT d.*, l.kind, l.value, l.window_s,
-                CASE WHEN l.kind = 'daily_credit' THEN 'credit' ELSE 'debit' END AS direction,
-                CASE WHEN l.window_s IS NULL THEN date_trunc('day', $1::timestamptz)
-                     ELSE $1::timestamptz - make_interval(secs => l.window_s)
-                          + interval '1 microsecond' END AS since
-         FROM d
-         CROSS JOIN LATERAL (
-             SELECT DISTINCT ON (l.kind) l.kind, l.value, l.window_s
-             FROM limits l
-             WHERE l.currency IN (d.currency, '*')
-               AND (l.user_id = d.user_id OR (l.user_id IS NULL AND d.defaults))
-             ORDER BY l.kind, l.user_id IS NULL, l.currency = '*'
-         ) l
-         -- Only the limits of what the plan counts: a transfer's payer is not asked about its
-         -- daily_credit.
+              AS d(user_id, currency, debit_sum, debit_count, debit_max, credit_sum, role_user)
+     ), defaults AS MATERIALIZED (
+         SELECT * FROM limits WHERE user_id IS NULL
+     ), candidates AS (
+         -- The account's own rows (one index probe per account), then the defaults that apply
+         -- (a handful, read once). Only the limits of what the plan counts: a transfer's payer
+         -- is not asked about its daily_credit.
+         SELECT d.*, l.kind, l.value, l.window_s, false AS is_default, l.currency = '*' AS any_currency
+         FROM d JOIN limits l ON l.user_id = d.user_id AND l.currency IN (d.currency, '*')
          WHERE CASE WHEN l.kind = 'daily_credit' THEN d.credit_sum > 0 ELSE d.debit_count > 0 END
+         UNION ALL
+         SELECT d.*, l.kind, l.value, l.window_s, true, l.currency = '*'
+         FROM d JOIN defaults l ON d.role_user AND l.currency IN (d.currency, '*')
+         WHERE CASE WHEN l.kind = 'daily_credit' THEN d.credit_sum > 0 ELSE d.debit_count > 0 END
+     ), effective AS (
+         SELECT DISTINCT ON (c.user_id, c.currency, c.kind) c.*,
+                CASE WHEN c.kind = 'daily_credit' THEN 'credit' ELSE 'debit' END AS direction,
+                CASE WHEN c.window_s IS NULL THEN date_trunc('day', $1::timestamptz)
+                     ELSE $1::timestamptz - make_interval(secs => c.window_s)
+                          + interval '1 microsecond' END AS since
+         FROM candidates c
+         ORDER BY c.user_id, c.currency, c.kind, c.is_default, c.any_currency
      )
      SELECT e.user_id, e.currency, e.kind, e.value, e.window_s, w.used,
             CASE e.kind
