@@ -157,7 +157,7 @@ pub enum Counted {
 /// One configured limit of an account, with what it has counted in its window as of the commit
 /// (`used`: minor units, or a number of debits for `velocity`; always 0 for
 /// `max_per_transaction`, which has no window). The checked path reads these under the balance
-/// row's lock (`store::journal::sql::count_usage`).
+/// row's lock (`store::journal::sql::check_usage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowUsage {
     pub kind: LimitKind,

@@ -44,7 +44,7 @@ pub(super) struct BalanceActor {
     reservations: u64,
     /// The account's configured limits and what each had used after the last commit that
     /// counted toward them (empty: none, or none seen yet). A fast path only: the database
-    /// decides (`store::journal::sql::count_usage`).
+    /// decides (`store::journal::sql::check_usage`).
     limits: Vec<WindowUsage>,
     retiring: bool,
 }

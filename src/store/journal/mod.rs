@@ -666,8 +666,9 @@ enum Apply {
 /// The checked path: locks the rows the movements `indices` touch (creating the missing ones),
 /// reads the configured limits of the accounts with counted legs and what they have used,
 /// decides each movement in order with the posting rule, then applies the admitted ones with
-/// the conditional update and counts them with `sql::count_usage`, which must both agree (the
-/// rows are locked). Returns one decision per movement of `indices`.
+/// the conditional update and checks them with `sql::check_usage` in the same round trip,
+/// which must both agree (the rows are locked); their usage rows go to `out`. Returns one
+/// decision per movement of `indices`.
 async fn check_and_apply(
     transaction: &Transaction<'_>,
     movements: &[&Movement],

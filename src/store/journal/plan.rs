@@ -29,9 +29,10 @@ pub(super) struct AccountPlan {
 }
 
 /// What the movements of a statement count toward the configured limits (DESIGN.md section 8),
-/// per account with anything counted: the parameters of `sql::count_usage`, which checks them
+/// per account with anything counted: the parameters of `sql::check_usage`, which checks them
 /// against each account's limits (the same sums `domain::WindowUsage::admit` checks one by
-/// one) and writes `rows` for the accounts with a windowed limit in that direction.
+/// one), and the `rows` that `sql::record_usage` writes for the accounts with a windowed limit
+/// in that direction.
 #[derive(Debug, Default)]
 pub(super) struct UsagePlan {
     pub accounts: BTreeMap<AccountKey, AccountUsage>,
