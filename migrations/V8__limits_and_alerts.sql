@@ -44,6 +44,8 @@ CREATE TABLE limit_usage (
     at             timestamptz NOT NULL
 );
 CREATE INDEX limit_usage_window_idx ON limit_usage (user_id, currency, direction, at) INCLUDE (amount);
+-- The sweeper's scan for rows older than any window (rows arrive in time order: BRIN is enough).
+CREATE INDEX limit_usage_at_idx ON limit_usage USING brin (at);
 
 -- Balance alerts: edge-triggered. `armed` is true while the condition does not hold; the
 -- commit that makes it hold writes one `balance.alert` event and disarms it, and the one that

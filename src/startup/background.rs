@@ -20,6 +20,9 @@ const RATE_LIMITER_CLEANUP_PERIOD: Duration = Duration::from_secs(60);
 const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 /// How often expired idempotency keys are swept.
 const IDEMPOTENCY_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+/// How often old `limit_usage` rows are forgotten, and how many per statement.
+const USAGE_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+const USAGE_SWEEP_BATCH: i64 = 10_000;
 
 /// Starts every background task but the database health monitor (started with the pools).
 pub(super) fn spawn_all(
@@ -33,6 +36,7 @@ pub(super) fn spawn_all(
     vec![
         spawn_hold_sweeper(pool.clone(), ledger.clone(), settings.holds.clone()),
         spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours),
+        spawn_usage_sweeper(pool.clone()),
         spawn_rate_limiter_cleanup(limiters.clone()),
         spawn_metrics_upkeep(metrics.clone()),
         spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users),
@@ -116,6 +120,32 @@ fn spawn_idempotency_sweeper(
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "expired idempotency keys"),
                 Err(error) => tracing::warn!(error = ?error, "idempotency key sweep failed"),
+            }
+        }
+    })
+}
+
+/// Forgets what the limits counted once no window can reach it
+/// (`store::limits::USAGE_RETENTION_DAYS`), every `USAGE_SWEEP_PERIOD`, in batches of
+/// `USAGE_SWEEP_BATCH` (at most 100 a tick, so one tick is bounded). Failures are logged and
+/// retried next tick.
+fn spawn_usage_sweeper(pool: deadpool_postgres::Pool) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(USAGE_SWEEP_PERIOD);
+        loop {
+            ticks.tick().await;
+            for _ in 0..100 {
+                let swept = async {
+                    let client = pool.get().await?;
+                    anyhow::Ok(store::limits::forget_usage(&client, USAGE_SWEEP_BATCH).await?)
+                };
+                match swept.await {
+                    Ok(count) if count == USAGE_SWEEP_BATCH as u64 => continue,
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "forgot old limit usage"),
+                    Err(error) => tracing::warn!(error = ?error, "limit usage sweep failed"),
+                }
+                break;
             }
         }
     })

@@ -342,3 +342,24 @@ pub async fn set_overdraft(
         updated_at: row.get(4),
     }))
 }
+
+/// How long `limit_usage` keeps a row, days: the longest window a limit may have
+/// (`domain::WINDOW_MAX_S`, 366 days) and a day to spare. No limit reads an older row.
+pub const USAGE_RETENTION_DAYS: i64 = 367;
+
+/// Forgets at most `batch` rows of `limit_usage` older than [`USAGE_RETENTION_DAYS`] (by the
+/// database's clock) and returns how many. Rows a commit holds are skipped, never waited for.
+pub async fn forget_usage(
+    client: &tokio_postgres::Client,
+    batch: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM limit_usage WHERE transaction_id IN (
+                 SELECT transaction_id FROM limit_usage
+                 WHERE at < now() - $1::bigint * interval '1 day'
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&USAGE_RETENTION_DAYS, &batch],
+        )
+        .await
+}

@@ -699,3 +699,49 @@ async fn an_expired_hold_gives_its_count_back() {
     assert_eq!(debit(&app, &payer, 1).await.status, StatusCode::CREATED);
     app.assert_ledger_invariants().await;
 }
+
+/// What the limits counted is forgotten once no window can reach it (367 days), and not
+/// before: the sweep keeps every row a limit may still read.
+#[actix_web::test]
+async fn usage_older_than_any_window_is_forgotten() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let payer = funded(&app, &admin, "payer", 10_000).await;
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "rolling_debit", "currency": "USD", "value": 1_000, "window_s": 31_622_400}]),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(debit(&app, &payer, 10).await.status, StatusCode::CREATED);
+    }
+    let db = app.db().await;
+    // Age two of the three rows: one just past the retention, one just inside it (by the
+    // database's clock, which the sweep reads).
+    let aged = db
+        .execute(
+            "UPDATE limit_usage u
+             SET at = now() - CASE r.n WHEN 1 THEN interval '367 days 1 hour'
+                                       ELSE interval '366 days 23 hours' END
+             FROM (SELECT transaction_id, row_number() OVER (ORDER BY transaction_id) AS n
+                   FROM limit_usage) r
+             WHERE u.transaction_id = r.transaction_id AND r.n <= 2",
+            &[],
+        )
+        .await
+        .expect("age two rows");
+    assert_eq!(aged, 2);
+    let forgotten = tally::store::limits::forget_usage(&db, 100)
+        .await
+        .expect("sweep");
+    assert_eq!(forgotten, 1);
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM limit_usage", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 2);
+    app.assert_ledger_invariants().await;
+}
