@@ -722,23 +722,33 @@ async fn create_users(
     Ok(users)
 }
 
+/// Logs `username` in and returns the access token.
+async fn log_in(
+    http: &reqwest::Client,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let login: Value = http
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(login["access_token"]
+        .as_str()
+        .with_context(|| format!("login {username}: {login}"))?
+        .to_owned())
+}
+
 /// Gives every user every kind of configured limit in every currency, each far above what a
 /// run moves, so that each transfer pays for the whole check and none is refused.
 async fn set_limits(http: &reqwest::Client, args: &RunArgs, users: &[User]) -> anyhow::Result<()> {
     let (Some(username), Some(password)) = (&args.admin_username, &args.admin_password) else {
         bail!("transfer-limited needs --admin-username and --admin-password");
     };
-    let login: Value = http
-        .post(format!("{}/api/v1/auth/login", args.base))
-        .json(&json!({"username": username, "password": password}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let admin = login["access_token"]
-        .as_str()
-        .with_context(|| format!("admin login: {login}"))?
-        .to_owned();
+    let admin = log_in(http, &args.base, username, password).await?;
     let limits = json!({"limits": [
         {"kind": "max_per_transaction", "currency": "*", "value": 1_000_000},
         {"kind": "daily_debit", "currency": "*", "value": 1_000_000_000_000i64},
@@ -810,17 +820,7 @@ async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
         .pool_max_idle_per_host(args.clients * 2)
         .build()?;
     let base = args.base.as_str();
-    let login: Value = http
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": args.admin_username, "password": args.admin_password}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let admin = login["access_token"]
-        .as_str()
-        .with_context(|| format!("admin login: {login}"))?
-        .to_owned();
+    let admin = log_in(&http, base, &args.admin_username, &args.admin_password).await?;
     let currencies = all_currencies();
     let currencies = &currencies[..currencies.len().min(args.accounts.max(1))];
     let user_count = args.accounts.div_ceil(currencies.len());
