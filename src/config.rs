@@ -211,6 +211,11 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
     /// Idle keep-alive connections are closed after this many seconds.
     pub keep_alive_s: u64,
+    /// A client must send a request's headers within this many milliseconds of the connection
+    /// being accepted, or it is answered 408 and closed (slow-header protection). actix-web
+    /// starts the timer at accept, so a worker stalled longer than this answers 408 to clients
+    /// that did nothing wrong (actix-web #1269).
+    pub client_request_timeout_ms: u64,
     /// How long readiness reports "shutting down" before the listener closes, in milliseconds.
     pub shutdown_delay_ms: u64,
     /// The whole graceful shutdown (delay, HTTP drain, pipeline drain, pools) must end within

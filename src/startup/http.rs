@@ -48,6 +48,7 @@ pub(super) fn server(
         .shutdown_timeout()
         .saturating_sub(settings.http.shutdown_delay());
     let keep_alive = Duration::from_secs(settings.http.keep_alive_s);
+    let client_request_timeout = Duration::from_millis(settings.http.client_request_timeout_ms);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -70,6 +71,7 @@ pub(super) fn server(
     })
     .workers(workers)
     .keep_alive(keep_alive)
+    .client_request_timeout(client_request_timeout)
     .shutdown_timeout(drain_budget.as_secs_f64().ceil() as u64)
     // Signals are ours (`run_until_stopped`): readiness must turn false before the listener
     // closes, and the pipeline must drain after it.
