@@ -91,9 +91,11 @@ pub enum Created {
 /// Creates an alert on `account`, armed when its condition does not hold for the account's
 /// settled `amount` now (0 when the account was never used). Call inside a transaction: the
 /// user's alerts are serialized by an advisory lock (so the cap holds under concurrent
-/// creations) and the user's row is locked against the group commit's share lock (and the
-/// balance row, when it exists, share-locked), so no commit changes the amount between the read
-/// and this transaction's commit, and a commit that follows sees this alert.
+/// creations). The caller must hold the user's row `FOR NO KEY UPDATE`
+/// (`store::limits::lock_user_exclusively`), against the group commit's share lock on every
+/// party: a commit that moves this user's money either finished before this read or starts
+/// after this transaction (and reads this alert under its balance lock), even when the account
+/// has no balance row yet.
 pub async fn create(
     client: &impl GenericClient,
     account: AccountKey,
@@ -114,16 +116,6 @@ pub async fn create(
     if count >= ALERTS_PER_USER_MAX {
         return Ok(Created::TooMany);
     }
-    // The user's row, as a group commit share-locks every party first: a commit that moves
-    // this user's money either finished before this read or starts after this transaction
-    // (and reads this alert under its balance lock), even when the account has no balance row
-    // yet.
-    client
-        .execute(
-            "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
-            &[&user],
-        )
-        .await?;
     let amount: i64 = client
         .query_opt(
             "SELECT amount FROM balances WHERE user_id = $1 AND currency = $2 FOR SHARE",

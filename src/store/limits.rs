@@ -79,6 +79,28 @@ pub async fn lock_user(
     })
 }
 
+/// Locks the user `id` against the group commit's share lock (`FOR NO KEY UPDATE`: no commit
+/// moving the user's money runs until this transaction ends, and one that follows reads what
+/// it wrote) and returns its role. Taken first, never after a share lock on the same row in
+/// the same transaction (two such upgrades would deadlock). Call inside a transaction.
+pub async fn lock_user_exclusively(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<LockedUser, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
+            &[&id],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => LockedUser::Active(
+            Role::parse(row.get(0)).expect("users.role is constrained to known roles"),
+        ),
+        None => LockedUser::Missing,
+    })
+}
+
 /// Serializes the writers of one limit set (an account's, or the defaults for `None`) until the
 /// transaction ends: two replacements at once would otherwise both delete the old rows and
 /// collide on the unique index with each other's new ones. A transaction-scoped advisory lock,

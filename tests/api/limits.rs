@@ -745,3 +745,37 @@ async fn usage_older_than_any_window_is_forgotten() {
     assert_eq!(left, 2);
     app.assert_ledger_invariants().await;
 }
+
+/// Alerts created at once for one user, while the user's money moves, all succeed: the
+/// creation locks the user's row once (never a share lock upgraded later, which two creations
+/// would deadlock on), and the cap counts them all.
+#[actix_web::test]
+async fn alerts_created_at_once_while_money_moves_all_succeed() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
+    let create = |threshold: i64| {
+        let (app, payer) = (&app, &payer);
+        async move {
+            app.post(
+                "/api/v1/alerts",
+                Some(&payer.token),
+                &json!({"currency": "USD", "condition": "below", "threshold": threshold}),
+            )
+            .await
+        }
+    };
+    let alerts = futures_util::future::join_all((1..=12).map(|n| create(n * 100)));
+    let transfers =
+        futures_util::future::join_all((0..12).map(|_| transfer(&app, &payer, &payee, 10)));
+    let (alerts, transfers) = futures_util::future::join(alerts, transfers).await;
+    for reply in alerts.iter().chain(&transfers) {
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+    let listed = app.get("/api/v1/alerts", &payer.token).await;
+    assert_eq!(listed.body["alerts"].as_array().map(Vec::len), Some(12));
+    app.assert_ledger_invariants().await;
+}
