@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::domain::{AccountKey, UserId, MONEY_BOUND_MINOR, SYSTEM_USER_ID};
 use crate::error::ApiError;
 use crate::store::alerts::{self as store_alerts, AlertRecord, Condition, Created};
-use crate::store::limits::{lock_user_exclusively, LockedUser};
+use crate::store::limits::{lock_user, LockedUser, UserLock};
 
 /// 409 when the user already has `ALERTS_PER_USER_MAX` alerts.
 const TOO_MANY_ALERTS: ApiError = ApiError::Conflict {
@@ -145,7 +145,7 @@ pub async fn create(
     };
     let mut client = state.pool.get().await?;
     let transaction = client.transaction().await?;
-    if lock_user_exclusively(&transaction, user.as_uuid()).await? == LockedUser::Missing {
+    if lock_user(&transaction, user.as_uuid(), UserLock::Exclusive).await? == LockedUser::Missing {
         return Err(ApiError::field("user_id", "no such user"));
     }
     let account = AccountKey { user, currency };

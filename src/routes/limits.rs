@@ -262,13 +262,14 @@ pub async fn put_account_limits(
     let user = UserId::from_uuid(id);
     let mut client = state.pool.get().await?;
     let transaction = client.transaction().await?;
-    let role = match store_limits::lock_user(&transaction, id).await? {
-        LockedUser::Missing => return Err(ApiError::NotFound("no such user")),
-        LockedUser::Active(Role::System) => {
-            return Err(ApiError::Validation(vec![system_account()]))
-        }
-        LockedUser::Active(role) => role,
-    };
+    let role =
+        match store_limits::lock_user(&transaction, id, store_limits::UserLock::Share).await? {
+            LockedUser::Missing => return Err(ApiError::NotFound("no such user")),
+            LockedUser::Active(Role::System) => {
+                return Err(ApiError::Validation(vec![system_account()]))
+            }
+            LockedUser::Active(role) => role,
+        };
     store_limits::lock_set(&transaction, Some(user)).await?;
     let named: Vec<Currency> = specs.iter().filter_map(LimitSpec::currency).collect();
     let never_held = store_limits::never_held(&transaction, user, &named).await?;
@@ -469,7 +470,7 @@ pub async fn put_overdraft(
     };
     let mut client = state.pool.get().await?;
     let transaction = client.transaction().await?;
-    match store_limits::lock_user(&transaction, id).await? {
+    match store_limits::lock_user(&transaction, id, store_limits::UserLock::Share).await? {
         LockedUser::Missing => return Err(ApiError::NotFound("no such user")),
         LockedUser::Active(Role::System) => {
             return Err(ApiError::Validation(vec![system_account()]))

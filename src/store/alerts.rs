@@ -92,7 +92,7 @@ pub enum Created {
 /// settled `amount` now (0 when the account was never used). Call inside a transaction: the
 /// user's alerts are serialized by an advisory lock (so the cap holds under concurrent
 /// creations). The caller must hold the user's row `FOR NO KEY UPDATE`
-/// (`store::limits::lock_user_exclusively`), against the group commit's share lock on every
+/// (`store::limits::lock_user` with `UserLock::Exclusive`), against the group commit's share lock on every
 /// party: a commit that moves this user's money either finished before this read or starts
 /// after this transaction (and reads this alert under its balance lock), even when the account
 /// has no balance row yet.

@@ -59,40 +59,33 @@ pub enum LockedUser {
     Missing,
 }
 
-/// Share-locks the user `id` (race-free with `users::soft_delete` and role changes, which lock
-/// it for update) and returns its role. Call inside a transaction.
+/// How [`lock_user`] locks the user's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserLock {
+    /// `FOR SHARE`: race-free with `users::soft_delete` and role changes, which lock it for
+    /// update.
+    Share,
+    /// `FOR NO KEY UPDATE`: also against the group commit's share lock on every party, so no
+    /// commit moving the user's money runs until this transaction ends, and one that follows
+    /// reads what it wrote. Take it first, never after a share lock on the same row in the same
+    /// transaction (two such upgrades would deadlock).
+    Exclusive,
+}
+
+/// Locks the user `id` as `lock` says and returns its role (`Missing` for an unknown or
+/// deleted user). Call inside a transaction.
 pub async fn lock_user(
     client: &impl GenericClient,
     id: Uuid,
+    lock: UserLock,
 ) -> Result<LockedUser, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
-            &[&id],
-        )
-        .await?;
-    Ok(match row {
-        Some(row) => LockedUser::Active(
-            Role::parse(row.get(0)).expect("users.role is constrained to known roles"),
-        ),
-        None => LockedUser::Missing,
-    })
-}
-
-/// Locks the user `id` against the group commit's share lock (`FOR NO KEY UPDATE`: no commit
-/// moving the user's money runs until this transaction ends, and one that follows reads what
-/// it wrote) and returns its role. Taken first, never after a share lock on the same row in
-/// the same transaction (two such upgrades would deadlock). Call inside a transaction.
-pub async fn lock_user_exclusively(
-    client: &impl GenericClient,
-    id: Uuid,
-) -> Result<LockedUser, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE",
-            &[&id],
-        )
-        .await?;
+    let query = match lock {
+        UserLock::Share => "SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL FOR SHARE",
+        UserLock::Exclusive => {
+            "SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE"
+        }
+    };
+    let row = client.query_opt(query, &[&id]).await?;
     Ok(match row {
         Some(row) => LockedUser::Active(
             Role::parse(row.get(0)).expect("users.role is constrained to known roles"),
