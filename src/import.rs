@@ -263,6 +263,8 @@ impl Client {
     async fn login(options: &ImportOptions) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
+            // Below the server's 5 s keep-alive: no request goes out on a connection it is closing.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()?;
         let token = Self::token(&http, options).await?;
         Ok(Client { http, token })

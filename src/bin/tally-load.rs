@@ -52,6 +52,9 @@ const CURRENCIES: [&str; 25] = [
 const FUNDING: i64 = 100_000_000;
 /// Registrations and logins in flight during setup.
 const SETUP_CONCURRENCY: usize = 16;
+/// Pooled connections are dropped after this long idle, before the server's keep-alive (5 s by
+/// default) closes them, so that no request is sent on a connection being closed.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 /// The admin (username, password) `compare` bootstraps in the Tally it starts.
 const BENCH_ADMIN: (&str, &str) = ("bench-admin", "bench admin password");
 /// Items per funding bulk of `touch` (Tally's default `bulk.max_items`).
@@ -313,6 +316,7 @@ fn print_report(report: &Report) {
 async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients * 2)
+        .pool_idle_timeout(POOL_IDLE)
         .build()?;
     let currencies = (args.accounts.min(CURRENCIES.len())).max(1);
     let user_count = args
@@ -818,6 +822,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 async fn touch(args: &TouchArgs) -> anyhow::Result<TouchReport> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients * 2)
+        .pool_idle_timeout(POOL_IDLE)
         .build()?;
     let base = args.base.as_str();
     let admin = log_in(&http, base, &args.admin_username, &args.admin_password).await?;

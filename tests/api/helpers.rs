@@ -192,10 +192,7 @@ impl TestApp {
             port,
             database_url,
             settings,
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("http client"),
+            http: http_client(),
         }
     }
 
@@ -800,4 +797,16 @@ pub fn check_request_body(method: &Method, path: &str, status: StatusCode, body:
          request schema {schema} refuses:\n  {}\nrequest: {body}",
         errors.join("\n  ")
     );
+}
+
+/// The suite's HTTP client. Its pooled connections are dropped after 2 s idle, before the
+/// server's keep-alive (`http.keep_alive_s`, 5 s) closes them: a request sent on a connection
+/// the server is closing at that instant fails with `IncompleteMessage` (hyper's keep-alive race,
+/// seen in CI while a busy machine left a client idle for 5 s).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("http client")
 }

@@ -113,10 +113,7 @@ impl Service {
             port: self.port,
             database_url: database_url.to_owned(),
             settings: tally::config::Settings::load(None).expect("settings"),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .expect("http client"),
+            http: crate::helpers::http_client(),
         }
     }
 
