@@ -31,6 +31,17 @@ pub struct Settings {
     pub bulk: BulkSettings,
     pub ledger: LedgerSettings,
     pub limits: LimitsSettings,
+    pub fx: FxSettings,
+}
+
+/// `[fx]`: currency exchange (DESIGN.md section 9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FxSettings {
+    /// How long a quote fixes its rate, seconds (1 to 3600).
+    pub quote_ttl_s: u32,
+    /// The spread kept on every exchange, basis points of the amount sold (0 to 1000).
+    pub spread_bps: u32,
 }
 
 /// `[limits]`: the configured limits (DESIGN.md section 8).
@@ -374,6 +385,14 @@ impl Settings {
         anyhow::ensure!(
             self.database.pool_size >= 2,
             "database.pool_size must be at least 2"
+        );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.fx.quote_ttl_s),
+            "fx.quote_ttl_s must be from 1 to 3600"
+        );
+        anyhow::ensure!(
+            crate::domain::SpreadBps::new(self.fx.spread_bps).is_some(),
+            "fx.spread_bps must be from 0 to 1000"
         );
         anyhow::ensure!(
             self.holds.timeout_s_max >= 1,

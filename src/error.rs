@@ -90,6 +90,13 @@ pub enum ApiError {
     /// 422 `exceeds_hold`: a posting of more than the hold `transaction_id` holds (`held`).
     #[error("the posting exceeds the held amount of {held}")]
     ExceedsHold { transaction_id: Uuid, held: i64 },
+    /// 422 `rate_unavailable`: no current exchange rate for the pair (none configured, or past
+    /// its `valid_until`; an inverse rate is never implied).
+    #[error("no current exchange rate from {from} to {to}")]
+    RateUnavailable {
+        from: &'static str,
+        to: &'static str,
+    },
     /// 422 `idempotency_key_reused`: the key was first used with another request body.
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -177,6 +184,7 @@ impl ApiError {
             ApiError::LimitExceeded { .. } => "limit_exceeded",
             ApiError::BulkFailed { .. } => "bulk_failed",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateUnavailable { .. } => "rate_unavailable",
             ApiError::HoldNotPending { .. } => "hold_not_pending",
             ApiError::ExceedsHold { .. } => "exceeds_hold",
             ApiError::ReversalExceedsAmount { .. } => "reversal_exceeds_amount",
@@ -203,6 +211,7 @@ impl ApiError {
             ApiError::LimitExceeded { .. } => "Limit exceeded",
             ApiError::BulkFailed { .. } => "Bulk failed",
             ApiError::IdempotencyKeyReused => "Idempotency key reused",
+            ApiError::RateUnavailable { .. } => "Rate unavailable",
             ApiError::HoldNotPending { .. } => "Hold not pending",
             ApiError::ExceedsHold { .. } => "Exceeds hold",
             ApiError::ReversalExceedsAmount { .. } => "Reversal exceeds amount",
@@ -308,6 +317,7 @@ impl ResponseError for ApiError {
             | ApiError::BulkFailed { .. }
             | ApiError::ExceedsHold { .. }
             | ApiError::ReversalExceedsAmount { .. }
+            | ApiError::RateUnavailable { .. }
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::HoldNotPending { .. } => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

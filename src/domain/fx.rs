@@ -52,7 +52,7 @@ impl Rate {
         if !digits(fraction) {
             return Err(RateError::Malformed);
         }
-        if fraction.len() > Self::MAX_SCALE as usize || whole.trim_start_matches('0').len() > 7 {
+        if fraction.len() > Self::MAX_SCALE as usize || whole.len() > 7 {
             return Err(RateError::OutOfRange);
         }
         let value = Decimal::from_str(text).map_err(|_| RateError::Malformed)?;

@@ -455,6 +455,10 @@ impl JournalWriter {
                         self.metrics.failure(kind, "hold_not_pending");
                         Ok(Outcome::HoldNotPending)
                     }
+                    Posting::QuoteUnusable => {
+                        self.metrics.failure(kind, "quote_expired");
+                        Ok(Outcome::QuoteUnusable)
+                    }
                     Posting::ReversalRefused(refusal) => {
                         self.metrics.failure(kind, "not_reversible");
                         Ok(Outcome::ReversalRefused(refusal))

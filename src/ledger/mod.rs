@@ -75,6 +75,9 @@ pub enum Outcome {
     /// The reversal was refused by the transaction it reverses (not reversible, or more than
     /// is left of it): nothing was applied or recorded.
     ReversalRefused(crate::store::journal::ReversalRefusal),
+    /// The exchange's quote had expired, was used, or is not the initiator's at the commit:
+    /// nothing was applied or recorded.
+    QuoteUnusable,
 }
 
 /// How the ledger settled a set of movements submitted all or nothing.

@@ -229,9 +229,11 @@ async fn answer(
             "only the payee of a hold (the payer of a debit hold) or an admin may resolve it",
         )),
         Outcome::InactiveParty { user } => Err(super::posting::inactive_party(movement, user)),
-        Outcome::Completed(_) | Outcome::ReversalRefused(_) => Err(ApiError::Internal(
-            anyhow::anyhow!("a hold resolution reached the fallback reply with {outcome:?}"),
-        )),
+        Outcome::Completed(_) | Outcome::ReversalRefused(_) | Outcome::QuoteUnusable => {
+            Err(ApiError::Internal(anyhow::anyhow!(
+                "a hold resolution reached the fallback reply with {outcome:?}"
+            )))
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod auth;
 pub mod balances;
 pub mod bulk;
+pub mod fx;
 pub mod holds;
 pub mod input;
 pub mod limits;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Draining for shutdown, and the HTTP request counters.
     pub lifecycle: Lifecycle,
+    /// "Now" for quotes and rates, the same clock the journal decides with (tests drive it).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 /// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and
@@ -92,6 +95,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         )
                         .service(web::scope("/limits").configure(limits::configure))
                         .service(web::scope("/alerts").configure(alerts::configure))
+                        .configure(fx::configure)
+                        // Before the `/transactions` scope, whose `/{id}` would take it.
+                        .service(
+                            web::resource("/transactions/exchange")
+                                .route(web::post().to(fx::exchange)),
+                        )
                         .service(web::scope("/transactions").configure(transactions::configure))
                         .service(web::scope("/balances").configure(balances::configure)),
                 ),

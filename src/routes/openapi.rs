@@ -43,6 +43,7 @@ use crate::error::{FieldError, Problem};
         super::limits::get_account_limits, super::limits::put_account_limits,
         super::limits::get_defaults, super::limits::put_defaults, super::limits::put_overdraft,
         super::alerts::create, super::alerts::list, super::alerts::delete,
+        super::fx::list_rates, super::fx::put_rate, super::fx::quote, super::fx::exchange,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -54,6 +55,8 @@ use crate::error::{FieldError, Problem};
         LimitsRequest, LimitItem, OverdraftRequest, AlertRequest,
         super::limits::LimitBody, super::limits::EffectiveLimitBody, super::limits::AccountLimitsBody,
         super::limits::DefaultLimitsBody, super::alerts::AlertBody, super::alerts::AlertsBody,
+        super::schemas::RateRequest, super::schemas::QuoteRequest, super::schemas::ExchangeRequest,
+        super::fx::RateBody, super::fx::RatesBody, super::fx::QuoteBody, super::posting::ExchangeBody,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -63,6 +66,7 @@ use crate::error::{FieldError, Problem};
         (name = "balances", description = "Balances"),
         (name = "limits", description = "Limits, default limits and overdrafts (admins set them)"),
         (name = "alerts", description = "Balance alerts"),
+        (name = "exchange", description = "Exchange rates, quotes and currency exchange"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -109,7 +113,7 @@ mod exact {
     use serde_json::{json, Value};
 
     use crate::domain::{
-        Amount, Currency, Description, Email, IdempotencyKey, LimitKind, Reference,
+        Amount, Currency, Description, Email, IdempotencyKey, LimitKind, Reference, FEES_USER_ID,
         MONEY_BOUND_MINOR, SYSTEM_USER_ID, WINDOW_MAX_S,
     };
     use crate::routes::{balances, limits, posting, transactions, users};
@@ -234,6 +238,49 @@ mod exact {
                     field["allOf"] = json!([not_system]);
                 }
             }
+        }
+        // Exchange.
+        let optional_currency = json!({"anyOf": [currency.clone(), {"type": "null"}]});
+        for (schema, required) in [("QuoteRequest", true), ("ExchangeRequest", false)] {
+            let properties = format!("{SCHEMAS}/{schema}/properties");
+            for field in ["from_currency", "to_currency"] {
+                let value = if required {
+                    currency.clone()
+                } else {
+                    optional_currency.clone()
+                };
+                set(document, &format!("{properties}/{field}"), value);
+            }
+        }
+        let exchange = format!("{SCHEMAS}/ExchangeRequest/properties");
+        set(
+            document,
+            &format!("{exchange}/description"),
+            text(Description::MAX_CHARS, 0),
+        );
+        set(
+            document,
+            &format!("{exchange}/reference"),
+            text(Reference::MAX_CHARS, 1),
+        );
+        if let Some(field) = document.pointer_mut(&format!("{exchange}/to_user_id")) {
+            field["allOf"] = json!([not_system, {"not": {"const": FEES_USER_ID.to_string()}}]);
+        }
+        let mut source = text(100, 1);
+        source["type"] = json!("string");
+        set(
+            document,
+            &format!("{SCHEMAS}/RateRequest/properties/source"),
+            source,
+        );
+        for name in ["from", "to"] {
+            parameter(
+                document,
+                "put",
+                "/api/v1/rates/{from}/{to}",
+                name,
+                currency.clone(),
+            );
         }
         let bulk = format!("{SCHEMAS}/BulkRequest/properties");
         set(

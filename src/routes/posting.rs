@@ -68,6 +68,53 @@ pub struct TransactionBody {
     /// A reversed transaction's completed reversals, oldest first (`GET /transactions/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reversals: Option<Vec<Uuid>>,
+    /// An exchange's (or its reversal's): what `to_user_id` got, and how it was priced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<ExchangeBody>,
+    /// A scheduled run's: the schedule, and which occurrence (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurrence: Option<i64>,
+}
+
+/// The other side of an exchange and its pricing (DESIGN.md section 9). `amount`/`currency` of
+/// the transaction are what `from_user_id` gave; these are what `to_user_id` got.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExchangeBody {
+    /// Minor units of `to_currency`, rounded down from the exact conversion.
+    pub to_amount: i64,
+    pub to_currency: String,
+    /// Target major units per source major unit of the exchange, as a decimal string.
+    pub rate: String,
+    /// Where the rate came from (the admin's `source`).
+    pub rate_source: String,
+    /// The spread kept by the house, in basis points, and its amount in minor units of the
+    /// currency the exchange sold (rounded up).
+    pub spread_bps: i32,
+    pub fee: i64,
+    /// The quote that fixed the rate, when one did.
+    pub quote_id: Option<Uuid>,
+}
+
+impl ExchangeBody {
+    fn of(movement: &Movement) -> Option<ExchangeBody> {
+        let exchange = movement.exchange_details()?;
+        let (to_amount, to_currency) = if movement.reversal().is_some() {
+            (exchange.sold, exchange.sold_currency)
+        } else {
+            (exchange.bought, exchange.bought_currency)
+        };
+        Some(ExchangeBody {
+            to_amount: to_amount.minor(),
+            to_currency: to_currency.code().to_owned(),
+            rate: exchange.rate.to_string(),
+            rate_source: exchange.rate_source.clone(),
+            spread_bps: i32::try_from(exchange.spread_bps).unwrap_or(i32::MAX),
+            fee: exchange.fee,
+            quote_id: exchange.quote,
+        })
+    }
 }
 
 fn party(user: UserId) -> Option<Uuid> {
@@ -98,6 +145,17 @@ impl From<TransactionRecord> for TransactionBody {
             reason: record.reason,
             reversed_amount: (record.reversed_amount > 0).then_some(record.reversed_amount),
             reversals: None,
+            exchange: record.exchange.map(|exchange| ExchangeBody {
+                to_amount: exchange.to_amount,
+                to_currency: exchange.to_currency,
+                rate: exchange.rate.normalize().to_string(),
+                rate_source: exchange.rate_source,
+                spread_bps: exchange.spread_bps,
+                fee: exchange.fee,
+                quote_id: exchange.quote_id,
+            }),
+            schedule_id: record.schedule_id,
+            occurrence: record.occurrence,
         }
     }
 }
@@ -149,6 +207,9 @@ impl TransactionBody {
                 .map(|reversal| reversal.reason.as_str().to_owned()),
             reversed_amount: None,
             reversals: None,
+            exchange: ExchangeBody::of(movement),
+            schedule_id: movement.schedule().map(|(schedule, _)| schedule),
+            occurrence: movement.schedule().map(|(_, occurrence)| occurrence),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! `POST /api/v1/transactions/{id}/reverse`: a reversal (refund) of a completed transaction, in
 //! whole or in parts (DESIGN.md section 7).
 //!
-//! Who may: an admin, on any completed credit, debit or transfer; the payee of a transfer (a
-//! refund to its payer). Not on a reversal, a hold or a failed transaction. The reversal is a
+//! Who may: an admin, on any completed credit, debit, transfer or exchange; the payee of a
+//! transfer (a refund to its payer). An exchange is reversed whole, every leg at its recorded
+//! rate (DESIGN.md section 9): the payer gets back all it sold, the spread included. Not on a reversal, a hold or a failed transaction. The reversal is a
 //! new transaction of type `reversal` that moves money the other way through the one posting
 //! path: it needs funds on the side it takes from, and is recorded failed when it has none.
 //! The sum of a transaction's reversals never exceeds its amount: the commit claims each
@@ -18,14 +19,17 @@ use super::posting::{
 use super::AppState;
 use crate::auth::Principal;
 use crate::domain::{
-    Amount, Authority, Currency, Description, Movement, TransactionKind, TransactionStatus,
+    Amount, Authority, Currency, Description, Exchange, Movement, Rate, TransactionKind,
+    TransactionStatus,
 };
 use crate::error::ApiError;
 use crate::ledger::Outcome;
 use crate::store::journal::ReversalRefusal;
+use crate::store::transactions::TransactionRecord;
 
 const NOT_REVERSIBLE: &str =
-    "only a completed credit, debit or transfer with something left to reverse can be reversed";
+    "only a completed credit, debit, transfer or exchange with something left to reverse can be reversed";
+const ONLY_ADMIN_EXCHANGE: &str = "only an admin may reverse an exchange";
 const ONLY_PAYEE_OR_ADMIN: &str =
     "only an admin, or the payee of a transfer (a refund), may reverse a transaction";
 
@@ -89,9 +93,20 @@ pub async fn reverse(
     let reversible = original.status == TransactionStatus::Completed
         && matches!(
             original.kind,
-            TransactionKind::Credit | TransactionKind::Debit | TransactionKind::Transfer
+            TransactionKind::Credit
+                | TransactionKind::Debit
+                | TransactionKind::Transfer
+                | TransactionKind::Exchange
         );
     let remaining = original.amount - original.reversed_amount;
+    if original.kind == TransactionKind::Exchange {
+        let movement =
+            exchange_reversal(&original, amount, reason, principal)?.with_key(idempotency);
+        if !reversible || remaining < original.amount {
+            return replay_or(&state, &movement, not_reversible()).await;
+        }
+        return submit(&state, &original, movement).await;
+    }
     let amount = match amount {
         Some(amount) => amount,
         None => Amount::new(remaining.max(1)).map_err(|error| {
@@ -124,11 +139,70 @@ pub async fn reverse(
         };
         return replay_or(&state, &movement, exceeds).await;
     }
+    submit(&state, &original, movement).await
+}
+
+/// The whole reversal of the exchange `original`, by an admin. `amount`, when given, must be
+/// all of it (what the exchange sold).
+///
+/// Errors: 403 for anyone but an admin; 422 on `amount` for a part.
+fn exchange_reversal(
+    original: &TransactionRecord,
+    amount: Option<Amount>,
+    reason: Description,
+    principal: Principal,
+) -> Result<Movement, ApiError> {
+    if !principal.is_admin() {
+        return Err(ApiError::Forbidden(ONLY_ADMIN_EXCHANGE));
+    }
+    if amount.is_some_and(|amount| amount.minor() != original.amount) {
+        return Err(ApiError::field(
+            "amount",
+            format!(
+                "an exchange is reversed whole: leave it out, or give {}",
+                original.amount
+            ),
+        ));
+    }
+    let stored = |what: &str| ApiError::Internal(anyhow::anyhow!("stored exchange: {what}"));
+    let record = original
+        .exchange
+        .as_ref()
+        .ok_or_else(|| stored("no exchange columns"))?;
+    let exchange = Exchange {
+        payer: original.from,
+        payee: original.to,
+        sold_currency: Currency::parse(&original.currency).map_err(|_| stored("currency"))?,
+        sold: Amount::new(original.amount).map_err(|_| stored("amount"))?,
+        bought_currency: Currency::parse(&record.to_currency).map_err(|_| stored("to_currency"))?,
+        bought: Amount::new(record.to_amount).map_err(|_| stored("to_amount"))?,
+        fee: record.fee,
+        rate: Rate::new(record.rate).map_err(|_| stored("rate"))?,
+        spread_bps: u32::try_from(record.spread_bps).map_err(|_| stored("spread_bps"))?,
+        rate_source: record.rate_source.clone(),
+        quote: record.quote_id,
+    };
+    Movement::reverse_exchange(
+        original.id,
+        exchange,
+        reason,
+        principal.user,
+        Authority::Admin,
+    )
+    .map_err(|error| stored(&error.to_string()))
+}
+
+/// Submits a reversal of `original` and answers with the reversal, or why not.
+async fn submit(
+    state: &AppState,
+    original: &TransactionRecord,
+    movement: Movement,
+) -> Result<HttpResponse, ApiError> {
     let outcome = state
         .ledger
         .submit(movement.clone())
         .await
-        .map_err(|error| submit_error(error, &state))?;
+        .map_err(|error| submit_error(error, state))?;
     match outcome {
         Outcome::Completed(recorded) => Ok(created(TransactionBody::committed(
             &movement, None, recorded,
@@ -144,16 +218,16 @@ pub async fn reverse(
         Outcome::Duplicate {
             transaction_id,
             same_request: true,
-        } => replay(&state, transaction_id).await,
+        } => replay(state, transaction_id).await,
         Outcome::Duplicate {
             same_request: false,
             ..
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::Forbidden => Err(ApiError::Forbidden(ONLY_PAYEE_OR_ADMIN)),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
-        Outcome::HoldNotPending => Err(ApiError::Internal(anyhow::anyhow!(
-            "a reversal was answered hold_not_pending"
-        ))),
+        Outcome::HoldNotPending | Outcome::QuoteUnusable => Err(ApiError::Internal(
+            anyhow::anyhow!("a reversal was answered {outcome:?}"),
+        )),
     }
 }
 

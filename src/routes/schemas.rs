@@ -227,3 +227,55 @@ pub struct AlertRequest {
     /// Admins only: whose account (default: the caller's).
     pub user_id: Option<Uuid>,
 }
+
+/// An exchange rate (admins).
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateRequest {
+    /// Major units of `to` one major unit of `from` buys: a plain decimal string (no sign,
+    /// exponent or spaces), greater than 0, at most 1000000, at most 12 decimal places.
+    #[schema(pattern = "^[0-9]{1,7}(\\.[0-9]{1,12})?$")]
+    pub rate: String,
+    /// Where the rate comes from: 1 to 100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100)]
+    pub source: String,
+    /// After this instant the rate prices nothing (must be in the future); absent or null:
+    /// until replaced.
+    pub valid_until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A quote request.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    /// The currency sold.
+    pub from_currency: String,
+    /// The currency bought; another than `from_currency`.
+    pub to_currency: String,
+    /// Minor units of `from_currency` to sell, 1 to 10^15; enough to buy at least one minor
+    /// unit of `to_currency` after the spread.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+}
+
+/// An exchange: a quote (`quote_id`), or the pair and amount at the current rate.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeRequest {
+    /// A quote of the caller's, unexpired and unused; the pricing fields may then be left out
+    /// (given, they must equal the quote's).
+    pub quote_id: Option<Uuid>,
+    /// Required without `quote_id`.
+    pub from_currency: Option<String>,
+    /// Required without `quote_id`; another than `from_currency`.
+    pub to_currency: Option<String>,
+    /// Minor units of `from_currency`, 1 to 10^15; required without `quote_id`.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<i64>,
+    /// Who gets the bought currency: an active user (default: the caller).
+    pub to_user_id: Option<Uuid>,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}

@@ -292,9 +292,11 @@ async fn submit(state: &AppState, movement: Movement) -> Result<HttpResponse, Ap
             ..
         } => Err(ApiError::IdempotencyKeyReused),
         Outcome::InactiveParty { user } => Err(inactive_party(&movement, user)),
-        Outcome::HoldNotPending | Outcome::ReversalRefused(_) => Err(ApiError::Internal(
-            anyhow::anyhow!("a plain movement was answered as a hold resolution or a reversal"),
-        )),
+        Outcome::HoldNotPending | Outcome::ReversalRefused(_) | Outcome::QuoteUnusable => {
+            Err(ApiError::Internal(anyhow::anyhow!(
+                "a plain movement was answered as a hold resolution or a reversal"
+            )))
+        }
     }
 }
 

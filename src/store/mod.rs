@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod audit;
 pub mod balances;
 pub mod events;
+pub mod fx;
 pub mod health;
 pub mod idempotency;
 pub mod journal;

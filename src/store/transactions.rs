@@ -41,12 +41,33 @@ pub struct TransactionRecord {
     pub reason: Option<String>,
     /// The sum of this transaction's reversals, minor units.
     pub reversed_amount: i64,
+    /// An exchange's (or its reversal's) pricing and other side.
+    pub exchange: Option<ExchangeRecord>,
+    /// The schedule whose run wrote it, and which occurrence.
+    pub schedule_id: Option<Uuid>,
+    pub occurrence: Option<i64>,
+}
+
+/// The exchange columns of a transaction (migration V9): what `to` got, in which currency, the
+/// spread kept in the sold currency, and how it was priced.
+#[derive(Debug, Clone)]
+pub struct ExchangeRecord {
+    /// Minor units of `to_currency`.
+    pub to_amount: i64,
+    pub to_currency: String,
+    /// Minor units of the sold currency.
+    pub fee: i64,
+    pub rate: rust_decimal::Decimal,
+    pub spread_bps: i32,
+    pub rate_source: String,
+    pub quote_id: Option<Uuid>,
 }
 
 const COLUMNS: &str =
     "id, type, status, from_user_id, to_user_id, amount, currency, description, reference, \
      failure_reason, failure_detail, initiated_by, created_at, completed_at, expires_at, \
-     resolved_at, posted_amount, posting_id, pending_id, reversal_of, reason, reversed_amount";
+     resolved_at, posted_amount, posting_id, pending_id, reversal_of, reason, reversed_amount, \
+     to_amount, to_currency, fee, rate, spread_bps, rate_source, quote_id, schedule_id, occurrence";
 
 fn record(row: &tokio_postgres::Row) -> TransactionRecord {
     TransactionRecord {
@@ -73,6 +94,19 @@ fn record(row: &tokio_postgres::Row) -> TransactionRecord {
         reversal_of: row.get("reversal_of"),
         reason: row.get("reason"),
         reversed_amount: row.get("reversed_amount"),
+        exchange: row
+            .get::<_, Option<String>>("to_currency")
+            .map(|to_currency| ExchangeRecord {
+                to_amount: row.get("to_amount"),
+                to_currency,
+                fee: row.get("fee"),
+                rate: row.get("rate"),
+                spread_bps: row.get("spread_bps"),
+                rate_source: row.get("rate_source"),
+                quote_id: row.get("quote_id"),
+            }),
+        schedule_id: row.get("schedule_id"),
+        occurrence: row.get("occurrence"),
     }
 }
 

@@ -43,6 +43,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/alerts"),
     ("get", "/api/v1/alerts"),
     ("delete", "/api/v1/alerts/{id}"),
+    ("get", "/api/v1/rates"),
+    ("put", "/api/v1/rates/{from}/{to}"),
+    ("post", "/api/v1/fx/quotes"),
+    ("post", "/api/v1/transactions/exchange"),
     ("get", "/metrics"),
     ("get", "/health/live"),
     ("get", "/health/ready"),
@@ -204,7 +208,11 @@ async fn every_route_the_app_serves_is_documented_and_nothing_more() {
     let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
     let id = Uuid::new_v4().to_string();
     for path in paths {
-        let concrete = path.replace("{id}", &id).replace("{currency}", "USD");
+        let concrete = path
+            .replace("{id}", &id)
+            .replace("{currency}", "USD")
+            .replace("{from}", "EUR")
+            .replace("{to}", "USD");
         for method in METHODS {
             let served = listed.contains(&((*method).to_owned(), path.to_owned()));
             let http_method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

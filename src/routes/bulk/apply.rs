@@ -81,17 +81,19 @@ pub(super) async fn independent(
                 result.index = index;
                 result
             }
-            Ok(Outcome::HoldNotPending | Outcome::ReversalRefused(_)) => BulkResult {
-                index,
-                status: "error",
-                transaction: None,
-                error: Some(
-                    ApiError::Internal(anyhow::anyhow!(
-                        "a bulk item resolved a hold or reversed a transaction"
-                    ))
-                    .problem(),
-                ),
-            },
+            Ok(Outcome::HoldNotPending | Outcome::ReversalRefused(_) | Outcome::QuoteUnusable) => {
+                BulkResult {
+                    index,
+                    status: "error",
+                    transaction: None,
+                    error: Some(
+                        ApiError::Internal(anyhow::anyhow!(
+                            "a bulk item resolved a hold or reversed a transaction"
+                        ))
+                        .problem(),
+                    ),
+                }
+            }
             Ok(Outcome::InactiveParty { user }) => BulkResult {
                 index,
                 status: "error",

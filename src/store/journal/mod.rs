@@ -70,6 +70,9 @@ pub enum Posting {
     HoldNotPending,
     /// A reversal the transaction it reverses no longer allows: nothing was written.
     ReversalRefused(ReversalRefusal),
+    /// An exchange whose quote had expired or was used by another exchange at the commit (or
+    /// is not the initiator's): nothing was written.
+    QuoteUnusable,
 }
 
 /// Why a reversal could not claim its part of the original (invariant 10).
@@ -234,6 +237,24 @@ pub async fn commit_batch(
                 }
             }
         }
+        // Exchanges claim their quotes, each at most once (invariant 4 for quotes).
+        let quoted: Vec<usize> = undecided
+            .iter()
+            .copied()
+            .filter(|&i| postings[i].is_none() && quote_of(movements[i]).is_some())
+            .collect();
+        if !quoted.is_empty() {
+            let claimed = sql::claim_quotes(&transaction, &movements, &quoted, now).await?;
+            let mut first = HashSet::new();
+            for &i in &quoted {
+                let quote = quote_of(movements[i]);
+                let usable =
+                    quote.is_some_and(|quote| claimed.contains(&quote) && first.insert(quote));
+                if !usable {
+                    postings[i] = Some(Posting::QuoteUnusable);
+                }
+            }
+        }
         // Reversals claim their part of the original one by one, in batch order: two
         // reversals of one transaction in a batch are bounded together (invariant 10).
         for &i in &undecided {
@@ -251,7 +272,11 @@ pub async fn commit_batch(
                 movements[i].idempotency().is_some()
                     && matches!(
                         postings[i],
-                        Some(Posting::HoldNotPending | Posting::ReversalRefused(_))
+                        Some(
+                            Posting::HoldNotPending
+                                | Posting::ReversalRefused(_)
+                                | Posting::QuoteUnusable
+                        )
                     )
             })
             .collect();
@@ -346,7 +371,8 @@ pub async fn commit_batch(
                 .filter_map(|(&i, decision)| match decision {
                     Err(refusal)
                         if matches!(movements[i].phase(), Phase::Post { .. })
-                            || movements[i].reversal().is_some() =>
+                            || movements[i].reversal().is_some()
+                            || quote_of(movements[i]).is_some() =>
                     {
                         Some((i, *refusal))
                     }
@@ -354,9 +380,9 @@ pub async fn commit_batch(
                 })
                 .collect();
             if !refused_postings.is_empty() {
-                // This attempt claimed their holds as posted, or their part of the original as
-                // reversed: run it again without them, so that each is recorded failed and
-                // what it claimed stays as it was.
+                // This attempt claimed their holds as posted, their part of the original as
+                // reversed, or their quote as used: run it again without them, so that each is
+                // recorded failed and what it claimed stays as it was.
                 transaction.rollback().await?;
                 for (i, refusal) in refused_postings {
                     standing[i] = Some(Posting::Refused(refusal));
@@ -458,11 +484,23 @@ fn move_to_checked_path(
     alone: &mut [bool],
 ) {
     for &i in indices {
-        let movement = movements[i];
-        if accounts.contains(&movement.debited()) || accounts.contains(&movement.credited()) {
+        if movements[i]
+            .legs()
+            .any(|leg| accounts.contains(&leg.account))
+        {
             alone[i] = true;
         }
     }
+}
+
+/// The quote an exchange claims in the commit (a reversal claims none).
+fn quote_of(movement: &Movement) -> Option<Uuid> {
+    if movement.reversal().is_some() {
+        return None;
+    }
+    movement
+        .exchange_details()
+        .and_then(|exchange| exchange.quote)
 }
 
 /// `hold_not_pending` for every movement of `indices` that resolves a hold an earlier one of
@@ -525,7 +563,8 @@ fn resolve_duplicates_within_batch(
                 original @ (Posting::InactiveParty { .. }
                 | Posting::Forbidden
                 | Posting::HoldNotPending
-                | Posting::ReversalRefused(_)),
+                | Posting::ReversalRefused(_)
+                | Posting::QuoteUnusable),
             ) if same_request => Some(original.clone()),
             _ => Some(Posting::Duplicate {
                 transaction_id: movements[i].id(),

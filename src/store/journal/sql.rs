@@ -602,6 +602,79 @@ pub(super) async fn insert_entries(
     Ok(())
 }
 
+/// Claims the quotes of the exchanges `indices` (each names one; the caller keeps the first of
+/// a batch's movements naming the same quote): a quote is used once, by its own user, before
+/// its deadline, and only for the amounts and currencies it was given for. Returns the quotes
+/// claimed; an exchange whose quote is missing from it must not be applied (`quote_expired`).
+pub(super) async fn claim_quotes(
+    transaction: &Transaction<'_>,
+    movements: &[&Movement],
+    indices: &[usize],
+    now: DateTime<Utc>,
+) -> Result<HashSet<Uuid>, BatchError> {
+    let n = indices.len();
+    let (mut quotes, mut users, mut transactions) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut sold, mut bought, mut sold_in, mut bought_in) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let mut seen = HashSet::new();
+    for &i in indices {
+        let movement = movements[i];
+        let Some(exchange) = movement.exchange_details() else {
+            continue;
+        };
+        let Some(quote) = exchange.quote else {
+            continue;
+        };
+        if !seen.insert(quote) {
+            continue;
+        }
+        quotes.push(quote);
+        users.push(movement.initiated_by().as_uuid());
+        transactions.push(movement.id());
+        sold.push(exchange.sold.minor());
+        bought.push(exchange.bought.minor());
+        sold_in.push(exchange.sold_currency.code());
+        bought_in.push(exchange.bought_currency.code());
+    }
+    let statement = transaction
+        .prepare_cached(
+            "UPDATE fx_quotes AS q
+             SET transaction_id = c.transaction_id, used_at = $8
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[],
+                         $6::text[], $7::text[])
+                  AS c(id, user_id, transaction_id, sold, bought, sold_in, bought_in)
+             WHERE q.id = c.id AND q.user_id = c.user_id AND q.transaction_id IS NULL
+               AND q.expires_at > $8 AND q.source_amount = c.sold AND q.target_amount = c.bought
+               AND q.from_currency = c.sold_in AND q.to_currency = c.bought_in
+             RETURNING q.id",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &quotes,
+        &users,
+        &transactions,
+        &sold,
+        &bought,
+        &sold_in,
+        &bought_in,
+        &now,
+    ];
+    Ok(transaction
+        .query(&statement, &params)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
 /// Claims the resolution of the holds that the movements `indices` post or release (each
 /// hold at most once among them: the caller keeps the first): the hold's row goes from
 /// `pending` to `posted`, `voided` or `expired` with a conditional update, and its event is
@@ -726,7 +799,8 @@ pub(super) async fn claim_reversal(
             "WITH claimed AS (
                  UPDATE transactions
                  SET reversed_amount = reversed_amount + $2
-                 WHERE id = $1 AND status = 'completed' AND type IN ('credit', 'debit', 'transfer')
+                 WHERE id = $1 AND status = 'completed'
+                   AND type IN ('credit', 'debit', 'transfer', 'exchange') AND (type = 'exchange') = $7
                    AND from_user_id = $3 AND to_user_id = $4 AND currency = $5
                    AND reversed_amount + $2 <= amount
                  RETURNING id, amount, reversed_amount
@@ -746,17 +820,24 @@ pub(super) async fn claim_reversal(
         movement.to().as_uuid(),
         movement.from().as_uuid(),
     );
-    let currency = movement.currency().code();
+    // An exchange is reversed whole: its claim is the amount it sold, in the sold currency.
+    let exchange = movement.exchange_details();
+    let (amount, currency) = match exchange {
+        Some(exchange) => (exchange.sold.minor(), exchange.sold_currency.code()),
+        None => (movement.amount().minor(), movement.currency().code()),
+    };
+    let is_exchange = exchange.is_some();
     let claimed: i64 = transaction
         .query_one(
             &statement,
             &[
                 &of,
-                &movement.amount().minor(),
+                &amount,
                 &from,
                 &to,
                 &currency,
                 &movement.id(),
+                &is_exchange,
             ],
         )
         .await?
@@ -768,14 +849,15 @@ pub(super) async fn claim_reversal(
     // committed while this one waited for the row lock (the update's snapshot does not).
     let why = transaction
         .prepare_cached(
-            "SELECT status = 'completed' AND type IN ('credit', 'debit', 'transfer')
+            "SELECT status = 'completed' AND type IN ('credit', 'debit', 'transfer', 'exchange')
+                      AND (type = 'exchange') = $5
                       AND from_user_id = $2 AND to_user_id = $3 AND currency = $4,
                     amount - reversed_amount
              FROM transactions WHERE id = $1",
         )
         .await?;
     let Some(row) = transaction
-        .query_opt(&why, &[&of, &from, &to, &currency])
+        .query_opt(&why, &[&of, &from, &to, &currency, &is_exchange])
         .await?
     else {
         return Ok(Err(ReversalRefusal::NotReversible));
