@@ -92,13 +92,14 @@ const CHECKS: &[(&str, &str, &str)] = &[
     ),
     (
         "double_entry",
-        "every completed transaction has exactly two entries, -amount from its source and \
-         +amount to its destination; other transactions have none (invariant 1)",
+        "every completed transaction but an exchange has exactly two entries, -amount from its \
+         source and +amount to its destination; other transactions have none (invariant 1)",
         "SELECT format('transaction %s (%s, %s %s): %s entries summing to %s',
                        t.id, t.status, t.amount, t.currency, count(e.id), coalesce(sum(e.delta), 0))
          FROM transactions t LEFT JOIN entries e ON e.transaction_id = t.id
          GROUP BY t.id
-         HAVING CASE WHEN t.status = 'completed' THEN
+         HAVING CASE WHEN t.status = 'completed' AND t.to_currency IS NOT NULL THEN false
+                    WHEN t.status = 'completed' THEN
                     count(e.id) <> 2
                     OR count(e.id) FILTER (WHERE e.user_id = t.from_user_id
                                              AND e.currency = t.currency AND e.delta = -t.amount) <> 1
@@ -159,15 +160,16 @@ const CHECKS: &[(&str, &str, &str)] = &[
     (
         "reversals",
         "each transaction's completed reversals move it back (parties swapped, same currency), \
-         sum to its reversed_amount and never exceed its amount; only completed transfers, \
-         debits, credits and postings are reversed (invariant 10)",
+         sum to its reversed_amount and never exceed its amount (an exchange's reversal moves \
+         back what it bought, and counts what it sold); only completed transfers, debits, \
+         credits, postings and exchanges are reversed (invariant 10)",
         "SELECT format('transaction %s (%s %s, %s): reversed_amount %s, completed reversals sum \
                         to %s', o.id, o.amount, o.currency, o.status, o.reversed_amount,
-                       coalesce(sum(r.amount), 0))
+                       coalesce(sum(coalesce(r.to_amount, r.amount)), 0))
          FROM transactions o
          LEFT JOIN transactions r ON r.reversal_of = o.id AND r.status = 'completed'
          GROUP BY o.id
-         HAVING coalesce(sum(r.amount), 0) <> o.reversed_amount
+         HAVING coalesce(sum(coalesce(r.to_amount, r.amount)), 0) <> o.reversed_amount
                 OR o.reversed_amount > o.amount
                 OR (o.reversed_amount > 0 AND (o.status <> 'completed' OR o.reversal_of IS NOT NULL))
          UNION ALL
@@ -176,7 +178,50 @@ const CHECKS: &[(&str, &str, &str)] = &[
                        o.currency)
          FROM transactions r JOIN transactions o ON o.id = r.reversal_of
          WHERE r.from_user_id <> o.to_user_id OR r.to_user_id <> o.from_user_id
-               OR r.currency <> o.currency",
+               OR r.currency <> coalesce(o.to_currency, o.currency)",
+    ),
+    (
+        "exchanges",
+        "every completed exchange has exactly its legs (payer -amount, system +(amount - fee) and \
+         fees +fee in the sold currency; system -to_amount and payee +to_amount in the bought \
+         one), its reversal exactly their opposites; its fee is the spread rounded up and its \
+         to_amount the exact conversion at its rate rounded down, in the currencies' minor \
+         units (DESIGN.md section 9)",
+        "SELECT format('%s %s (%s %s -> %s %s): entries %s, legs %s', t.type, t.id, t.amount,
+                       t.currency, t.to_amount, t.to_currency, coalesce(a.entries, '{}'), x.legs)
+         FROM transactions t
+         CROSS JOIN LATERAL (
+             SELECT array_agg(format('%s %s %s', user_id, currency, delta)
+                              ORDER BY format('%s %s %s', user_id, currency, delta)) AS legs
+             FROM (VALUES
+                 (t.from_user_id, t.currency, -t.amount),
+                 ('00000000-0000-0000-0000-000000000000'::uuid, t.currency,
+                  CASE WHEN t.type = 'exchange' THEN t.amount - t.fee ELSE t.amount END),
+                 ('00000000-0000-0000-0000-000000000001'::uuid,
+                  CASE WHEN t.type = 'exchange' THEN t.currency ELSE t.to_currency END,
+                  CASE WHEN t.type = 'exchange' THEN t.fee ELSE -t.fee END),
+                 ('00000000-0000-0000-0000-000000000000'::uuid, t.to_currency,
+                  CASE WHEN t.type = 'exchange' THEN -t.to_amount ELSE t.fee - t.to_amount END),
+                 (t.to_user_id, t.to_currency, t.to_amount)) AS l(user_id, currency, delta)
+             WHERE delta <> 0) x
+         LEFT JOIN LATERAL (
+             SELECT array_agg(format('%s %s %s', user_id, currency, delta)
+                              ORDER BY format('%s %s %s', user_id, currency, delta)) AS entries
+             FROM entries WHERE transaction_id = t.id) a ON true
+         WHERE t.to_currency IS NOT NULL AND t.status = 'completed'
+           AND a.entries IS DISTINCT FROM x.legs
+         UNION ALL
+         SELECT format('exchange %s: %s %s at %s with %s bps: fee %s, to_amount %s %s; exact: fee %s, to_amount %s',
+                       t.id, t.amount, t.currency, t.rate, t.spread_bps, t.fee, t.to_amount,
+                       t.to_currency, f.fee, floor((t.amount - f.fee) * t.rate
+                                                   * power(10::numeric, et.e - ef.e)))
+         FROM transactions t
+         JOIN {exponents} AS ef(code, e) ON ef.code = t.currency
+         JOIN {exponents} AS et(code, e) ON et.code = t.to_currency
+         CROSS JOIN LATERAL (SELECT ceil(t.amount * t.spread_bps / 10000::numeric) AS fee) f
+         WHERE t.type = 'exchange'
+           AND (t.fee <> f.fee
+                OR t.to_amount <> floor((t.amount - f.fee) * t.rate * power(10::numeric, et.e - ef.e)))",
     ),
     (
         "no_overdraft",
@@ -348,9 +393,21 @@ async fn run_checks(
         "({}::bigint * interval '1 millisecond')",
         i64::try_from(idempotency_retention.as_millis()).unwrap_or(i64::MAX)
     );
+    // The minor-unit exponents of every currency Tally accepts, as a VALUES list: codes from
+    // the ISO 4217 table of `domain::Currency`, never from outside.
+    let exponents = format!(
+        "(VALUES {})",
+        crate::domain::Currency::all()
+            .into_iter()
+            .map(|currency| format!("('{}', {})", currency.code(), currency.exponent()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut checks = Vec::with_capacity(CHECKS.len());
     for &(name, invariant, query) in CHECKS {
-        let query = query.replace("{retention}", &retention);
+        let query = query
+            .replace("{retention}", &retention)
+            .replace("{exponents}", &exponents);
         let rows = client
             .query(
                 &format!(

@@ -48,10 +48,10 @@ impl StreamHandler<Submission> for Worker {
             &mut submission.queue_span,
             tracing::Span::none(),
         ));
-        debug_assert_ne!(
-            submission.movement.from(),
-            submission.movement.to(),
-            "handlers refuse self-transfers"
+        debug_assert!(
+            submission.movement.from() != submission.movement.to()
+                || submission.movement.exchange_details().is_some(),
+            "handlers refuse self-transfers (only an exchange may pay its own payer)"
         );
         // do_send ignores the mailbox limit; the admission permits bound what is in flight.
         if submission.movement.needs_reservation() {
