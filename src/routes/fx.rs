@@ -276,7 +276,8 @@ pub async fn quote(
         amount.expect("finish() refuses missing fields"),
     );
     let client = state.pool.get().await?;
-    let now = state.clock.now();
+    // Microseconds, as PostgreSQL stores it: the reply says what a later read will say.
+    let now = chrono::SubsecRound::trunc_subsecs(state.clock.now(), 6);
     let priced = price(&state, &client, (from, to), amount, now).await?;
     let quote = QuoteRecord {
         id: Uuid::now_v7(),
