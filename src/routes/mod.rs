@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod posting;
 pub mod reversals;
+pub mod schedules;
 pub mod schemas;
 pub mod transactions;
 pub mod users;
@@ -51,6 +52,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Draining for shutdown, and the HTTP request counters.
     pub lifecycle: Lifecycle,
+    /// The ledger clock: "now" for the limits' windows and the schedules (tests drive a
+    /// `clock::ManualClock`).
+    pub clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 /// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and
@@ -92,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         )
                         .service(web::scope("/limits").configure(limits::configure))
                         .service(web::scope("/alerts").configure(alerts::configure))
+                        .service(web::scope("/schedules").configure(schedules::configure))
                         .service(web::scope("/transactions").configure(transactions::configure))
                         .service(web::scope("/balances").configure(balances::configure)),
                 ),

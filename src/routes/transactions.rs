@@ -551,12 +551,12 @@ pub async fn history(
 }
 
 /// Cursor: base64url of `<created_at in µs since the epoch>:<id>`. Opaque to clients.
-fn encode_cursor(cursor: HistoryCursor) -> String {
+pub(crate) fn encode_cursor(cursor: HistoryCursor) -> String {
     let text = format!("{}:{}", cursor.created_at.timestamp_micros(), cursor.id);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
+pub(crate) fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()?;

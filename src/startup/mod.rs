@@ -79,7 +79,7 @@ impl Application {
         let cache = crate::cache::BalanceCache::new(&settings.redis)?;
         let ledger = Ledger::start(
             &settings.pipeline,
-            (Arc::new(settings.ledger.bounds()?), clock),
+            (Arc::new(settings.ledger.bounds()?), clock.clone()),
             pools.api.clone(),
             pools.journal.clone(),
             cache.clone(),
@@ -108,7 +108,10 @@ impl Application {
             settings,
             metrics,
             lifecycle: Lifecycle::default(),
+            clock,
         });
+        // The schedule executor builds movements as the request handlers do, from the state.
+        background.push(background::spawn_schedule_executor(state.clone()));
         let server = http::server(state.clone(), limiters, listener)?;
         tracing::info!(address = %address, "listening");
         Ok(Application {
