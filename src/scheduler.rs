@@ -62,19 +62,6 @@ pub fn run_key(id: Uuid, n: i64, attempt: i32) -> String {
     }
 }
 
-/// Until `Movement::with_schedule` lands from the exchange work on main: the schedule and
-/// occurrence a run's transaction carries. (An inherent method of the same name wins over this
-/// trait's, so the merge makes this unused, and it goes.)
-trait WithSchedule {
-    fn with_schedule(self, schedule: Uuid, occurrence: i64) -> Movement;
-}
-
-impl WithSchedule for Movement {
-    fn with_schedule(self, _schedule: Uuid, _occurrence: i64) -> Movement {
-        self
-    }
-}
-
 /// How one attempt ended.
 enum Attempt {
     /// Committed: the transaction (completed, or a pending hold).

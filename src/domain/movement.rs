@@ -3,10 +3,11 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::fx::Rate;
 use super::rules::{Change, Counted, Leg};
 use super::{
     Amount, Currency, Description, IdempotencyKey, Reference, TransactionKind, UserId,
-    SYSTEM_USER_ID,
+    FEES_USER_ID, SYSTEM_USER_ID,
 };
 
 /// One account of the ledger: a user's balance in one currency. Balance actors and balance rows
@@ -115,6 +116,32 @@ pub struct Movement {
     idempotency: Option<IdempotencyClaim>,
     phase: Phase,
     reversal: Option<Reversal>,
+    exchange: Option<Box<Exchange>>,
+    schedule: Option<(Uuid, i64)>,
+}
+
+/// What an exchange moved (DESIGN.md section 9): `sold` of the payer's `sold_currency` for
+/// `bought` of `bought_currency`, paid to the payee (the payer, or `to_user_id`), at `rate`,
+/// the spread `fee` (in the sold currency) kept by the `fees` account. Its legs, all in one
+/// transaction: payer `-sold`, `system` `+(sold - fee)` and `fees` `+fee` in the sold currency;
+/// `system` `-bought` and payee `+bought` in the bought currency. A reversal moves every leg
+/// back at the recorded rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub payer: UserId,
+    pub payee: UserId,
+    pub sold_currency: Currency,
+    pub sold: Amount,
+    pub bought_currency: Currency,
+    pub bought: Amount,
+    /// Minor units of the sold currency, `0 <= fee < sold`.
+    pub fee: i64,
+    pub rate: Rate,
+    pub spread_bps: u32,
+    /// Where the rate came from (`PUT /rates`' `source`).
+    pub rate_source: String,
+    /// The quote that fixed the rate, when one did (claimed once, in the commit).
+    pub quote: Option<Uuid>,
 }
 
 /// What a reversal reverses, and why (DESIGN.md section 7).
@@ -138,6 +165,10 @@ pub enum MovementError {
     ZeroTimeout,
     #[error("a posting cannot exceed the held amount")]
     ExceedsHold,
+    #[error("an exchange needs two different currencies")]
+    SameCurrency,
+    #[error("an exchange's spread must be less than what it sells")]
+    FeeOutOfRange,
 }
 
 impl Movement {
@@ -236,7 +267,87 @@ impl Movement {
             idempotency: None,
             phase: Phase::Settle,
             reversal: None,
+            exchange: None,
+            schedule: None,
         })
+    }
+
+    /// An exchange (see [`Exchange`]) asked for by `initiated_by` with `authority`. The payee
+    /// may be the payer (an exchange between one's own balances).
+    ///
+    /// Errors: [`MovementError::SystemParty`] when a party or the initiator is reserved;
+    /// [`MovementError::SameCurrency`]; [`MovementError::FeeOutOfRange`].
+    pub fn exchange(
+        exchange: Exchange,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        Self::check_exchange(&exchange, initiated_by)?;
+        Ok(Movement {
+            id: Uuid::now_v7(),
+            kind: TransactionKind::Exchange,
+            from: exchange.payer,
+            to: exchange.payee,
+            amount: exchange.sold,
+            currency: exchange.sold_currency,
+            description: None,
+            reference: None,
+            initiated_by,
+            authority,
+            idempotency: None,
+            phase: Phase::Settle,
+            reversal: None,
+            exchange: Some(Box::new(exchange)),
+            schedule: None,
+        })
+    }
+
+    /// The whole reversal of the exchange `of` (see [`Exchange`]): every leg moves back at the
+    /// recorded rate, so the payer gets back exactly what it sold (the spread included) and the
+    /// payee gives back what it bought (the side it takes from, which needs the funds).
+    ///
+    /// Errors: as [`Movement::exchange`].
+    pub fn reverse_exchange(
+        of: Uuid,
+        exchange: Exchange,
+        reason: Description,
+        initiated_by: UserId,
+        authority: Authority,
+    ) -> Result<Movement, MovementError> {
+        Self::check_exchange(&exchange, initiated_by)?;
+        Ok(Movement {
+            id: Uuid::now_v7(),
+            kind: TransactionKind::Reversal,
+            from: exchange.payee,
+            to: exchange.payer,
+            amount: exchange.bought,
+            currency: exchange.bought_currency,
+            description: None,
+            reference: None,
+            initiated_by,
+            authority,
+            idempotency: None,
+            phase: Phase::Settle,
+            reversal: Some(Reversal { of, reason }),
+            exchange: Some(Box::new(exchange)),
+            schedule: None,
+        })
+    }
+
+    fn check_exchange(exchange: &Exchange, initiated_by: UserId) -> Result<(), MovementError> {
+        if initiated_by.is_reserved()
+            || exchange.payer.is_reserved()
+            || exchange.payee.is_reserved()
+        {
+            return Err(MovementError::SystemParty);
+        }
+        if exchange.sold_currency == exchange.bought_currency {
+            return Err(MovementError::SameCurrency);
+        }
+        if !(0..exchange.sold.minor()).contains(&exchange.fee) {
+            return Err(MovementError::FeeOutOfRange);
+        }
+        Ok(())
     }
 
     /// A reversal of `amount` of the completed transaction `of`, which moved money of
@@ -330,6 +441,24 @@ impl Movement {
         movement.id = hold;
         movement.phase = Phase::Release { hold, end };
         Ok(movement)
+    }
+
+    /// The same movement as occurrence `occurrence` (1-based) of the schedule `schedule`
+    /// (DESIGN.md section 9); recorded on its transaction. Not part of the request hash: the
+    /// run's idempotency key (`schedule:<id>:<n>`) names the occurrence already.
+    pub fn with_schedule(mut self, schedule: Uuid, occurrence: i64) -> Movement {
+        self.schedule = Some((schedule, occurrence));
+        self
+    }
+
+    /// The schedule and occurrence this movement runs, when a schedule runs it.
+    pub fn schedule(&self) -> Option<(Uuid, i64)> {
+        self.schedule
+    }
+
+    /// What this movement exchanges, for an exchange or its reversal.
+    pub fn exchange_details(&self) -> Option<&Exchange> {
+        self.exchange.as_deref()
     }
 
     /// The same movement with its free-text fields.
@@ -428,11 +557,17 @@ impl Movement {
         }
     }
 
-    /// The account that gains money.
+    /// The account that gains money: the payee's (for an exchange, the payee's account in the
+    /// bought currency; for its reversal, the payer's in the sold one).
     pub fn credited(&self) -> AccountKey {
+        let currency = match (&self.exchange, &self.reversal) {
+            (Some(exchange), None) => exchange.bought_currency,
+            (Some(exchange), Some(_)) => exchange.sold_currency,
+            (None, _) => self.currency,
+        };
         AccountKey {
             user: self.to,
-            currency: self.currency,
+            currency,
         }
     }
 
@@ -484,6 +619,41 @@ impl Movement {
     }
 
     pub fn legs(&self) -> impl Iterator<Item = Leg> {
+        let mut legs: [Option<Leg>; 5] = [None; 5];
+        if let Some(exchange) = &self.exchange {
+            let leg = |user: UserId, currency: Currency, delta: i64| {
+                (delta != 0).then_some(Leg {
+                    account: AccountKey { user, currency },
+                    change: Change::settled(delta),
+                    counted: Counted::Nothing,
+                })
+            };
+            let (sold, bought, fee) =
+                (exchange.sold.minor(), exchange.bought.minor(), exchange.fee);
+            let (sold_in, bought_in) = (exchange.sold_currency, exchange.bought_currency);
+            legs = if self.reversal.is_none() {
+                [
+                    leg(exchange.payer, sold_in, -sold),
+                    leg(SYSTEM_USER_ID, sold_in, sold - fee),
+                    leg(FEES_USER_ID, sold_in, fee),
+                    leg(SYSTEM_USER_ID, bought_in, -bought),
+                    leg(exchange.payee, bought_in, bought),
+                ]
+            } else {
+                [
+                    leg(exchange.payee, bought_in, -bought),
+                    leg(SYSTEM_USER_ID, bought_in, bought),
+                    leg(SYSTEM_USER_ID, sold_in, fee - sold),
+                    leg(FEES_USER_ID, sold_in, -fee),
+                    leg(exchange.payer, sold_in, sold),
+                ]
+            };
+            // The debited side (first) counts toward its limits, as any debit.
+            if let Some(first) = &mut legs[0] {
+                first.counted = self.counted().0;
+            }
+            return legs.into_iter().flatten();
+        }
         let amount = self.amount.minor();
         let (payer, payee) = match self.phase {
             Phase::Settle => (Change::settled(-amount), Some(Change::settled(amount))),
@@ -511,16 +681,17 @@ impl Movement {
         };
         let (debited, credited) = (self.debited(), self.credited());
         let (payer_counted, payee_counted) = self.counted();
-        std::iter::once(Leg {
+        legs[0] = Some(Leg {
             account: debited,
             change: payer,
             counted: payer_counted,
-        })
-        .chain(payee.map(|change| Leg {
+        });
+        legs[1] = payee.map(|change| Leg {
             account: credited,
             change,
             counted: payee_counted,
-        }))
+        });
+        legs.into_iter().flatten()
     }
 
     /// Whether the payer's account must reserve funds first: a settled movement or a hold from
@@ -574,6 +745,16 @@ impl Movement {
             Phase::Release { hold, end } => {
                 field(end.as_str().as_bytes());
                 field(hold.as_bytes());
+            }
+        }
+        if let Some(exchange) = &self.exchange {
+            // What the client chose: the currencies, the payee and the quote (the rate and the
+            // amounts bought follow from them at the time of the first request).
+            field(b"exchange");
+            field(exchange.bought_currency.code().as_bytes());
+            match &exchange.quote {
+                Some(quote) => field(quote.as_bytes()),
+                None => field(b"\xff"),
             }
         }
         if let Some(reversal) = &self.reversal {

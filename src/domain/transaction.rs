@@ -10,6 +10,8 @@ pub enum TransactionKind {
     Debit,
     Transfer,
     Reversal,
+    /// Money of one currency for another (DESIGN.md section 9).
+    Exchange,
 }
 
 impl TransactionKind {
@@ -19,6 +21,7 @@ impl TransactionKind {
             TransactionKind::Debit => "debit",
             TransactionKind::Transfer => "transfer",
             TransactionKind::Reversal => "reversal",
+            TransactionKind::Exchange => "exchange",
         }
     }
 
@@ -28,6 +31,7 @@ impl TransactionKind {
             "debit" => Some(TransactionKind::Debit),
             "transfer" => Some(TransactionKind::Transfer),
             "reversal" => Some(TransactionKind::Reversal),
+            "exchange" => Some(TransactionKind::Exchange),
             _ => None,
         }
     }

@@ -8,6 +8,12 @@ use uuid::Uuid;
 /// by the first migration with this fixed id; it has no password and cannot log in.
 pub const SYSTEM_USER_ID: UserId = UserId(Uuid::nil());
 
+/// The reserved `fees` user: the house account that keeps the spread of every exchange
+/// (DESIGN.md section 9), one balance per currency. Created by migration V9 with this fixed id
+/// and role `system`: it has no password and cannot log in, and it is never named as a party
+/// of a request.
+pub const FEES_USER_ID: UserId = UserId(Uuid::from_u128(1));
+
 /// A user's id (a UUID; v7 for users created by Tally, nil for `system`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserId(Uuid);
@@ -28,6 +34,11 @@ impl UserId {
 
     pub fn is_system(self) -> bool {
         self == SYSTEM_USER_ID
+    }
+
+    /// `system` or `fees`: the ledger's own accounts, which no request names as a party.
+    pub fn is_reserved(self) -> bool {
+        self == SYSTEM_USER_ID || self == FEES_USER_ID
     }
 }
 

@@ -421,6 +421,9 @@ pub(super) async fn insert_transactions(
     let mut pending_ids: Vec<Option<Uuid>> = Vec::with_capacity(n);
     let mut reversal_ofs: Vec<Option<Uuid>> = Vec::with_capacity(n);
     let mut reasons: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut exchanges: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
+    let mut schedules: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut occurrences: Vec<Option<i64>> = Vec::with_capacity(n);
     for (i, refusal) in written {
         let movement = movements[i];
         let (status, timeout_s, pending_id) = match (refusal, movement.phase()) {
@@ -449,6 +452,13 @@ pub(super) async fn insert_transactions(
         pending_ids.push(pending_id);
         reversal_ofs.push(movement.reversal().map(|reversal| reversal.of));
         reasons.push(movement.reversal().map(|reversal| reversal.reason.as_str()));
+        exchanges.push(
+            movement
+                .exchange_details()
+                .map(|_| exchange_columns(movement)),
+        );
+        schedules.push(movement.schedule().map(|(schedule, _)| schedule));
+        occurrences.push(movement.schedule().map(|(_, occurrence)| occurrence));
     }
     // Transactions and their events in one statement; the event payload carries the entries so
     // that replaying the log rebuilds every balance (invariant 5). A hold's deadline is the
@@ -459,23 +469,33 @@ pub(super) async fn insert_transactions(
                  INSERT INTO transactions (id, type, status, from_user_id, to_user_id, amount, currency,
                                            description, reference, failure_reason, failure_detail,
                                            initiated_by, idempotency_key, created_at, completed_at,
-                                           expires_at, pending_id, reversal_of, reason)
+                                           expires_at, pending_id, reversal_of, reason,
+                                           to_amount, to_currency, fee, rate, spread_bps, rate_source,
+                                           quote_id, schedule_id, occurrence)
                  SELECT id, type, status, from_user_id, to_user_id, amount, currency, description,
                         reference, failure_reason, failure_detail, initiated_by, idempotency_key, now(),
                         CASE WHEN status = 'completed' THEN now() END,
-                        now() + make_interval(secs => timeout_s), pending_id, reversal_of, reason
+                        now() + make_interval(secs => timeout_s), pending_id, reversal_of, reason,
+                        (fx->>'to_amount')::bigint, fx->>'to_currency', (fx->>'fee')::bigint,
+                        (fx->>'rate')::numeric, (fx->>'spread_bps')::integer, fx->>'rate_source',
+                        (fx->>'quote_id')::uuid, schedule_id, occurrence
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::bigint[],
                              $7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::uuid[],
-                             $13::text[], $14::float8[], $15::uuid[], $16::uuid[], $17::text[])
+                             $13::text[], $14::float8[], $15::uuid[], $16::uuid[], $17::text[],
+                             $18::jsonb[], $19::uuid[], $20::bigint[])
                       AS r(id, type, status, from_user_id, to_user_id, amount, currency, description,
                            reference, failure_reason, failure_detail, initiated_by, idempotency_key,
-                           timeout_s, pending_id, reversal_of, reason)
+                           timeout_s, pending_id, reversal_of, reason, fx, schedule_id, occurrence)
                  RETURNING *
              )
              INSERT INTO events (stream, type, payload, created_at)
              SELECT 'transaction:' || t.id,
                     CASE WHEN t.status = 'pending' THEN 'hold.created' ELSE 'transaction.' || t.status END,
-                    jsonb_build_object(
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'to_amount', t.to_amount, 'to_currency', t.to_currency, 'fee', t.fee,
+                        'rate', t.rate::text, 'spread_bps', t.spread_bps, 'rate_source', t.rate_source,
+                        'quote_id', t.quote_id, 'schedule_id', t.schedule_id, 'occurrence', t.occurrence))
+                    || jsonb_build_object(
                         'id', t.id, 'type', t.type, 'status', t.status,
                         'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id,
                         'amount', t.amount, 'currency', t.currency,
@@ -484,16 +504,21 @@ pub(super) async fn insert_transactions(
                         'initiated_by', t.initiated_by,
                         'expires_at', t.expires_at, 'pending_id', t.pending_id,
                         'reversal_of', t.reversal_of, 'reason', t.reason,
-                        'entries', CASE WHEN t.status = 'completed' THEN jsonb_build_array(
+                        'entries', CASE WHEN t.status <> 'completed' THEN '[]'::jsonb
+                                        WHEN t.to_currency IS NOT NULL THEN (
+                                            SELECT x.fx->'entries'
+                                            FROM unnest($1::uuid[], $18::jsonb[]) AS x(id, fx)
+                                            WHERE x.id = t.id)
+                                        ELSE jsonb_build_array(
                             jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
                             jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
-                          ELSE '[]'::jsonb END),
+                          END),
                     t.created_at
              FROM t
              RETURNING created_at",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let params: [&(dyn ToSql + Sync); 20] = [
         &ids,
         &kinds,
         &statuses,
@@ -511,9 +536,45 @@ pub(super) async fn insert_transactions(
         &pending_ids,
         &reversal_ofs,
         &reasons,
+        &exchanges,
+        &schedules,
+        &occurrences,
     ];
     let rows = transaction.query(&records, &params).await?;
     Ok(rows.first().map(|row| row.get(0)))
+}
+
+/// The exchange columns of `movement`'s transaction (an exchange or its reversal), with the
+/// entries its event carries (every leg, so that replaying the log rebuilds the balances).
+fn exchange_columns(movement: &Movement) -> serde_json::Value {
+    let Some(exchange) = movement.exchange_details() else {
+        return serde_json::Value::Null;
+    };
+    let (to_amount, to_currency) = if movement.reversal().is_some() {
+        (exchange.sold, exchange.sold_currency)
+    } else {
+        (exchange.bought, exchange.bought_currency)
+    };
+    let entries: Vec<serde_json::Value> = movement
+        .legs()
+        .map(|leg| {
+            json!({
+                "user_id": leg.account.user.as_uuid(),
+                "currency": leg.account.currency.code(),
+                "delta": leg.change.amount,
+            })
+        })
+        .collect();
+    json!({
+        "to_amount": to_amount.minor(),
+        "to_currency": to_currency.code(),
+        "fee": exchange.fee,
+        "rate": exchange.rate.to_string(),
+        "spread_bps": exchange.spread_bps,
+        "rate_source": exchange.rate_source,
+        "quote_id": exchange.quote,
+        "entries": entries,
+    })
 }
 
 /// Writes the entries (one `INSERT ... SELECT FROM unnest`).
