@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::domain::{
-    Authority, IdempotencyKey, MisfirePolicy, Movement, OnFailure, RunOutcome, ScheduleStatus,
+    Authority, IdempotencyKey, MisfirePolicy, OnFailure, RunOutcome, ScheduleStatus,
     TransactionStatus,
 };
 use crate::error::{ApiError, FieldError};
