@@ -227,6 +227,8 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             for outcome in ["completed", "failed", "skipped", "retried"] {
                 metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
             }
+            // Registered (empty) so that it is served before the first scheduled run.
+            drop(metrics::histogram!(names::SCHEDULE_LAG_SECONDS));
             for kind in crate::domain::LimitKind::ALL {
                 metrics::counter!(names::LIMIT_REFUSALS, "kind" => kind.as_str()).increment(0);
             }
