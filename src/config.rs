@@ -32,6 +32,7 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     pub limits: LimitsSettings,
     pub fx: FxSettings,
+    pub schedules: ScheduleSettings,
 }
 
 /// `[fx]`: currency exchange (DESIGN.md section 9).
@@ -42,6 +43,33 @@ pub struct FxSettings {
     pub quote_ttl_s: u32,
     /// The spread kept on every exchange, basis points of the amount sold (0 to 1000).
     pub spread_bps: u32,
+}
+
+/// `[schedules]`: the executor of scheduled transactions (DESIGN.md section 9).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// How often each instance's executor looks for due occurrences, milliseconds: while an
+    /// instance runs, an occurrence runs at most about this long after it is due.
+    pub tick_ms: u64,
+    /// Most schedules one tick takes (the next tick takes the rest).
+    pub batch_max: u32,
+    /// How far in the past `start_at` may be when a schedule is created, seconds (a client's
+    /// clock and its request's travel time).
+    pub start_grace_s: u64,
+    /// An occurrence found due more than this long ago (after downtime) is a misfire: its
+    /// schedule's `misfire_policy` decides. Seconds.
+    pub misfire_grace_s: u64,
+    /// With `on_failure: retry`, how long after a refused attempt the next one is made, seconds.
+    pub retry_interval_s: u64,
+    /// With `on_failure: retry`, the most attempts of one occurrence (then it is failed).
+    pub retry_max_attempts: u32,
+}
+
+impl ScheduleSettings {
+    pub fn tick(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.tick_ms)
+    }
 }
 
 /// `[limits]`: the configured limits (DESIGN.md section 8).
@@ -461,6 +489,27 @@ impl Settings {
         anyhow::ensure!(
             self.database.statement_timeout_ms <= i32::MAX as u64,
             "database.statement_timeout_ms must be at most 2147483647"
+        );
+        let schedules = &self.schedules;
+        anyhow::ensure!(
+            (10..=3_600_000).contains(&schedules.tick_ms),
+            "schedules.tick_ms must be from 10 to 3600000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&schedules.batch_max),
+            "schedules.batch_max must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            schedules.start_grace_s <= 86_400 && schedules.misfire_grace_s <= 86_400,
+            "schedules.start_grace_s and schedules.misfire_grace_s must be at most 86400"
+        );
+        anyhow::ensure!(
+            (1..=86_400).contains(&schedules.retry_interval_s),
+            "schedules.retry_interval_s must be from 1 to 86400"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&schedules.retry_max_attempts),
+            "schedules.retry_max_attempts must be from 1 to 100"
         );
         self.ledger.bounds()?;
         self.limits.defaults()?;

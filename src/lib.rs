@@ -18,6 +18,7 @@ pub mod import;
 pub mod ledger;
 pub mod lifecycle;
 pub mod routes;
+pub mod scheduler;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -44,6 +44,13 @@ pub mod names {
     /// resolved (DESIGN.md section 7).
     pub const HOLDS: &str = "tally_holds_total";
 
+    /// Counter, label `outcome` (`completed`, `failed`, `skipped`, `retried`): occurrences of
+    /// scheduled transactions the executor decided (`retried`: an attempt refused and tried
+    /// again later, DESIGN.md section 9).
+    pub const SCHEDULE_RUNS: &str = "tally_schedule_runs_total";
+    /// Histogram, seconds from an occurrence's due time to its run (completed or failed).
+    pub const SCHEDULE_LAG_SECONDS: &str = "tally_schedule_lag_seconds";
+
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
     /// refused before entering the queue (503).
@@ -112,6 +119,8 @@ pub mod names {
         TRANSACTIONS,
         TRANSACTION_FAILURES,
         TRANSACTION_VOLUME,
+        SCHEDULE_RUNS,
+        SCHEDULE_LAG_SECONDS,
         PIPELINE_REJECTIONS,
         QUEUE_DEPTH,
         IN_FLIGHT,
@@ -177,6 +186,11 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
 
+/// Schedule lag buckets in seconds: a tick late (under a second) to a week of downtime.
+const SCHEDULE_LAG_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, 604800.0,
+];
+
 /// Installs the Prometheus recorder once per process and returns its handle. Several apps in one
 /// process (the tests) share it.
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -188,6 +202,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .context("histogram buckets")?
         .set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS)
+        .context("histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full(names::SCHEDULE_LAG_SECONDS.into()),
+            SCHEDULE_LAG_BUCKETS,
+        )
         .context("histogram buckets")?
         .build_recorder();
     let handle = recorder.handle();
@@ -205,6 +224,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
                 metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(0);
             }
             metrics::counter!(names::LOGIN_LOCKOUTS).increment(0);
+            for outcome in ["completed", "failed", "skipped", "retried"] {
+                metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
+            }
+            // Registered (empty) so that it is served before the first scheduled run.
+            drop(metrics::histogram!(names::SCHEDULE_LAG_SECONDS));
             for kind in crate::domain::LimitKind::ALL {
                 metrics::counter!(names::LIMIT_REFUSALS, "kind" => kind.as_str()).increment(0);
             }
@@ -226,6 +250,15 @@ fn describe() {
         "Submissions refused before the queue, by reason"
     );
     describe_gauge!(names::QUEUE_DEPTH, "Submissions waiting for a worker");
+    describe_counter!(
+        names::SCHEDULE_RUNS,
+        "Occurrences of scheduled transactions decided, by outcome"
+    );
+    describe_histogram!(
+        names::SCHEDULE_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an occurrence's due time to its run"
+    );
     describe_gauge!(
         names::IN_FLIGHT,
         "Submissions admitted and not yet answered"

@@ -6,6 +6,7 @@ mod limits;
 mod money;
 mod movement;
 mod rules;
+mod schedule;
 mod transaction;
 mod user;
 
@@ -19,6 +20,10 @@ pub use movement::{
 pub use rules::{
     check_sequence, Bounds, BoundsError, Change, Counted, CurrencyBounds, Leg, LimitBreach,
     LimitKind, Limits, Prefixes, Refusal, Snapshot, WindowUsage, MONEY_BOUND_MINOR,
+};
+pub use schedule::{
+    whole_seconds, Calendar, CalendarError, End, Every, MisfirePolicy, OnFailure, Recurrence,
+    RunOutcome, ScheduleStatus, COUNT_MAX,
 };
 pub use transaction::{
     Description, IdempotencyKey, Reference, TextError, TransactionKind, TransactionStatus,

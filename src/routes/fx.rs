@@ -457,6 +457,52 @@ pub async fn exchange(
     submit(&state, movement, quoted).await
 }
 
+/// A schedule's exchange template: `{from_currency, to_currency, amount, to_user_id?,
+/// description?, reference?}` (no quote: it would expire before the run), priced at the rate
+/// current when it is parsed (at creation, to check it, and again at every run).
+///
+/// Errors: 422 naming every bad field; a pair without a current rate is named on
+/// `to_currency`, and an amount that buys nothing on `amount`.
+pub(crate) async fn exchange_template(
+    state: &AppState,
+    principal: Principal,
+    mut fields: Fields,
+) -> Result<Movement, ApiError> {
+    let from = fields.required("from_currency", parse::currency);
+    let to = fields.required("to_currency", parse::currency);
+    let amount = fields.required("amount", parse::amount);
+    let payee = fields.optional("to_user_id", parse::uuid);
+    let description = fields.optional("description", parse::text(Description::parse));
+    let reference = fields.optional("reference", parse::text(Reference::parse));
+    if payee.is_some_and(|payee| UserId::from_uuid(payee).is_reserved()) {
+        fields.error("to_user_id", "no such user");
+    }
+    if from.is_some() && from == to {
+        fields.error("to_currency", "must be another currency than from_currency");
+    }
+    fields.finish()?;
+    let pair = (
+        from.expect("finish() refuses missing fields"),
+        to.expect("finish() refuses missing fields"),
+    );
+    let client = state.pool.get().await?;
+    let amount = amount.expect("finish() refuses missing fields");
+    let mut exchange = match price(state, &client, pair, amount, state.clock.now()).await {
+        Ok(priced) => priced.exchange,
+        Err(error @ ApiError::RateUnavailable { .. }) => {
+            return Err(ApiError::field("to_currency", error.to_string()))
+        }
+        Err(error) => return Err(error),
+    };
+    exchange.payer = principal.user;
+    exchange.payee = payee.map_or(principal.user, UserId::from_uuid);
+    Ok(
+        Movement::exchange(exchange, principal.user, Authority::Owner)
+            .map_err(|error| ApiError::field("to_currency", error.to_string()))?
+            .with_details(description, reference),
+    )
+}
+
 /// Submits an exchange and answers with it, or why not.
 async fn submit(
     state: &AppState,

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod ops;
 pub mod posting;
 pub mod reversals;
+pub mod schedules;
 pub mod schemas;
 pub mod transactions;
 pub mod users;
@@ -52,7 +53,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Draining for shutdown, and the HTTP request counters.
     pub lifecycle: Lifecycle,
-    /// "Now" for quotes and rates, the same clock the journal decides with (tests drive it).
+    /// The ledger clock: "now" for the limits' windows and the schedules (tests drive a
+    /// `clock::ManualClock`).
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
@@ -101,6 +103,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                             web::resource("/transactions/exchange")
                                 .route(web::post().to(fx::exchange)),
                         )
+                        .service(web::scope("/schedules").configure(schedules::configure))
                         .service(web::scope("/transactions").configure(transactions::configure))
                         .service(web::scope("/balances").configure(balances::configure)),
                 ),

@@ -19,8 +19,9 @@ use super::auth::{TokenBody, UserBody};
 use super::posting::TransactionBody;
 use super::schemas::{
     AlertRequest, BulkItem, BulkRequest, DebitRequest, HoldRequest, LimitItem, LimitsRequest,
-    LoginRequest, MovementRequest, OverdraftRequest, PostRequest, RefreshRequest, RegisterRequest,
-    ReverseRequest, TransferRequest, UpdateUserRequest,
+    LoginRequest, MovementRequest, OverdraftRequest, PostRequest, RecurrenceRequest,
+    RefreshRequest, RegisterRequest, ReverseRequest, ScheduleRequest, ScheduleTemplate,
+    TransferRequest, UpdateUserRequest,
 };
 use super::transactions::TransactionPage;
 use super::users::UserPage;
@@ -44,6 +45,8 @@ use crate::error::{FieldError, Problem};
         super::limits::get_defaults, super::limits::put_defaults, super::limits::put_overdraft,
         super::alerts::create, super::alerts::list, super::alerts::delete,
         super::fx::list_rates, super::fx::put_rate, super::fx::quote, super::fx::exchange,
+        super::schedules::create, super::schedules::list, super::schedules::get_schedule,
+        super::schedules::pause, super::schedules::resume, super::schedules::cancel,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -57,6 +60,9 @@ use crate::error::{FieldError, Problem};
         super::limits::DefaultLimitsBody, super::alerts::AlertBody, super::alerts::AlertsBody,
         super::schemas::RateRequest, super::schemas::QuoteRequest, super::schemas::ExchangeRequest,
         super::fx::RateBody, super::fx::RatesBody, super::fx::QuoteBody, super::posting::ExchangeBody,
+        ScheduleRequest, ScheduleTemplate, super::schemas::ExchangeTemplate, RecurrenceRequest, super::schedules::ScheduleBody,
+        super::schedules::SchedulePage, super::schedules::RecurrenceBody, super::schedules::RunBody,
+        super::schedules::RunPage,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -67,6 +73,7 @@ use crate::error::{FieldError, Problem};
         (name = "limits", description = "Limits, default limits and overdrafts (admins set them)"),
         (name = "alerts", description = "Balance alerts"),
         (name = "exchange", description = "Exchange rates, quotes and currency exchange"),
+        (name = "schedules", description = "Scheduled and recurring transactions"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -116,7 +123,7 @@ mod exact {
         Amount, Currency, Description, Email, IdempotencyKey, LimitKind, Reference, FEES_USER_ID,
         MONEY_BOUND_MINOR, SYSTEM_USER_ID, WINDOW_MAX_S,
     };
-    use crate::routes::{balances, limits, posting, transactions, users};
+    use crate::routes::{balances, limits, posting, schedules, transactions, users};
 
     /// Where a request schema lives.
     const SCHEMAS: &str = "/components/schemas";
@@ -204,6 +211,7 @@ mod exact {
             "DebitRequest",
             "TransferRequest",
             "BulkItem",
+            "ScheduleTemplate",
         ] {
             let properties = format!("{SCHEMAS}/{schema}/properties");
             set(
@@ -331,6 +339,195 @@ mod exact {
                 "if": {"properties": {"type": {"const": "credit"}}},
                 "then": {"properties": {"hold": {"type": "null"}}},
             }]),
+        );
+
+        // Schedules: the template is a credit, debit or transfer request with its type.
+        let template = format!("{SCHEMAS}/ScheduleTemplate");
+        // The movement templates; an exchange's is `ExchangeTemplate` (the last type).
+        let (exchange_type, movement_types) = transactions::TEMPLATE_TYPES
+            .split_last()
+            .expect("template types");
+        set(
+            document,
+            &format!("{template}/properties/type"),
+            json!({"type": "string", "enum": movement_types}),
+        );
+        let exchange_template = format!("{SCHEMAS}/ExchangeTemplate/properties");
+        set(
+            document,
+            &format!("{exchange_template}/type"),
+            json!({"type": "string", "enum": [exchange_type]}),
+        );
+        for field in ["from_currency", "to_currency"] {
+            set(
+                document,
+                &format!("{exchange_template}/{field}"),
+                currency.clone(),
+            );
+        }
+        set(
+            document,
+            &format!("{exchange_template}/description"),
+            text(Description::MAX_CHARS, 0),
+        );
+        set(
+            document,
+            &format!("{exchange_template}/reference"),
+            text(Reference::MAX_CHARS, 1),
+        );
+        if let Some(field) = document.pointer_mut(&format!("{exchange_template}/to_user_id")) {
+            field["allOf"] = json!([not_system, {"not": {"const": FEES_USER_ID.to_string()}}]);
+        }
+        set(
+            document,
+            &format!("{SCHEMAS}/ScheduleRequest/properties/transaction"),
+            json!({
+                "description": "What to run: the body of `POST /transactions/<type>` with its `type`.",
+                "oneOf": [
+                    {"$ref": "#/components/schemas/ScheduleTemplate"},
+                    {"$ref": "#/components/schemas/ExchangeTemplate"},
+                ],
+            }),
+        );
+        set(
+            document,
+            &format!("{template}/if"),
+            json!({"properties": {"type": {"const": "transfer"}}}),
+        );
+        set(
+            document,
+            &format!("{template}/then"),
+            json!({
+                "required": ["to_user_id"],
+                "properties": {"to_user_id": {"type": "string"}},
+                "not": {"required": ["user_id"]},
+            }),
+        );
+        // The fields a request does not read are unknown to it, even when null.
+        set(
+            document,
+            &format!("{template}/else"),
+            json!({"not": {"required": ["to_user_id"]}}),
+        );
+        set(
+            document,
+            &format!("{template}/allOf"),
+            json!([{
+                "if": {"properties": {"type": {"const": "credit"}}},
+                "then": {"not": {"required": ["hold"]}},
+            }]),
+        );
+        let schedule = format!("{SCHEMAS}/ScheduleRequest/properties");
+        set(
+            document,
+            &format!("{schedule}/start_at"),
+            json!({"type": "string", "format": "date-time",
+                   "description": "RFC 3339; at most `schedules.start_grace_s` in the past."}),
+        );
+        set(
+            document,
+            &format!("{schedule}/misfire_policy"),
+            json!({"type": "string", "enum": ["run_once", "catch_up", "skip"]}),
+        );
+        set(
+            document,
+            &format!("{schedule}/on_failure"),
+            json!({"type": "string", "enum": ["fail", "retry"]}),
+        );
+        let recurrence = format!("{SCHEMAS}/RecurrenceRequest");
+        set(
+            document,
+            &format!("{recurrence}/properties/every"),
+            json!({"type": "string", "enum": ["day", "week", "month"]}),
+        );
+        set(
+            document,
+            &format!("{recurrence}/properties/interval"),
+            json!({"type": "integer", "format": "int32", "minimum": 1,
+                   "description": "1 to 3660 for day, 520 for week, 120 for month."}),
+        );
+        set(
+            document,
+            &format!("{recurrence}/allOf"),
+            json!([
+                crate::domain::Every::Day,
+                crate::domain::Every::Week,
+                crate::domain::Every::Month
+            ]
+            .iter()
+            .map(|every| json!({
+                "if": {"properties": {"every": {"const": every.as_str()}}},
+                "then": {"properties": {"interval": {"maximum": every.interval_max()}}},
+            }))
+            .collect::<Vec<_>>()),
+        );
+        set(
+            document,
+            &format!("{recurrence}/properties/count"),
+            json!({"type": ["integer", "null"], "format": "int32", "minimum": 1,
+                   "maximum": crate::domain::COUNT_MAX}),
+        );
+        set(
+            document,
+            &format!("{recurrence}/properties/until"),
+            json!({"type": ["string", "null"], "format": "date-time"}),
+        );
+        set(
+            document,
+            &format!("{recurrence}/properties/time_zone"),
+            json!({"type": "string", "description": "An IANA time zone name (tz database).",
+                   "enum": chrono_tz::TZ_VARIANTS.iter().map(|zone| zone.name()).collect::<Vec<_>>()}),
+        );
+        // A schedule ends one way: not both count and until.
+        set(
+            document,
+            &format!("{recurrence}/not"),
+            json!({"required": ["count", "until"],
+                   "properties": {"count": {"type": "integer"}, "until": {"type": "string"}}}),
+        );
+        for (status, body) in [
+            (
+                "status",
+                json!({"type": "string", "enum": ["active", "paused", "cancelled", "completed"]}),
+            ),
+            (
+                "misfire_policy",
+                json!({"type": "string", "enum": ["run_once", "catch_up", "skip"]}),
+            ),
+            (
+                "on_failure",
+                json!({"type": "string", "enum": ["fail", "retry"]}),
+            ),
+        ] {
+            set(
+                document,
+                &format!("{SCHEMAS}/ScheduleBody/properties/{status}"),
+                body,
+            );
+        }
+        set(
+            document,
+            &format!("{SCHEMAS}/RunBody/properties/outcome"),
+            json!({"type": "string", "enum": ["completed", "failed", "skipped"]}),
+        );
+        set(
+            document,
+            &format!("{SCHEMAS}/RecurrenceBody/properties/every"),
+            json!({"type": "string", "enum": ["day", "week", "month"]}),
+        );
+        parameter(
+            document,
+            "get",
+            "/api/v1/schedules",
+            "limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": schedules::LIMIT_MAX}),
+        );
+        parameter(
+            document,
+            "get",
+            "/api/v1/schedules/{id}",
+            "runs_limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": schedules::LIMIT_MAX}),
         );
 
         // Limits, overdrafts and alerts.
@@ -575,10 +772,12 @@ mod exact {
                 posting::IDEMPOTENCY_KEY,
                 json!({
                     "type": "string",
-                    "description": "Visible ASCII characters.",
+                    "description": "Visible ASCII characters, not beginning with `schedule:` \
+                        (the keys of scheduled runs).",
                     "pattern": format!("^[!-~]{{1,{max}}}$"),
                     "minLength": 1,
                     "maxLength": max,
+                    "not": {"pattern": format!("^{}", posting::RESERVED_KEY_PREFIX)},
                 }),
             );
         }

@@ -245,18 +245,32 @@ pub(crate) async fn replay_or(
     }
 }
 
+/// The keys of scheduled runs begin with this (`schedule:<id>:<occurrence>[:<attempt>]`); a
+/// client may not use it, or it could claim a run's key before the run and take its place.
+pub const RESERVED_KEY_PREFIX: &str = "schedule:";
+
+/// The request's `Idempotency-Key`, if any.
+///
+/// Errors: 422 on the header for a key that is not 1 to 255 visible ASCII characters, or that
+/// begins with [`RESERVED_KEY_PREFIX`].
 pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    value
+    let key = value
         .to_str()
         .ok()
         .and_then(|text| IdempotencyKey::parse(text).ok())
-        .map(Some)
         .ok_or_else(|| {
             ApiError::field(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters")
-        })
+        })?;
+    if key.as_str().starts_with(RESERVED_KEY_PREFIX) {
+        return Err(ApiError::field(
+            IDEMPOTENCY_KEY,
+            format!("must not begin with `{RESERVED_KEY_PREFIX}`, which scheduled runs use"),
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// The problem for a submission the pipeline could not settle.

@@ -279,3 +279,86 @@ pub struct ExchangeRequest {
     #[schema(min_length = 1, max_length = 128)]
     pub reference: Option<String>,
 }
+
+/// A scheduled or recurring transaction.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// What to run: the body of `POST /transactions/<type>` with its `type` (a
+    /// `ScheduleTemplate` or an `ExchangeTemplate`).
+    #[schema(value_type = Object)]
+    pub transaction: ScheduleTemplate,
+    /// The first occurrence (whole seconds; a fraction is dropped); at most
+    /// `schedules.start_grace_s` in the past.
+    pub start_at: String,
+    /// Absent or null for a one-off schedule.
+    pub recurrence: Option<RecurrenceRequest>,
+    /// After downtime: `run_once` (one run for all missed occurrences), `catch_up` (every
+    /// missed occurrence, in order) or `skip` (the next future one).
+    pub misfire_policy: String,
+    /// When the ledger refuses a run: `fail` (recorded failed) or `retry` (every
+    /// `schedules.retry_interval_s`, up to `schedules.retry_max_attempts` attempts).
+    pub on_failure: String,
+}
+
+/// A schedule's transaction: a credit or debit (`user_id`, admins only, default the owner) or
+/// a transfer (`to_user_id`) from the owner's account.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleTemplate {
+    /// `credit`, `debit` or `transfer`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
+    /// Minor units, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+    /// Make a transfer or debit a hold (two-phase); not on a credit.
+    pub hold: Option<HoldRequest>,
+}
+
+/// A schedule's exchange: the body of `POST /transactions/exchange` without a quote (it would
+/// expire before the run), priced at the rate current at each run.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeTemplate {
+    /// `exchange`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from_currency: String,
+    /// Another than `from_currency`, with a current rate from it.
+    pub to_currency: String,
+    /// Minor units of `from_currency`, 1 to 10^15.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    /// Who gets the bought currency (default: the schedule's owner).
+    pub to_user_id: Option<Uuid>,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+    #[schema(min_length = 1, max_length = 128)]
+    pub reference: Option<String>,
+}
+
+/// When a schedule recurs, in a time zone.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecurrenceRequest {
+    /// `day`, `week` or `month`. A monthly schedule started on the 29th to 31st runs on the
+    /// last day of shorter months.
+    pub every: String,
+    /// Every `interval` units: 1 to 3660 days, 520 weeks or 120 months.
+    pub interval: i64,
+    /// How many occurrences in all, 1 to 10000; not with `until`.
+    pub count: Option<i64>,
+    /// The last occurrence is at or before it; not before `start_at`, not with `count`.
+    pub until: Option<String>,
+    /// An IANA time zone (`Europe/Berlin`): local wall time is kept across DST changes.
+    pub time_zone: String,
+}

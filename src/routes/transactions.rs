@@ -128,7 +128,47 @@ pub async fn transfer(
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency_key(&req)?;
-    let mut fields = Fields::new(body);
+    let movement = transfer_movement(&state, principal, Fields::new(body))?;
+    submit(&state, movement.with_key(idempotency)).await
+}
+
+/// The types of request a schedule's transaction template may be (`type`), each an arm of
+/// [`movement_from_template`].
+pub(crate) const TEMPLATE_TYPES: [&str; 4] = ["credit", "debit", "transfer", "exchange"];
+
+/// Parses the fields of a `kind` request (`credit`, `debit`, `transfer` or `exchange`: the body
+/// of `POST /transactions/<kind>`; an exchange at the rate current when it is parsed, without a
+/// quote) into the movement `principal` asks for, without an idempotency key.
+/// The direct requests and the schedules' templates (at creation and at every run) share it, so
+/// both refuse exactly the same fields with the same messages; a new kind of request is one arm
+/// here.
+///
+/// Errors: 422 naming every bad field (`type` for an unknown `kind`).
+pub(crate) async fn movement_from_template(
+    state: &AppState,
+    principal: Principal,
+    kind: &str,
+    fields: Fields,
+) -> Result<Movement, ApiError> {
+    match kind {
+        "credit" => system_movement(state, principal, TransactionKind::Credit, fields),
+        "debit" => system_movement(state, principal, TransactionKind::Debit, fields),
+        "transfer" => transfer_movement(state, principal, fields),
+        "exchange" => super::fx::exchange_template(state, principal, fields).await,
+        _ => Err(ApiError::field(
+            "type",
+            format!("must be one of {}", TEMPLATE_TYPES.join(", ")),
+        )),
+    }
+}
+
+/// `{to_user_id, amount, currency, description?, reference?, hold?}`: a transfer from
+/// `principal`'s account.
+fn transfer_movement(
+    state: &AppState,
+    principal: Principal,
+    mut fields: Fields,
+) -> Result<Movement, ApiError> {
     let to = fields.required("to_user_id", parse::uuid);
     let amount = fields.required("amount", parse::amount);
     let currency = fields.required("currency", parse::currency);
@@ -156,7 +196,7 @@ pub async fn transfer(
     )
     .map_err(|_| ApiError::field("to_user_id", "must be another user than the sender"))?
     .with_details(description, reference);
-    submit(&state, held(movement, hold)?.with_key(idempotency)).await
+    held(movement, hold)
 }
 
 /// Submits a credit or debit; when an admin moves money on another user's account, the attempt
@@ -207,7 +247,25 @@ async fn parse_system_movement(
     req: &HttpRequest,
 ) -> Result<Parsed, ApiError> {
     let idempotency = idempotency_key(req)?;
-    let mut fields = Fields::new(body);
+    let movement =
+        system_movement(state, principal, kind, Fields::new(body))?.with_key(idempotency);
+    if movement.authority() == Authority::Admin && !principal.is_admin() {
+        return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
+            .await
+            .map(Parsed::Answered);
+    }
+    Ok(Parsed::Submit(movement))
+}
+
+/// `{amount, currency, user_id?, description?, reference?, hold? (debit only)}`: a credit or
+/// debit of `user_id`'s account (default: `principal`'s own). Naming another user gives the
+/// movement `Authority::Admin`, which the caller must check against `principal`'s role.
+fn system_movement(
+    state: &AppState,
+    principal: Principal,
+    kind: TransactionKind,
+    mut fields: Fields,
+) -> Result<Movement, ApiError> {
     let amount = fields.required("amount", parse::amount);
     let currency = fields.required("currency", parse::currency);
     let user_id = fields.optional("user_id", parse::uuid);
@@ -240,13 +298,7 @@ async fn parse_system_movement(
     }
     .map_err(|_| ApiError::field("user_id", "no such user"))?
     .with_details(description, reference);
-    let movement = held(movement, hold)?.with_key(idempotency);
-    if authority == Authority::Admin && !principal.is_admin() {
-        return replay_or(state, &movement, ApiError::Forbidden(ONLY_ADMIN))
-            .await
-            .map(Parsed::Answered);
-    }
-    Ok(Parsed::Submit(movement))
+    held(movement, hold)
 }
 
 /// `movement`, made a hold of `timeout_s` when the request asked for one.
@@ -503,12 +555,12 @@ pub async fn history(
 }
 
 /// Cursor: base64url of `<created_at in µs since the epoch>:<id>`. Opaque to clients.
-fn encode_cursor(cursor: HistoryCursor) -> String {
+pub(crate) fn encode_cursor(cursor: HistoryCursor) -> String {
     let text = format!("{}:{}", cursor.created_at.timestamp_micros(), cursor.id);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
 
-fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
+pub(crate) fn decode_cursor(cursor: &str) -> Option<HistoryCursor> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()?;

@@ -203,3 +203,26 @@ fn spawn_metrics_upkeep(
         }
     })
 }
+
+/// Runs the schedule executor (`crate::scheduler`) every `schedules.tick_ms`: a tick that
+/// filled its batch is followed by the next at once, at most 10 times a tick. Failures are
+/// logged and retried next tick (what a failed tick submitted is recorded from its keys then).
+pub(super) fn spawn_schedule_executor(
+    state: actix_web::web::Data<crate::routes::AppState>,
+) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(state.settings.schedules.tick());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            for _ in 0..10 {
+                match crate::scheduler::tick(&state).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(error = ?error, "schedule tick failed"),
+                }
+                break;
+            }
+        }
+    })
+}

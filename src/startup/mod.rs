@@ -110,6 +110,8 @@ impl Application {
             lifecycle: Lifecycle::default(),
             clock,
         });
+        // The schedule executor builds movements as the request handlers do, from the state.
+        background.push(background::spawn_schedule_executor(state.clone()));
         let server = http::server(state.clone(), limiters, listener)?;
         tracing::info!(address = %address, "listening");
         Ok(Application {

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod journal;
 pub mod limits;
 pub mod lockout;
+pub mod schedules;
 pub mod tokens;
 pub mod transactions;
 pub mod users;

@@ -29,6 +29,7 @@ mod outage;
 mod posting;
 mod process;
 mod reversals;
+mod schedules;
 mod shutdown;
 mod traces;
 mod transactions;
