@@ -227,6 +227,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             for outcome in ["completed", "failed", "skipped", "retried"] {
                 metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
             }
+            // Exchanges are rare next to transfers: their series exist before the first one.
+            for status in ["completed", "failed"] {
+                metrics::counter!(names::TRANSACTIONS, "type" => "exchange", "status" => status)
+                    .increment(0);
+            }
             // Registered (empty) so that it is served before the first scheduled run.
             drop(metrics::histogram!(names::SCHEDULE_LAG_SECONDS));
             for kind in crate::domain::LimitKind::ALL {

@@ -701,7 +701,7 @@ mod exact {
             "get",
             history,
             "type",
-            json!({"type": "string", "enum": ["credit", "debit", "transfer", "reversal"]}),
+            json!({"type": "string", "enum": ["credit", "debit", "transfer", "reversal", "exchange"]}),
         );
         parameter(
             document,

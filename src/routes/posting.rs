@@ -26,7 +26,7 @@ pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TransactionBody {
     pub id: Uuid,
-    /// `credit`, `debit`, `transfer` or `reversal`.
+    /// `credit`, `debit`, `transfer`, `reversal` or `exchange`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// `completed` or `failed`; a hold is `pending` until it is `posted`, `voided` or

@@ -422,7 +422,7 @@ pub struct HistoryQuery {
     /// Admins only: whose history.
     #[serde(default, deserialize_with = "super::input::optional_uuid")]
     user_id: Option<Uuid>,
-    /// `credit`, `debit`, `transfer` or `reversal`.
+    /// `credit`, `debit`, `transfer`, `reversal` or `exchange`.
     #[serde(rename = "type")]
     #[param(rename = "type")]
     kind: Option<String>,
@@ -451,7 +451,8 @@ impl HistoryQuery {
         let mut errors = super::input::QueryErrors::default();
         let filter = HistoryFilter {
             kind: errors.check("type", self.kind.as_deref(), |kind| {
-                TransactionKind::parse(kind).ok_or("must be credit, debit, transfer or reversal")
+                TransactionKind::parse(kind)
+                    .ok_or("must be credit, debit, transfer, reversal or exchange")
             }),
             status: errors.check("status", self.status.as_deref(), |status| {
                 TransactionStatus::parse(status)

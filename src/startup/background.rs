@@ -32,11 +32,12 @@ pub(super) fn spawn_all(
     cache: &Arc<BalanceCache>,
     limiters: &Arc<RateLimiters>,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
+    clock: &Arc<dyn crate::clock::Clock>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         spawn_hold_sweeper(pool.clone(), ledger.clone(), settings.holds.clone()),
         spawn_idempotency_sweeper(pool.clone(), settings.idempotency.retention_hours),
-        spawn_usage_sweeper(pool.clone()),
+        spawn_usage_sweeper(pool.clone(), clock.clone()),
         spawn_rate_limiter_cleanup(limiters.clone()),
         spawn_metrics_upkeep(metrics.clone()),
         spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users),
@@ -125,15 +126,37 @@ fn spawn_idempotency_sweeper(
     })
 }
 
+/// Forgets exchange quotes a day after they expired (`store::fx::QUOTE_RETENTION_S`: until
+/// then a late use is told `quote_expired`), at most 100 batches of `USAGE_SWEEP_BATCH`.
+async fn forget_quotes(pool: &deadpool_postgres::Pool, now: chrono::DateTime<chrono::Utc>) {
+    for _ in 0..100 {
+        let swept = async {
+            let client = pool.get().await?;
+            anyhow::Ok(store::fx::forget_quotes(&client, now, USAGE_SWEEP_BATCH).await?)
+        };
+        match swept.await {
+            Ok(count) if count == USAGE_SWEEP_BATCH as u64 => continue,
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "forgot expired quotes"),
+            Err(error) => tracing::warn!(error = ?error, "quote sweep failed"),
+        }
+        break;
+    }
+}
+
 /// Forgets what the limits counted once no window can reach it
 /// (`store::limits::USAGE_RETENTION_DAYS`), every `USAGE_SWEEP_PERIOD`, in batches of
-/// `USAGE_SWEEP_BATCH` (at most 100 a tick, so one tick is bounded). Failures are logged and
-/// retried next tick.
-fn spawn_usage_sweeper(pool: deadpool_postgres::Pool) -> tokio::task::JoinHandle<()> {
+/// `USAGE_SWEEP_BATCH` (at most 100 a tick, so one tick is bounded), and expired quotes with
+/// it. Failures are logged and retried next tick.
+fn spawn_usage_sweeper(
+    pool: deadpool_postgres::Pool,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> tokio::task::JoinHandle<()> {
     actix_web::rt::spawn(async move {
         let mut ticks = tokio::time::interval(USAGE_SWEEP_PERIOD);
         loop {
             ticks.tick().await;
+            forget_quotes(&pool, clock.now()).await;
             for _ in 0..100 {
                 let swept = async {
                     let client = pool.get().await?;

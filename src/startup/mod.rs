@@ -58,8 +58,9 @@ impl Application {
         Application::build_with_clock(settings, Arc::new(crate::clock::SystemClock)).await
     }
 
-    /// [`Application::build`] with the clock the ledger reads "now" from for the windows of
-    /// the configured limits (tests drive a `clock::ManualClock`).
+    /// [`Application::build`] with the clock the ledger reads "now" from: the windows of the
+    /// configured limits, quotes and rates, and the schedules (tests drive a
+    /// `clock::ManualClock`).
     ///
     /// Errors: as [`Application::build`].
     pub async fn build_with_clock(
@@ -93,6 +94,7 @@ impl Application {
             &cache,
             &limiters,
             &metrics,
+            &clock,
         );
         background.push(store::health::spawn_monitor(
             pools.health,
