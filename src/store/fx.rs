@@ -214,7 +214,7 @@ pub async fn forget_quotes(
         .execute(
             "DELETE FROM fx_quotes WHERE id IN (
                  SELECT id FROM fx_quotes
-                 WHERE expires_at < $1 - make_interval(secs => $2)
+                 WHERE expires_at < $1::timestamptz - make_interval(secs => $2::float8)
                  ORDER BY expires_at LIMIT $3)",
             &[&now, &(QUOTE_RETENTION_S as f64), &batch],
         )

@@ -526,3 +526,45 @@ async fn a_concurrent_mix_of_exchanges_and_transfers_on_two_instances_conserves_
         assert_eq!(check(&report, name).violations, 0, "{name}");
     }
 }
+
+/// Quotes are kept a day after they expire (a late use is told `quote_expired`), then forgotten
+/// by the hourly sweep, which also runs when an instance starts.
+#[actix_web::test]
+async fn expired_quotes_are_forgotten_a_day_later() {
+    let clock = clock();
+    let (app, admin) = spawn_on(&clock, None).await;
+    let anna = app.user("anna").await;
+    set_rate(&app, &admin, "EUR", "USD", "1.0842").await;
+    let ask = json!({"from_currency": "EUR", "to_currency": "USD", "amount": 100});
+    let old = app.post(QUOTES, Some(&anna.token), &ask).await;
+    clock.advance(TimeDelta::hours(25));
+    let fresh = app.post(QUOTES, Some(&anna.token), &ask).await;
+    // A second instance's start sweeps at once with the same clock.
+    let (_second, _) = spawn_on(&clock, Some(app.database_url.clone())).await;
+    let db = app.db().await;
+    let count = |id: &Value| {
+        let (db, id) = (&db, id.as_str().unwrap().to_owned());
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM fx_quotes WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let started = std::time::Instant::now();
+    while count(&old.body["id"]).await != 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "never swept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        count(&fresh.body["id"]).await,
+        1,
+        "a quote not a day past expiry is kept"
+    );
+}
