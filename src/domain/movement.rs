@@ -283,23 +283,14 @@ impl Movement {
         authority: Authority,
     ) -> Result<Movement, MovementError> {
         Self::check_exchange(&exchange, initiated_by)?;
-        Ok(Movement {
-            id: Uuid::now_v7(),
-            kind: TransactionKind::Exchange,
-            from: exchange.payer,
-            to: exchange.payee,
-            amount: exchange.sold,
-            currency: exchange.sold_currency,
-            description: None,
-            reference: None,
-            initiated_by,
-            authority,
-            idempotency: None,
-            phase: Phase::Settle,
-            reversal: None,
-            exchange: Some(Box::new(exchange)),
-            schedule: None,
-        })
+        let (from, to) = (exchange.payer, exchange.payee);
+        let (amount, currency) = (exchange.sold, exchange.sold_currency);
+        Ok(Self::of_exchange(
+            (TransactionKind::Exchange, from, to, amount, currency),
+            exchange,
+            None,
+            (initiated_by, authority),
+        ))
     }
 
     /// The whole reversal of the exchange `of` (see [`Exchange`]): every leg moves back at the
@@ -315,23 +306,40 @@ impl Movement {
         authority: Authority,
     ) -> Result<Movement, MovementError> {
         Self::check_exchange(&exchange, initiated_by)?;
-        Ok(Movement {
+        let (from, to) = (exchange.payee, exchange.payer);
+        let (amount, currency) = (exchange.bought, exchange.bought_currency);
+        Ok(Self::of_exchange(
+            (TransactionKind::Reversal, from, to, amount, currency),
+            exchange,
+            Some(Reversal { of, reason }),
+            (initiated_by, authority),
+        ))
+    }
+
+    /// An exchange or its reversal, settled now: `from` is the debited side.
+    fn of_exchange(
+        (kind, from, to, amount, currency): (TransactionKind, UserId, UserId, Amount, Currency),
+        exchange: Exchange,
+        reversal: Option<Reversal>,
+        (initiated_by, authority): (UserId, Authority),
+    ) -> Movement {
+        Movement {
             id: Uuid::now_v7(),
-            kind: TransactionKind::Reversal,
-            from: exchange.payee,
-            to: exchange.payer,
-            amount: exchange.bought,
-            currency: exchange.bought_currency,
+            kind,
+            from,
+            to,
+            amount,
+            currency,
             description: None,
             reference: None,
             initiated_by,
             authority,
             idempotency: None,
             phase: Phase::Settle,
-            reversal: Some(Reversal { of, reason }),
+            reversal,
             exchange: Some(Box::new(exchange)),
             schedule: None,
-        })
+        }
     }
 
     fn check_exchange(exchange: &Exchange, initiated_by: UserId) -> Result<(), MovementError> {

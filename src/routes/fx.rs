@@ -376,33 +376,12 @@ pub async fn exchange(
     let idempotency = idempotency_key(&req)?;
     let mut fields = Fields::new(body);
     let quote_id = fields.optional("quote_id", parse::uuid);
-    let from = fields.optional("from_currency", parse::currency);
-    let to = fields.optional("to_currency", parse::currency);
-    let amount = fields.optional("amount", parse::amount);
-    let payee = fields.optional("to_user_id", parse::uuid);
-    let description = fields.optional("description", parse::text(Description::parse));
-    let reference = fields.optional("reference", parse::text(Reference::parse));
-    if payee.is_some_and(|payee| UserId::from_uuid(payee).is_reserved()) {
-        fields.error("to_user_id", "no such user");
-    }
-    if quote_id.is_none() {
-        for (name, missing) in [
-            ("from_currency", from.is_none()),
-            ("to_currency", to.is_none()),
-            ("amount", amount.is_none()),
-        ] {
-            if missing {
-                fields.error(name, "is required without a quote_id");
-            }
-        }
-    }
-    if from.is_some() && from == to {
-        fields.error("to_currency", "must be another currency than from_currency");
-    }
+    let requested = ExchangeFields::parse(&mut fields, quote_id.is_none());
+    let (from, to, amount) = (requested.from, requested.to, requested.amount);
     fields.finish()?;
     let client = state.pool.get().await?;
     let now = state.clock.now();
-    let mut exchange = match quote_id {
+    let exchange = match quote_id {
         Some(id) => {
             let quote = store::find_quote(&client, id)
                 .await?
@@ -447,12 +426,9 @@ pub async fn exchange(
         }
     };
     drop(client);
-    exchange.payer = principal.user;
-    exchange.payee = payee.map_or(principal.user, UserId::from_uuid);
     let quoted = exchange.quote;
-    let movement = Movement::exchange(exchange, principal.user, Authority::Owner)
-        .map_err(|error| ApiError::field("to_currency", error.to_string()))?
-        .with_details(description, reference)
+    let movement = requested
+        .movement(exchange, principal)?
         .with_key(idempotency);
     submit(&state, movement, quoted).await
 }
@@ -468,39 +444,83 @@ pub(crate) async fn exchange_template(
     principal: Principal,
     mut fields: Fields,
 ) -> Result<Movement, ApiError> {
-    let from = fields.required("from_currency", parse::currency);
-    let to = fields.required("to_currency", parse::currency);
-    let amount = fields.required("amount", parse::amount);
-    let payee = fields.optional("to_user_id", parse::uuid);
-    let description = fields.optional("description", parse::text(Description::parse));
-    let reference = fields.optional("reference", parse::text(Reference::parse));
-    if payee.is_some_and(|payee| UserId::from_uuid(payee).is_reserved()) {
-        fields.error("to_user_id", "no such user");
-    }
-    if from.is_some() && from == to {
-        fields.error("to_currency", "must be another currency than from_currency");
-    }
+    let requested = ExchangeFields::parse(&mut fields, true);
     fields.finish()?;
+    let missing = || ApiError::Internal(anyhow::anyhow!("finish() refuses missing fields"));
     let pair = (
-        from.expect("finish() refuses missing fields"),
-        to.expect("finish() refuses missing fields"),
+        requested.from.ok_or_else(missing)?,
+        requested.to.ok_or_else(missing)?,
     );
+    let amount = requested.amount.ok_or_else(missing)?;
     let client = state.pool.get().await?;
-    let amount = amount.expect("finish() refuses missing fields");
-    let mut exchange = match price(state, &client, pair, amount, state.clock.now()).await {
+    let exchange = match price(state, &client, pair, amount, state.clock.now()).await {
         Ok(priced) => priced.exchange,
         Err(error @ ApiError::RateUnavailable { .. }) => {
             return Err(ApiError::field("to_currency", error.to_string()))
         }
         Err(error) => return Err(error),
     };
-    exchange.payer = principal.user;
-    exchange.payee = payee.map_or(principal.user, UserId::from_uuid);
-    Ok(
-        Movement::exchange(exchange, principal.user, Authority::Owner)
-            .map_err(|error| ApiError::field("to_currency", error.to_string()))?
-            .with_details(description, reference),
-    )
+    requested.movement(exchange, principal)
+}
+
+/// The fields an exchange request and a schedule's exchange template share.
+struct ExchangeFields {
+    from: Option<Currency>,
+    to: Option<Currency>,
+    amount: Option<Amount>,
+    payee: Option<Uuid>,
+    description: Option<Description>,
+    reference: Option<Reference>,
+}
+
+impl ExchangeFields {
+    /// Reads them from `fields`, recording every bad one there; the pricing fields are
+    /// required when `priced_here` (no quote prices the exchange).
+    fn parse(fields: &mut Fields, priced_here: bool) -> ExchangeFields {
+        let pricing = |fields: &mut Fields, name: &str, parse| {
+            if priced_here {
+                fields.required(name, parse)
+            } else {
+                fields.optional(name, parse)
+            }
+        };
+        let from = pricing(fields, "from_currency", parse::currency);
+        let to = pricing(fields, "to_currency", parse::currency);
+        let amount = if priced_here {
+            fields.required("amount", parse::amount)
+        } else {
+            fields.optional("amount", parse::amount)
+        };
+        let payee = fields.optional("to_user_id", parse::uuid);
+        let description = fields.optional("description", parse::text(Description::parse));
+        let reference = fields.optional("reference", parse::text(Reference::parse));
+        if payee.is_some_and(|payee| UserId::from_uuid(payee).is_reserved()) {
+            fields.error("to_user_id", "no such user");
+        }
+        if from.is_some() && from == to {
+            fields.error("to_currency", "must be another currency than from_currency");
+        }
+        ExchangeFields {
+            from,
+            to,
+            amount,
+            payee,
+            description,
+            reference,
+        }
+    }
+
+    /// The exchange `principal` asks for at `exchange`'s price, paid to the payee (default:
+    /// the principal).
+    fn movement(self, mut exchange: Exchange, principal: Principal) -> Result<Movement, ApiError> {
+        exchange.payer = principal.user;
+        exchange.payee = self.payee.map_or(principal.user, UserId::from_uuid);
+        Ok(
+            Movement::exchange(exchange, principal.user, Authority::Owner)
+                .map_err(|error| ApiError::field("to_currency", error.to_string()))?
+                .with_details(self.description, self.reference),
+        )
+    }
 }
 
 /// Submits an exchange and answers with it, or why not.
