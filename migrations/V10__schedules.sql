@@ -1,7 +1,7 @@
 -- Scheduled and recurring transactions (DESIGN.md section 9, issue 13).
 --
--- A schedule is a transaction template (the body of a credit, debit or transfer request plus
--- its `type`, as the owner sent it) and a calendar: `start_at` and, for a recurring schedule,
+-- A schedule is a transaction template (the body of a credit, debit, transfer or exchange
+-- request plus its `type`, as the owner sent it) and a calendar: `start_at` and, for a recurring schedule,
 -- every `repeat_interval` days, weeks or months in `time_zone`, ending after `repeat_count`
 -- occurrences or at `repeat_until` (or never). Occurrences are numbered from 1; the executor of
 -- every instance claims due rows with FOR UPDATE SKIP LOCKED, submits occurrence `n` through

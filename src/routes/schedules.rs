@@ -275,6 +275,19 @@ fn parse_recurrence(
             .and_then(|name| name.parse::<chrono_tz::Tz>().ok())
             .ok_or_else(|| "must be an IANA time zone name such as Europe/Berlin".to_owned())
     });
+    // The range depends on `every`; named here so that it is reported with the other fields.
+    if let (Some(every), Some(interval)) = (every, interval) {
+        if !(1..=every.interval_max()).contains(&interval) {
+            fields.error(
+                "interval",
+                format!(
+                    "must be from 1 to {} for every {}",
+                    every.interval_max(),
+                    every.as_str()
+                ),
+            );
+        }
+    }
     if count.is_some() && until.is_some() {
         fields.error(
             "until",
@@ -299,7 +312,7 @@ fn parse_recurrence(
 /// `{transaction: {type, ...}, start_at, recurrence?: {every, interval, count?, until?,
 /// time_zone}, misfire_policy, on_failure}` → 201 the schedule, its first occurrence due at
 /// `start_at` (whole seconds). `transaction` is the body of `POST /transactions/<type>` with
-/// its `type` (`credit`, `debit` or `transfer`), refused as that request would be, its errors
+/// its `type` (`credit`, `debit`, `transfer` or `exchange`), refused as that request would be, its errors
 /// named `transaction.<field>`; it runs as the caller, with the caller's role at each run.
 ///
 /// Errors: 403 for a template acting on another user's account by a non-admin; 422 naming

@@ -406,6 +406,20 @@ async fn bad_input_is_refused_naming_the_field_and_writes_nothing() {
         (with("/on_failure", json!("shrug")), "on_failure"),
         (with("/transaction", json!("credit")), "transaction"),
     ];
+    // Every bad field at once is named at once.
+    let mut several = with("/recurrence/interval", json!(0));
+    several["recurrence"]["time_zone"] = json!("Mars/Olympus");
+    several["start_at"] = json!("2020-01-01T00:00:00Z");
+    let reply = app
+        .post("/api/v1/schedules", Some(&user.token), &several)
+        .await;
+    reply.assert_problem(422, "validation_failed");
+    let mut named = reply.error_fields();
+    named.sort();
+    assert_eq!(
+        named,
+        vec!["recurrence.interval", "recurrence.time_zone", "start_at"]
+    );
     for (body, field) in cases {
         let reply = app
             .post("/api/v1/schedules", Some(&user.token), &body)
