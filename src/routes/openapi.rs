@@ -758,6 +758,7 @@ mod exact {
             "{id}/post",
             "{id}/void",
             "{id}/reverse",
+            "exchange",
         ] {
             // A bulk item's key is `<key>#<index>`, and `#` plus up to four digits must fit.
             let max = if path == "bulk" {
