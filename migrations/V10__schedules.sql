@@ -31,8 +31,13 @@ CREATE TABLE schedules (
     -- the problem of the last failed attempt.
     attempt         integer NOT NULL DEFAULT 1 CHECK (attempt >= 1),
     last_problem    jsonb,
+    -- The Idempotency-Key its creation carried, and the SHA-256 of that request's body: a
+    -- repeated creation returns this schedule (the same body) or is refused (another body).
+    idempotency_key text,
+    request_hash    bytea,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT schedules_key CHECK ((idempotency_key IS NULL) = (request_hash IS NULL)),
     CONSTRAINT schedules_recurrence CHECK ((every IS NULL) = (repeat_interval IS NULL)
         AND (every IS NOT NULL OR (repeat_count IS NULL AND repeat_until IS NULL))),
     CONSTRAINT schedules_one_end CHECK (repeat_count IS NULL OR repeat_until IS NULL),
@@ -42,6 +47,9 @@ CREATE TABLE schedules (
 );
 -- The executor's scan: active schedules by the time they are due.
 CREATE INDEX schedules_due_idx ON schedules (next_run_at) WHERE status = 'active';
+-- One schedule per creation key of a user.
+CREATE UNIQUE INDEX schedules_key_idx ON schedules (user_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- A user's schedules, newest first (keyset pagination on (created_at, id)).
 CREATE INDEX schedules_user_idx ON schedules (user_id, created_at DESC, id DESC);
 

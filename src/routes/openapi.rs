@@ -759,6 +759,8 @@ mod exact {
             "{id}/void",
             "{id}/reverse",
             "exchange",
+            // Not a money request: the creation of a schedule.
+            "schedules",
         ] {
             // A bulk item's key is `<key>#<index>`, and `#` plus up to four digits must fit.
             let max = if path == "bulk" {
@@ -766,10 +768,15 @@ mod exact {
             } else {
                 IdempotencyKey::MAX_LEN
             };
+            let path = if path == "schedules" {
+                "/api/v1/schedules".to_owned()
+            } else {
+                format!("/api/v1/transactions/{path}")
+            };
             parameter(
                 document,
                 "post",
-                &format!("/api/v1/transactions/{path}"),
+                &path,
                 posting::IDEMPOTENCY_KEY,
                 json!({
                     "type": "string",

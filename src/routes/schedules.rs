@@ -14,14 +14,16 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
-use super::posting::ONLY_ADMIN;
+use sha2::{Digest, Sha256};
+
+use super::posting::{idempotency_key, replayed, ONLY_ADMIN};
 use super::transactions::{movement_from_template, TEMPLATE_TYPES};
 use super::users::current;
 use super::{audit_in_transaction, AppState, Page};
 use crate::auth::Principal;
 use crate::domain::{
-    Authority, Calendar, End, Every, MisfirePolicy, Movement, OnFailure, Recurrence, RunOutcome,
-    ScheduleStatus,
+    Authority, Calendar, End, Every, IdempotencyKey, MisfirePolicy, Movement, OnFailure,
+    Recurrence, RunOutcome, ScheduleStatus,
 };
 use crate::error::{ApiError, FieldError};
 use crate::store::schedules::{
@@ -321,6 +323,7 @@ fn parse_recurrence(
 /// before `start_at`, an unknown `transaction.type`.
 #[utoipa::path(
     post, path = "/api/v1/schedules", tag = "schedules", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the creation exactly-once: a repeat with the same body returns the schedule it made (1 to 255 visible ASCII characters)")),
     request_body(content = super::schemas::ScheduleRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "The schedule", body = ScheduleBody),
@@ -329,7 +332,7 @@ fn parse_recurrence(
         (status = 403, description = "A template on another user's account (admins only)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields (`transaction.<field>` for the template)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (`transaction.<field>` for the template), or `idempotency_key_reused`", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     )
@@ -341,6 +344,18 @@ pub async fn create(
     body: JsonObject,
 ) -> Result<HttpResponse, ApiError> {
     let principal = current(&state, principal).await?;
+    // The key decides first (invariant 4): a repeated creation returns the schedule it made.
+    let key = idempotency_key(&req)?;
+    let request_hash: [u8; 32] = Sha256::digest(
+        serde_json::to_vec(&body.0).map_err(|error| ApiError::Internal(error.into()))?,
+    )
+    .into();
+    if let Some(key) = &key {
+        let client = state.pool.get().await?;
+        if let Some(response) = replay_creation(&client, principal, key, &request_hash).await? {
+            return Ok(response);
+        }
+    }
     let now = state.clock.now();
     let grace_s = state.settings.schedules.start_grace_s;
     let mut fields = Fields::new(body);
@@ -429,9 +444,20 @@ pub async fn create(
             time_zone,
             misfire_policy,
             on_failure,
+            key: key.as_ref().map(|key| (key.as_str(), request_hash)),
         },
     )
     .await?;
+    let Some(schedule) = schedule else {
+        // A concurrent creation with the same key committed first.
+        drop(transaction);
+        let key = key.ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("a schedule without a key conflicted"))
+        })?;
+        return replay_creation(&client, principal, &key, &request_hash)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a taken key has no schedule")));
+    };
     let id = schedule.id;
     let body = ScheduleBody::from(schedule);
     let payload = serde_json::to_value(&body).map_err(|error| ApiError::Internal(error.into()))?;
@@ -449,6 +475,31 @@ pub async fn create(
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/schedules/{id}")))
         .json(body))
+}
+
+/// The reply to a creation whose key `principal` used before: the schedule it made (201,
+/// `Idempotent-Replayed: true`) when the body is the same, `idempotency_key_reused` when not;
+/// `None` when the key is unused.
+async fn replay_creation(
+    client: &impl deadpool_postgres::GenericClient,
+    principal: Principal,
+    key: &IdempotencyKey,
+    request_hash: &[u8; 32],
+) -> Result<Option<HttpResponse>, ApiError> {
+    let Some((schedule, hash)) =
+        store_schedules::find_by_key(client, principal.user, key.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    if hash.as_slice() != request_hash.as_slice() {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let id = schedule.id;
+    Ok(Some(replayed(
+        HttpResponse::Created()
+            .insert_header(("Location", format!("/api/v1/schedules/{id}")))
+            .json(ScheduleBody::from(schedule)),
+    )))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

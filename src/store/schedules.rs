@@ -145,21 +145,44 @@ pub struct NewSchedule<'a> {
     pub time_zone: &'a str,
     pub misfire_policy: MisfirePolicy,
     pub on_failure: OnFailure,
+    /// The creation's Idempotency-Key and the SHA-256 of its body.
+    pub key: Option<(&'a str, [u8; 32])>,
 }
 
-/// Inserts `schedule`, active with occurrence 1 due at its start.
+/// The schedule a user created with `key`, and the hash of the request that created it.
+pub async fn find_by_key(
+    client: &impl GenericClient,
+    user: UserId,
+    key: &str,
+) -> Result<Option<(ScheduleRecord, Vec<u8>)>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS}, request_hash FROM schedules
+                 WHERE user_id = $1 AND idempotency_key = $2"
+            ),
+            &[&user.as_uuid(), &key],
+        )
+        .await?;
+    Ok(row.map(|row| (record(&row), row.get("request_hash"))))
+}
+
+/// Inserts `schedule`, active with occurrence 1 due at its start. `None` when its key is
+/// taken (a concurrent creation with the same key committed first: read it with
+/// [`find_by_key`]).
 pub async fn create(
     client: &impl GenericClient,
     schedule: &NewSchedule<'_>,
-) -> Result<ScheduleRecord, tokio_postgres::Error> {
+) -> Result<Option<ScheduleRecord>, tokio_postgres::Error> {
     let recurrence = schedule.recurrence.as_ref();
     let row = client
-        .query_one(
+        .query_opt(
             &format!(
                 "INSERT INTO schedules (id, user_id, template, start_at, every, repeat_interval,
                      repeat_count, repeat_until, time_zone, misfire_policy, on_failure, status,
-                     next_due_at, next_run_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $4, $4)
+                     next_due_at, next_run_at, idempotency_key, request_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $4, $4, $12, $13)
+                 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                  RETURNING {COLUMNS}"
             ),
             &[
@@ -174,10 +197,12 @@ pub async fn create(
                 &schedule.time_zone,
                 &schedule.misfire_policy.as_str(),
                 &schedule.on_failure.as_str(),
+                &schedule.key.map(|(key, _)| key),
+                &schedule.key.map(|(_, hash)| hash.to_vec()),
             ],
         )
         .await?;
-    Ok(record(&row))
+    Ok(row.as_ref().map(record))
 }
 
 /// The schedule `id`, when `owner` is `None` (an admin) or owns it.

@@ -819,3 +819,71 @@ async fn a_scheduled_exchange_runs_at_the_rate_of_its_run() {
     assert_eq!(app.balance(&anna, "USD").await, 10_972);
     app.assert_ledger_invariants().await;
 }
+
+/// Creating a schedule is exactly-once by its Idempotency-Key: repeats (at once, or later)
+/// return the one schedule made, another body with the key is refused, and nothing else is
+/// written.
+#[actix_web::test]
+async fn a_repeated_creation_with_its_key_makes_one_schedule() {
+    let clock = clock_at(Utc.with_ymd_and_hms(2031, 6, 1, 8, 0, 0).unwrap());
+    let (app, _admin) = spawn(&clock, |_| {}).await;
+    let (anna, ben) = (app.user("anna").await, app.user("ben").await);
+    let body = json!({
+        "transaction": transfer(ben.id, 100),
+        "start_at": "2031-06-02T08:00:00Z",
+        "misfire_policy": "skip", "on_failure": "fail"});
+    let create = |key: &'static str, body: Value| {
+        let (app, anna) = (&app, &anna);
+        async move {
+            app.request(
+                Method::POST,
+                "/api/v1/schedules",
+                Some(&anna.token),
+                Some(&body),
+                Some(key),
+            )
+            .await
+        }
+    };
+    let replies =
+        futures_util::future::join_all((0..8).map(|_| create("rent-2031", body.clone()))).await;
+    let ids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|reply| {
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+            reply.body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "one schedule for one key: {ids:?}");
+    assert!(replies
+        .iter()
+        .any(|reply| reply.header("Idempotent-Replayed") == Some("true")));
+    let mut other = body.clone();
+    other["transaction"]["amount"] = json!(200);
+    create("rent-2031", other)
+        .await
+        .assert_problem(422, "idempotency_key_reused");
+    let count: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM schedules", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+    // Another user's key is their own.
+    let theirs = app
+        .request(
+            Method::POST,
+            "/api/v1/schedules",
+            Some(&ben.token),
+            Some(
+                &json!({"transaction": transfer(anna.id, 100), "start_at": "2031-06-02T08:00:00Z",
+                         "misfire_policy": "skip", "on_failure": "fail"}),
+            ),
+            Some("rent-2031"),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{}", theirs.body);
+    assert!(!ids.contains(theirs.body["id"].as_str().unwrap()));
+}
