@@ -219,7 +219,8 @@ pub struct HistoryFilter {
 /// account).
 ///
 /// Each branch of the `UNION ALL` is one ordered index range scan (`transactions_from_idx`,
-/// `transactions_to_idx`); a transaction appears in at most one branch because `from <> to`.
+/// `transactions_to_idx`); a transaction appears in at most one branch: `from <> to`, but for
+/// one's own exchange, which the second branch leaves out.
 /// Paging guarantee: the key (created_at, id) is immutable and total, so a listing shows,
 /// exactly once and in order, every transaction committed before its first page was read.
 /// `created_at` is the commit batch's start time, so a transaction that commits while a listing
@@ -235,16 +236,21 @@ pub async fn history(
 ) -> Result<Vec<TransactionRecord>, tokio_postgres::Error> {
     const FILTERS: &str = "($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
           AND ($5::text IS NULL OR type = $5) AND ($6::text IS NULL OR status = $6)
-          AND ($7::text IS NULL OR currency = $7)
           AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
           AND ($11::bigint IS NULL OR amount >= $11) AND ($12::bigint IS NULL OR amount <= $12)";
+    // The currency is the one that left the payer, and for the payee of an exchange the one it
+    // bought (`to_currency`); one's own exchange touches both and is listed by the first
+    // branch only.
     let statement = format!(
         "(SELECT {COLUMNS} FROM transactions
           WHERE from_user_id = $1 AND ($10::uuid IS NULL OR to_user_id = $10) AND {FILTERS}
+            AND ($7::text IS NULL OR currency = $7 OR (to_user_id = $1 AND to_currency = $7))
           ORDER BY created_at DESC, id DESC LIMIT $4)
          UNION ALL
          (SELECT {COLUMNS} FROM transactions
-          WHERE to_user_id = $1 AND status <> 'failed' AND ($10::uuid IS NULL OR from_user_id = $10) AND {FILTERS}
+          WHERE to_user_id = $1 AND from_user_id <> $1 AND status <> 'failed'
+            AND ($10::uuid IS NULL OR from_user_id = $10) AND {FILTERS}
+            AND ($7::text IS NULL OR coalesce(to_currency, currency) = $7)
           ORDER BY created_at DESC, id DESC LIMIT $4)
          ORDER BY created_at DESC, id DESC LIMIT $4"
     );

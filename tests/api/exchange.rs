@@ -568,3 +568,67 @@ async fn expired_quotes_are_forgotten_a_day_later() {
         "a quote not a day past expiry is kept"
     );
 }
+
+/// History lists one's own exchange once (it is both payer and payee), under either currency,
+/// and a payee finds a cross-currency payment under the currency it got.
+#[actix_web::test]
+async fn history_lists_exchanges_once_under_the_currencies_they_touch() {
+    let clock = clock();
+    let (app, admin) = spawn_on(&clock, None).await;
+    let (anna, ben) = (app.user("anna").await, app.user("ben").await);
+    set_rate(&app, &admin, "EUR", "USD", "1.0842").await;
+    app.credit(&anna, 50_000, "EUR").await;
+    let own = app
+        .post(
+            EXCHANGE,
+            Some(&anna.token),
+            &json!({"from_currency": "EUR", "to_currency": "USD", "amount": 10_000}),
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::CREATED, "{}", own.body);
+    let paid = app
+        .post(EXCHANGE, Some(&anna.token), &json!({"from_currency": "EUR", "to_currency": "USD", "amount": 5_000, "to_user_id": ben.id}))
+        .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.body);
+    let ids = |reply: &Reply| -> Vec<String> {
+        reply.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let history = "/api/v1/transactions/history";
+    let all = app.get(history, &anna.token).await;
+    let (own_id, paid_id) = (
+        own.body["id"].as_str().unwrap(),
+        paid.body["id"].as_str().unwrap(),
+    );
+    let listed = ids(&all);
+    assert_eq!(
+        listed.iter().filter(|id| *id == own_id).count(),
+        1,
+        "{listed:?}"
+    );
+    assert!(listed.iter().any(|id| id == paid_id));
+    let usd = ids(&app
+        .get(&format!("{history}?currency=USD"), &anna.token)
+        .await);
+    assert_eq!(
+        usd,
+        vec![own_id.to_owned()],
+        "anna's USD: only her own exchange"
+    );
+    let eur = ids(&app
+        .get(&format!("{history}?currency=EUR"), &anna.token)
+        .await);
+    assert!(eur.contains(&own_id.to_owned()) && eur.contains(&paid_id.to_owned()));
+    let ben_usd = ids(&app
+        .get(&format!("{history}?currency=USD"), &ben.token)
+        .await);
+    assert_eq!(ben_usd, vec![paid_id.to_owned()]);
+    let ben_eur = ids(&app
+        .get(&format!("{history}?currency=EUR"), &ben.token)
+        .await);
+    assert!(ben_eur.is_empty(), "ben got no EUR: {ben_eur:?}");
+}
