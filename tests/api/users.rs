@@ -580,6 +580,15 @@ async fn the_bootstrap_admin_is_created_once_and_is_an_admin() {
     // Half a bootstrap configuration is refused at start.
     let mut partial = test_settings();
     partial.bootstrap.admin_username = "half".to_owned();
+    // The start is refused after the database was created and migrated: it is dropped like
+    // every TestApp's.
+    let _cleanup = TestApp {
+        address: String::new(),
+        port: 0,
+        database_url: partial.database.url.clone(),
+        settings: partial.clone(),
+        http: http_client(),
+    };
     let error = tally::startup::Application::build(partial)
         .await
         .err()
