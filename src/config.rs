@@ -33,6 +33,25 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub fx: FxSettings,
     pub schedules: ScheduleSettings,
+    pub events: EventSettings,
+}
+
+/// `[events]`: the event log's hash chain (DESIGN.md section 10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// How often each instance tries to seal new events into the hash chain, milliseconds (10
+    /// to 60000). One instance at a time seals; the others give way.
+    pub seal_interval_ms: u64,
+    /// Most events sealed in one database transaction (100 to 100000); a full batch is
+    /// followed by the next at once.
+    pub seal_batch: u32,
+}
+
+impl EventSettings {
+    pub fn seal_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.seal_interval_ms)
+    }
 }
 
 /// `[fx]`: currency exchange (DESIGN.md section 9).
@@ -489,6 +508,14 @@ impl Settings {
         anyhow::ensure!(
             self.database.statement_timeout_ms <= i32::MAX as u64,
             "database.statement_timeout_ms must be at most 2147483647"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&self.events.seal_interval_ms),
+            "events.seal_interval_ms must be from 10 to 60000"
+        );
+        anyhow::ensure!(
+            (100..=100_000).contains(&self.events.seal_batch),
+            "events.seal_batch must be from 100 to 100000"
         );
         let schedules = &self.schedules;
         anyhow::ensure!(

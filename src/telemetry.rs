@@ -51,6 +51,10 @@ pub mod names {
     /// Histogram, seconds from an occurrence's due time to its run (completed or failed).
     pub const SCHEDULE_LAG_SECONDS: &str = "tally_schedule_lag_seconds";
 
+    // --- Event log (DESIGN.md section 10) ---
+    /// Counter: events sealed into the SHA-256 hash chain by this instance.
+    pub const EVENTS_SEALED: &str = "tally_events_sealed_total";
+
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
     /// refused before entering the queue (503).
@@ -121,6 +125,7 @@ pub mod names {
         TRANSACTION_VOLUME,
         SCHEDULE_RUNS,
         SCHEDULE_LAG_SECONDS,
+        EVENTS_SEALED,
         PIPELINE_REJECTIONS,
         QUEUE_DEPTH,
         IN_FLIGHT,
@@ -224,6 +229,7 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
                 metrics::counter!(names::CACHE_REQUESTS, "result" => result).increment(0);
             }
             metrics::counter!(names::LOGIN_LOCKOUTS).increment(0);
+            metrics::counter!(names::EVENTS_SEALED).increment(0);
             for outcome in ["completed", "failed", "skipped", "retried"] {
                 metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
             }
@@ -342,6 +348,10 @@ fn describe() {
     describe_counter!(
         names::LIMIT_REFUSALS,
         "Movements refused with limit_exceeded, by the kind of limit"
+    );
+    describe_counter!(
+        names::EVENTS_SEALED,
+        "Events sealed into the event log's SHA-256 hash chain by this instance"
     );
     describe_counter!(
         names::LOGIN_LOCKOUTS,

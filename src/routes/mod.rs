@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod auth;
 pub mod balances;
 pub mod bulk;
+pub mod events;
 pub mod fx;
 pub mod holds;
 pub mod input;
@@ -97,6 +98,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         )
                         .service(web::scope("/limits").configure(limits::configure))
                         .service(web::scope("/alerts").configure(alerts::configure))
+                        .service(web::scope("/events").configure(events::configure))
                         .configure(fx::configure)
                         // Before the `/transactions` scope, whose `/{id}` would take it.
                         .service(

@@ -47,6 +47,7 @@ use crate::error::{FieldError, Problem};
         super::fx::list_rates, super::fx::put_rate, super::fx::quote, super::fx::exchange,
         super::schedules::create, super::schedules::list, super::schedules::get_schedule,
         super::schedules::pause, super::schedules::resume, super::schedules::cancel,
+        super::events::list,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -62,7 +63,8 @@ use crate::error::{FieldError, Problem};
         super::fx::RateBody, super::fx::RatesBody, super::fx::QuoteBody, super::posting::ExchangeBody,
         ScheduleRequest, ScheduleTemplate, super::schemas::ExchangeTemplate, RecurrenceRequest, super::schedules::ScheduleBody,
         super::schedules::SchedulePage, super::schedules::RecurrenceBody, super::schedules::RunBody,
-        super::schedules::RunPage,
+        super::schedules::RunPage, super::events::EventBody, super::events::EventPage,
+        super::events::EventAccount,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -74,6 +76,7 @@ use crate::error::{FieldError, Problem};
         (name = "alerts", description = "Balance alerts"),
         (name = "exchange", description = "Exchange rates, quotes and currency exchange"),
         (name = "schedules", description = "Scheduled and recurring transactions"),
+        (name = "events", description = "The event log, its live feed and webhooks"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -528,6 +531,26 @@ mod exact {
             "/api/v1/schedules/{id}",
             "runs_limit",
             json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": schedules::LIMIT_MAX}),
+        );
+
+        parameter(
+            document,
+            "get",
+            "/api/v1/events",
+            "limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 1000}),
+        );
+        parameter(
+            document,
+            "get",
+            "/api/v1/events",
+            "after",
+            json!({"type": "string", "pattern": "^[0-9]{1,19}\\.[0-9]{1,19}$"}),
+        );
+        set(
+            document,
+            &format!("{SCHEMAS}/EventBody/properties/type"),
+            json!({"type": "string", "enum": crate::routes::events::EVENT_TYPES}),
         );
 
         // Limits, overdrafts and alerts.

@@ -41,6 +41,7 @@ pub(super) fn spawn_all(
         spawn_rate_limiter_cleanup(limiters.clone()),
         spawn_metrics_upkeep(metrics.clone()),
         spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users),
+        spawn_chain_sealer(pool.clone(), settings.events.clone()),
     ]
 }
 
@@ -243,6 +244,45 @@ pub(super) fn spawn_schedule_executor(
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(error) => tracing::warn!(error = ?error, "schedule tick failed"),
+                }
+                break;
+            }
+        }
+    })
+}
+
+/// Seals committed events into the hash chain (`store::chain`) every `events.seal_interval_ms`:
+/// a full batch is followed by the next at once, at most 100 times a tick. Every instance runs
+/// one; while one seals (an advisory lock), the others give way. Failures are logged and
+/// retried next tick; `tally_events_sealed_total` counts the sealed events.
+fn spawn_chain_sealer(
+    pool: deadpool_postgres::Pool,
+    settings: crate::config::EventSettings,
+) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(settings.seal_interval());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let batch = i64::from(settings.seal_batch);
+        loop {
+            ticks.tick().await;
+            for _ in 0..100 {
+                let sealed = match pool.get().await {
+                    Ok(mut client) => {
+                        store::chain::seal(&mut client, batch, store::chain::Contention::GiveWay)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                    Err(error) => Err(error.into()),
+                };
+                match sealed {
+                    Ok(count) => {
+                        metrics::counter!(crate::telemetry::names::EVENTS_SEALED)
+                            .increment(count as u64);
+                        if count as i64 == batch {
+                            continue;
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = ?error, "sealing the event chain failed"),
                 }
                 break;
             }

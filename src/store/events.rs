@@ -53,11 +53,97 @@ impl FromStr for EventCursor {
 /// One event as stored.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
+    /// The stable id (`seq`): unique, never reused; what consumers de-duplicate by.
+    pub id: i64,
     pub cursor: EventCursor,
     pub stream: String,
     pub kind: String,
     pub payload: serde_json::Value,
+    /// The accounts it touches: `[{user_id, currency}]` (`currency` null for an event about
+    /// a user), derived from the payload by the database (migration V11).
+    pub accounts: serde_json::Value,
     pub created_at: DateTime<Utc>,
+}
+
+impl EventRecord {
+    /// The users whose accounts the event touches.
+    pub fn users(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
+        self.accounts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|account| account.get("user_id")?.as_str()?.parse().ok())
+    }
+}
+
+const COLUMNS: &str =
+    "e.tx::text::bigint, e.seq, e.stream, e.type, e.payload, e.created_at, e.accounts";
+
+fn record(row: &tokio_postgres::Row) -> EventRecord {
+    EventRecord {
+        id: row.get(1),
+        cursor: EventCursor {
+            tx: row.get(0),
+            seq: row.get(1),
+        },
+        stream: row.get(2),
+        kind: row.get(3),
+        payload: row.get(4),
+        created_at: row.get(5),
+        accounts: row.get(6),
+    }
+}
+
+/// Which events a page holds: those touching `user`'s accounts (every event when `None`), of
+/// the given `types` (every type when `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    pub user: Option<uuid::Uuid>,
+    pub types: Option<&'a [String]>,
+}
+
+/// Up to `limit` events of `scope` after `after`, oldest first, of transactions that have all
+/// finished (the rule of [`read_after`]). A user's events are paged on the `event_users`
+/// index (migration V11), never by filtering the whole log.
+pub async fn read_page(
+    client: &impl GenericClient,
+    after: EventCursor,
+    limit: i64,
+    scope: Scope<'_>,
+) -> Result<Vec<EventRecord>, tokio_postgres::Error> {
+    let rows = match scope.user {
+        Some(user) => {
+            let statement = format!(
+                "SELECT {COLUMNS} FROM event_users u JOIN events e ON e.seq = u.seq
+                     WHERE u.user_id = $4
+                       AND (u.tx, u.seq) > ($1::bigint::text::xid8, $2)
+                       AND u.tx < pg_snapshot_xmin(pg_current_snapshot())
+                       AND ($5::text[] IS NULL OR e.type = ANY($5))
+                     ORDER BY u.tx, u.seq
+                     LIMIT $3"
+            );
+            client
+                .query(
+                    &statement,
+                    &[&after.tx, &after.seq, &limit, &user, &scope.types],
+                )
+                .await?
+        }
+        None => {
+            let statement = format!(
+                "SELECT {COLUMNS} FROM events e
+                     WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
+                       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                       AND ($4::text[] IS NULL OR e.type = ANY($4))
+                     ORDER BY e.tx, e.seq
+                     LIMIT $3"
+            );
+            client
+                .query(&statement, &[&after.tx, &after.seq, &limit, &scope.types])
+                .await?
+        }
+    };
+    Ok(rows.iter().map(record).collect())
 }
 
 /// Up to `limit` events after `after`, oldest first (in cursor order), of transactions that
@@ -67,29 +153,7 @@ pub async fn read_after(
     after: EventCursor,
     limit: i64,
 ) -> Result<Vec<EventRecord>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT tx::text::bigint, seq, stream, type, payload, created_at FROM events
-             WHERE (tx, seq) > ($1::bigint::text::xid8, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, seq
-             LIMIT $3",
-            &[&after.tx, &after.seq, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| EventRecord {
-            cursor: EventCursor {
-                tx: row.get(0),
-                seq: row.get(1),
-            },
-            stream: row.get(2),
-            kind: row.get(3),
-            payload: row.get(4),
-            created_at: row.get(5),
-        })
-        .collect())
+    read_page(client, after, limit, Scope::default()).await
 }
 
 #[cfg(test)]

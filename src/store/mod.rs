@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod balances;
+pub mod chain;
 pub mod events;
 pub mod fx;
 pub mod health;

@@ -32,6 +32,26 @@ pub enum InsertUserError {
 
 const COLUMNS: &str = "id, username, email, role, created_at, updated_at, deleted_at";
 
+/// Wraps `change` (an INSERT or UPDATE of `users` ending in `RETURNING *`) so that the same
+/// statement appends one `event_type` event per changed row on the stream `user:<id>`, with the
+/// user as it is after the change (never its password hash) and `extra`, a SQL expression
+/// yielding a JSON object merged into the payload. Invariant 12: the event commits exactly when
+/// the change does.
+fn logged(change: &str, event_type: &str, extra: &str) -> String {
+    format!(
+        "WITH changed AS ({change}), logged AS (
+             INSERT INTO events (stream, type, payload)
+             SELECT 'user:' || id, '{event_type}',
+                    jsonb_build_object('user_id', id, 'username', username, 'email', email,
+                                       'role', role, 'created_at', created_at,
+                                       'updated_at', updated_at, 'deleted_at', deleted_at)
+                    || {extra}
+             FROM changed
+         )
+         SELECT {COLUMNS} FROM changed"
+    )
+}
+
 fn record(row: &tokio_postgres::Row) -> UserRecord {
     UserRecord {
         id: UserId::from_uuid(row.get("id")),
@@ -69,8 +89,10 @@ pub async fn insert(
     password_hash: &str,
     role: Role,
 ) -> Result<UserRecord, InsertUserError> {
-    let statement = format!(
-        "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+    let statement = logged(
+        "INSERT INTO users (id, username, email, password_hash, role) VALUES ($1, $2, $3, $4, $5) RETURNING *",
+        "user.created",
+        "'{}'::jsonb",
     );
     match client
         .query_one(
@@ -194,11 +216,13 @@ pub async fn update(
     if changes.role.is_some_and(|role| role != Role::Admin) && only_admin(&transaction, id).await? {
         return Err(UpdateUserError::LastAdmin);
     }
-    let statement = format!(
+    let statement = logged(
         "UPDATE users SET email = coalesce($2, email), password_hash = coalesce($3, password_hash),
                           role = coalesce($4, role), updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND role <> 'system'
-         RETURNING {COLUMNS}"
+         RETURNING *",
+        "user.updated",
+        "jsonb_build_object('password_changed', $3::text IS NOT NULL)",
     );
     let row = transaction
         .query_opt(
@@ -298,8 +322,10 @@ pub async fn soft_delete(
     if non_zero > 0 {
         return Err(DeleteUserError::BalanceNotZero);
     }
-    let statement = format!(
-        "UPDATE users SET deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    let statement = logged(
+        "UPDATE users SET deleted_at = now(), updated_at = now() WHERE id = $1 RETURNING *",
+        "user.deleted",
+        "'{}'::jsonb",
     );
     let row = transaction.query_one(&statement, &[&id]).await?;
     transaction

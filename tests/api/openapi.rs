@@ -49,6 +49,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/transactions/exchange"),
     ("post", "/api/v1/schedules"),
     ("get", "/api/v1/schedules"),
+    ("get", "/api/v1/events"),
     ("get", "/api/v1/schedules/{id}"),
     ("post", "/api/v1/schedules/{id}/pause"),
     ("post", "/api/v1/schedules/{id}/resume"),

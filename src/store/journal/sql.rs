@@ -743,7 +743,7 @@ pub(super) async fn resolve_holds(
                  SELECT 'transaction:' || id, 'hold.' || status,
                         jsonb_build_object(
                             'id', id, 'status', status, 'from_user_id', from_user_id,
-                            'currency', currency, 'amount', amount, 'released', amount,
+                            'to_user_id', to_user_id, 'currency', currency, 'amount', amount, 'released', amount,
                             'posted_amount', posted_amount, 'posting_id', posting_id,
                             'resolved_by', resolved_by, 'resolved_at', resolved_at),
                         resolved_at
@@ -803,12 +803,16 @@ pub(super) async fn claim_reversal(
                    AND type IN ('credit', 'debit', 'transfer', 'exchange') AND (type = 'exchange') = $7
                    AND from_user_id = $3 AND to_user_id = $4 AND currency = $5
                    AND reversed_amount + $2 <= amount
-                 RETURNING id, amount, reversed_amount
+                 RETURNING id, amount, reversed_amount, from_user_id, to_user_id, currency,
+                           to_currency
              ), logged AS (
                  INSERT INTO events (stream, type, payload)
                  SELECT 'transaction:' || id, 'transaction.reversed',
-                        jsonb_build_object('id', id, 'reversal_id', $6::uuid, 'amount', $2::bigint,
-                                           'reversed_amount', reversed_amount)
+                        jsonb_strip_nulls(jsonb_build_object(
+                            'id', id, 'reversal_id', $6::uuid, 'amount', $2::bigint,
+                            'reversed_amount', reversed_amount, 'from_user_id', from_user_id,
+                            'to_user_id', to_user_id, 'currency', currency,
+                            'to_currency', to_currency))
                  FROM claimed
              )
              SELECT count(*) FROM claimed",
