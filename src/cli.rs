@@ -60,6 +60,18 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Rebuild balances, entries, holds and transaction states from the event log of
+    /// database.url alone into an empty database, and compare them with the source; exit 1 on
+    /// any difference.
+    Replay {
+        /// The empty database to rebuild into (it must exist), e.g.
+        /// postgres://postgres@127.0.0.1:5432/tally_replay.
+        #[arg(long)]
+        into: String,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -128,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             import(&file, &options).await
         }
+        Command::Replay { into, quiet } => replay(&settings, &into, quiet).await,
         Command::Admin {
             command:
                 AdminCommand::Create {
@@ -180,6 +193,47 @@ async fn create_admin(
         println!("admin {username} already exists");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replays the event log of database.url into `into` and prints the summary.
+async fn replay(settings: &Settings, into: &str, quiet: bool) -> anyhow::Result<ExitCode> {
+    let (source, source_connection) =
+        crate::store::connect_for_maintenance(&settings.database, crate::store::VERIFY_APP_NAME)
+            .await
+            .context("connecting to database.url")?;
+    let source_connection = tokio::spawn(source_connection);
+    let (mut target, target_connection) = tokio_postgres::connect(into, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the --into database")?;
+    let target_connection = tokio::spawn(target_connection);
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} events ({per_sec}, {eta} left)",
+            )
+            .expect("a valid progress template"),
+        );
+        bar
+    };
+    let summary = crate::replay::replay(&source, &mut target, |read, total| {
+        bar.set_length(total);
+        bar.set_position(read);
+    })
+    .await;
+    bar.finish_and_clear();
+    drop((source, target));
+    let _ = source_connection.await;
+    let _ = target_connection.await;
+    let summary = summary?;
+    print!("{summary}");
+    Ok(if summary.difference_count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Prints one line per check of the ledger contract and every violation found.

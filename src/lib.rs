@@ -17,6 +17,7 @@ pub mod error;
 pub mod import;
 pub mod ledger;
 pub mod lifecycle;
+pub mod replay;
 pub mod routes;
 pub mod scheduler;
 pub mod startup;

@@ -134,7 +134,7 @@ pub enum Contention {
 /// holding the sealer lock. Returns how many it sealed (0 when none is waiting, or when
 /// another sealer holds the lock and `contention` is [`Contention::GiveWay`]).
 pub async fn seal(
-    client: &mut deadpool_postgres::Client,
+    client: &mut tokio_postgres::Client,
     limit: i64,
     contention: Contention,
 ) -> Result<usize, tokio_postgres::Error> {
@@ -154,10 +154,10 @@ pub async fn seal(
     if !locked {
         return Ok(0);
     }
-    let (after, mut link) = last_link(&*transaction)
+    let (after, mut link) = last_link(&transaction)
         .await?
         .unwrap_or((EventCursor::default(), GENESIS));
-    let events = events_after(&*transaction, after, limit).await?;
+    let events = events_after(&transaction, after, limit).await?;
     if events.is_empty() {
         return Ok(0);
     }

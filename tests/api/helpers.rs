@@ -128,7 +128,8 @@ impl Drop for TestApp {
     }
 }
 
-fn drop_database(url: &str) {
+/// Drops the database `url` names (best effort; `WITH (FORCE)`).
+pub fn drop_database(url: &str) {
     let Ok(mut config) = url.parse::<tokio_postgres::Config>() else {
         return;
     };
@@ -490,6 +491,39 @@ impl TestApp {
     /// section 2, invariants 1, 2, 4 and 5) and panics with the violations. Returns the number
     /// of completed transactions.
     /// `tally verify`'s report on this app's database, as it is now.
+    /// Waits until every database transaction of the cluster that was running when it was
+    /// called has finished: from then on the event log's readers (which read only below the
+    /// oldest running transaction, invariant 12) see every event committed before the call.
+    /// Transactions of other tests on the same server hold that horizon back for a moment.
+    pub async fn wait_for_log_horizon(&self) {
+        let db = self.db().await;
+        let horizon: i64 = db
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+                &[],
+            )
+            .await
+            .expect("read the snapshot")
+            .get(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let oldest: i64 = db
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                    &[],
+                )
+                .await
+                .expect("read the snapshot")
+                .get(0);
+            if oldest >= horizon {
+                return;
+            }
+            // A pause between polls of the condition, not a synchronization by itself.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("a database transaction older than the test's writes ran for over 60 s");
+    }
+
     pub async fn verify(&self) -> tally::verify::Report {
         let db = self.db().await;
         tally::verify::verify(&db, self.settings.idempotency.retention())

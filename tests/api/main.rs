@@ -12,6 +12,7 @@ mod config;
 mod crash;
 mod database_fault;
 mod database_limits;
+mod events;
 mod exchange;
 mod history;
 mod holds;
