@@ -268,7 +268,7 @@ fn spawn_chain_sealer(
             for _ in 0..100 {
                 let sealed = match pool.get().await {
                     Ok(mut client) => {
-                        store::chain::seal(&mut **client, batch, store::chain::Contention::GiveWay)
+                        store::chain::seal(&mut client, batch, store::chain::Contention::GiveWay)
                             .await
                             .map_err(anyhow::Error::from)
                     }
