@@ -2,7 +2,8 @@
 //! applies the database migrations; `tally verify` checks the ledger contract in the database;
 //! `tally healthcheck` asks a running instance whether it is ready (for container health
 //! checks, so the image needs no HTTP client); `tally import` sends a file through the bulk
-//! endpoint; `tally admin create` creates an admin.
+//! endpoint; `tally replay` rebuilds the projections from the event log into an empty database
+//! and compares them; `tally admin create` creates an admin.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
