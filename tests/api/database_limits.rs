@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -212,11 +211,7 @@ async fn every_session_has_the_configured_timeouts_and_utc() {
 /// York time, `+ interval '1 day'` from 2024-03-10T00:00Z would give a 23-hour day.
 #[actix_web::test]
 async fn days_are_utc_days_whatever_the_database_time_zone() {
-    let url = format!(
-        "{}/tally_test_{}",
-        database_server(),
-        Uuid::new_v4().simple()
-    );
+    let url = crate::helpers::create_database().await;
     let name = url.rsplit('/').next().expect("a database name").to_owned();
     let (admin, connection) = tokio_postgres::connect(
         &format!("{}/postgres", database_server()),
@@ -225,10 +220,6 @@ async fn days_are_utc_days_whatever_the_database_time_zone() {
     .await
     .expect("connect to the server");
     actix_web::rt::spawn(connection);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create the test database");
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {name} SET timezone = 'America/New_York'"

@@ -9,10 +9,25 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tally::store::chain::{seal, Contention};
 
-use crate::helpers::{check, database_server, TestApp, TestUser};
+use crate::helpers::{check, create_database, Reply, TestApp, TestUser};
 use crate::process::run_verify;
 
 const TRANSFER: &str = "/api/v1/transactions/transfer";
+
+/// `from` sends `amount` USD cents to `to` (`extra` fields merged into the body).
+async fn transfer(
+    app: &TestApp,
+    from: &TestUser,
+    to: &TestUser,
+    amount: i64,
+    extra: Value,
+) -> Reply {
+    let mut body = json!({"to_user_id": to.id, "amount": amount, "currency": "USD"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    app.post(TRANSFER, Some(&from.token), &body).await
+}
 
 /// Every event `user` may read, paged `page` at a time from the start; asserts the pages
 /// chain (each starts after the last one's `next_cursor`) and never repeat an event.
@@ -69,21 +84,9 @@ async fn users_read_the_events_of_their_accounts_in_cursor_order_and_admins_read
     let ben = app.user("ben").await;
     let carl = app.user("carl").await;
     app.credit(&anna, 5_000, "USD").await;
-    let transfer = app
-        .post(
-            TRANSFER,
-            Some(&anna.token),
-            &json!({"to_user_id": ben.id, "amount": 1_200, "currency": "USD"}),
-        )
-        .await;
-    assert_eq!(transfer.status, StatusCode::CREATED, "{}", transfer.body);
-    let refused = app
-        .post(
-            TRANSFER,
-            Some(&ben.token),
-            &json!({"to_user_id": anna.id, "amount": 99_999, "currency": "USD"}),
-        )
-        .await;
+    let paid = transfer(&app, &anna, &ben, 1_200, json!({})).await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{}", paid.body);
+    let refused = transfer(&app, &ben, &anna, 99_999, json!({})).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     app.credit(&carl, 700, "EUR").await;
 
@@ -122,7 +125,7 @@ async fn users_read_the_events_of_their_accounts_in_cursor_order_and_admins_read
     let moved = &annas[2];
     assert_eq!(
         moved["stream"],
-        format!("transaction:{}", transfer.body["id"].as_str().unwrap())
+        format!("transaction:{}", paid.body["id"].as_str().unwrap())
     );
     assert_eq!(moved["payload"]["amount"], 1_200);
     assert_eq!(moved["payload"]["entries"].as_array().unwrap().len(), 2);
@@ -218,13 +221,7 @@ async fn tally_verify_names_the_first_link_of_the_chain_a_changed_event_breaks()
     let ben = app.user("ben").await;
     app.credit(&anna, 10_000, "USD").await;
     for amount in 1..=5 {
-        let reply = app
-            .post(
-                TRANSFER,
-                Some(&anna.token),
-                &json!({"to_user_id": ben.id, "amount": amount, "currency": "USD"}),
-            )
-            .await;
+        let reply = transfer(&app, &anna, &ben, amount, json!({})).await;
         assert_eq!(reply.status, StatusCode::CREATED);
     }
     seal_all(&app).await;
@@ -324,20 +321,8 @@ fn run_replay(app: &TestApp, into: &str) -> (bool, String) {
 
 /// A new empty database on the test server, dropped with the returned guard.
 async fn empty_database() -> EmptyDatabase {
-    let name = format!("tally_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin, connection) = tokio_postgres::connect(
-        &format!("{}/postgres", database_server()),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the server");
-    actix_web::rt::spawn(connection);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create a database");
     EmptyDatabase {
-        url: format!("{}/{name}", database_server()),
+        url: create_database().await,
     }
 }
 
@@ -362,36 +347,24 @@ async fn replay_rebuilds_the_ledger_from_its_events_and_a_corrupted_event_fails_
     app.credit(&anna, 20_000, "EUR").await;
     let mut transfers = Vec::new();
     for amount in [1_000, 2_500, 300] {
-        let reply = app
-            .post(
-                TRANSFER,
-                Some(&anna.token),
-                &json!({"to_user_id": ben.id, "amount": amount, "currency": "USD"}),
-            )
-            .await;
+        let reply = transfer(&app, &anna, &ben, amount, json!({})).await;
         assert_eq!(reply.status, StatusCode::CREATED);
         transfers.push(reply.body);
     }
     // A refused transfer, two holds (one posted in part, one voided), a partial reversal and
     // an exchange.
-    let refused = app
-        .post(
-            TRANSFER,
-            Some(&ben.token),
-            &json!({"to_user_id": anna.id, "amount": 1_000_000, "currency": "USD"}),
-        )
-        .await;
+    let refused = transfer(&app, &ben, &anna, 1_000_000, json!({})).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     let mut holds = Vec::new();
     for amount in [4_000, 600] {
-        let reply = app
-            .post(
-                TRANSFER,
-                Some(&anna.token),
-                &json!({"to_user_id": ben.id, "amount": amount, "currency": "USD",
-                        "hold": {"timeout_s": 600}}),
-            )
-            .await;
+        let reply = transfer(
+            &app,
+            &anna,
+            &ben,
+            amount,
+            json!({"hold": {"timeout_s": 600}}),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
         holds.push(reply.body);
     }

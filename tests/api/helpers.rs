@@ -128,6 +128,24 @@ impl Drop for TestApp {
     }
 }
 
+/// Creates an empty database `tally_test_<uuid>` on the test server and returns its URL (the
+/// caller drops it, e.g. with [`drop_database`] or by handing it to a [`TestApp`]).
+pub async fn create_database() -> String {
+    let name = format!("tally_test_{}", Uuid::new_v4().simple());
+    let (admin, connection) = tokio_postgres::connect(
+        &format!("{}/postgres", database_server()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the server");
+    actix_web::rt::spawn(connection);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a database");
+    format!("{}/{name}", database_server())
+}
+
 /// Drops the database `url` names (best effort; `WITH (FORCE)`).
 pub fn drop_database(url: &str) {
     let Ok(mut config) = url.parse::<tokio_postgres::Config>() else {
