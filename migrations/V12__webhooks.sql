@@ -1,8 +1,8 @@
 -- Webhooks (DESIGN.md section 10, issue 14): subscriptions, their delivery log, and the
 -- dispatcher's position in the event log.
 --
--- Delivery is at-least-once from the log. A dispatcher (one at a time across instances: the
--- row lock on `webhook_dispatch`) reads committed events after its cursor and, in one
+-- Delivery is at-least-once from the log. A dispatcher (one at a time across instances: an
+-- advisory lock, see `store::webhooks::dispatch`) reads committed events after its cursor and, in one
 -- transaction, inserts a pending delivery per matching active subscription and advances the
 -- cursor, so each event is fanned out to each subscription exactly once. Deliverers on every
 -- instance claim due deliveries (FOR UPDATE SKIP LOCKED, then a lease), POST outside any
@@ -57,7 +57,7 @@ CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_seq);
 
--- The dispatcher's cursor in the event log: one row, locked by the dispatching instance.
+-- The dispatcher's cursor in the event log: one row, moved by the dispatcher holding the lock.
 CREATE TABLE webhook_dispatch (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     tx        bigint NOT NULL DEFAULT 0,

@@ -5,7 +5,7 @@
 //! `webhooks.poll_interval_ms`:
 //!
 //! - the **dispatcher** fans committed events out into the delivery log
-//!   (`store::webhooks::dispatch`): one instance at a time (a row lock on the cursor row), one
+//!   (`store::webhooks::dispatch`): one instance at a time (an advisory lock), one
 //!   transaction that inserts a pending delivery per matching subscription and advances the
 //!   cursor, so each (subscription, event) gets exactly one delivery row;
 //! - the **deliverer** claims due deliveries (`FOR UPDATE SKIP LOCKED` and a lease of

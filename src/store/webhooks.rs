@@ -10,6 +10,9 @@ use uuid::Uuid;
 use super::events::EventCursor;
 use crate::domain::UserId;
 
+/// The advisory lock that makes one dispatcher at a time (`'tallyhoo'` in ASCII).
+const DISPATCHER_LOCK: i64 = 0x7461_6c6c_7968_6f6f;
+
 /// Most subscriptions one user may have.
 pub const WEBHOOKS_PER_USER_MAX: i64 = 20;
 
@@ -255,8 +258,8 @@ pub enum Dispatched {
     Advanced { events: usize, deliveries: u64 },
 }
 
-/// One dispatch pass, in one transaction: takes the cursor row (skipping when another
-/// instance holds it), reads up to `batch` committed events after it, inserts a pending
+/// One dispatch pass, in one transaction: takes the dispatcher's advisory lock (skipping when
+/// another instance holds it), reads up to `batch` committed events after it, inserts a pending
 /// delivery per matching active subscription (type filter; an admin's subscription takes
 /// every event, another's the events touching the owner's accounts; only events from the
 /// subscription's `from_tx` on), and advances the cursor. Fan-out is exactly once per
@@ -267,15 +270,20 @@ pub async fn dispatch(
     batch: i64,
 ) -> Result<Dispatched, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
-    let Some(row) = transaction
-        .query_opt(
-            "SELECT tx, seq FROM webhook_dispatch FOR UPDATE SKIP LOCKED",
-            &[],
-        )
+    // An advisory lock, not a row lock: a row lock would give every idle pass a transaction
+    // id, and a running transaction id holds back every reader of the log (they read below
+    // the xmin horizon), on every database of the server.
+    let locked: bool = transaction
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&DISPATCHER_LOCK])
         .await?
-    else {
+        .get(0);
+    if !locked {
         return Ok(Dispatched::Busy);
-    };
+    }
+    // Read after the lock: the last holder's cursor has committed.
+    let row = transaction
+        .query_one("SELECT tx, seq FROM webhook_dispatch", &[])
+        .await?;
     let after = EventCursor {
         tx: row.get(0),
         seq: row.get(1),
@@ -378,7 +386,7 @@ pub async fn claim(
              )
              UPDATE webhook_deliveries d
              SET attempts = d.attempts + 1, lease = gen_random_uuid(),
-                 next_attempt_at = now() + $2 * interval '1 millisecond'
+                 next_attempt_at = now() + $2::float8 * interval '1 millisecond'
              FROM due, webhooks w, events e
              WHERE d.webhook_id = due.webhook_id AND d.event_seq = due.event_seq
                AND w.id = d.webhook_id AND e.seq = d.event_seq
@@ -474,7 +482,7 @@ pub async fn record_attempt(
             "UPDATE webhook_deliveries
              SET status = $4, last_status_code = $5, last_error = $6, lease = NULL,
                  delivered_at = CASE WHEN $4 = 'delivered' THEN now() END,
-                 next_attempt_at = now() + coalesce($7, 0) * interval '1 millisecond'
+                 next_attempt_at = now() + coalesce($7::float8, 0) * interval '1 millisecond'
              WHERE webhook_id = $1 AND event_seq = $2 AND lease = $3 AND status = 'pending'",
             &[
                 &claimed.webhook_id,

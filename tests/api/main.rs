@@ -34,3 +34,4 @@ mod shutdown;
 mod traces;
 mod transactions;
 mod users;
+mod webhooks;
