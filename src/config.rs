@@ -34,8 +34,58 @@ pub struct Settings {
     pub fx: FxSettings,
     pub schedules: ScheduleSettings,
     pub events: EventSettings,
+    pub webhooks: WebhookSettings,
 }
 
+/// `[webhooks]`: webhook delivery (DESIGN.md section 10, `crate::webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Hosts a subscription's URL may name: exact names or IP literals, or `*.suffix` for any
+    /// name below `suffix`; case-insensitive. Nothing else is ever contacted.
+    pub allowed_hosts: Vec<String>,
+    /// How often each instance fans out new events and looks for due deliveries, milliseconds
+    /// (10 to 60000).
+    pub poll_interval_ms: u64,
+    /// Most events fanned out in one database transaction (1 to 10000).
+    pub dispatch_batch: u32,
+    /// Deliveries one instance sends at once (1 to 256).
+    pub concurrency: u32,
+    /// A POST fails after this long, connecting included, milliseconds (100 to 60000).
+    pub timeout_ms: u64,
+    /// A claimed delivery not recorded within this long is due again, milliseconds (longer
+    /// than `timeout_ms`, at most 3600000).
+    pub lease_ms: u64,
+    /// The delay after failed attempt n is `backoff_base_ms * 2^(n-1)`, at most
+    /// `backoff_max_ms` (milliseconds; 1 <= base <= max <= 604800000).
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Attempts of one delivery before it is recorded `failed` (1 to 100).
+    pub max_attempts: u32,
+    /// Failed attempts in a row that disable a subscription (1 to 10000).
+    pub disable_after_failures: u32,
+}
+
+impl WebhookSettings {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The delay before the attempt after failed attempt `attempt` (from 1): exponential from
+    /// `backoff_base_ms`, bounded by `backoff_max_ms`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(40);
+        let delay_ms = self
+            .backoff_base_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.backoff_max_ms);
+        Duration::from_millis(delay_ms)
+    }
+}
 /// `[events]`: the event log's hash chain (DESIGN.md section 10).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -406,7 +456,8 @@ impl Settings {
                 .ignore_empty(true)
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("http.cors_allowed_origins"),
+                .with_list_parse_key("http.cors_allowed_origins")
+                .with_list_parse_key("webhooks.allowed_hosts"),
         );
         if let Some(profile) = &profile {
             builder = builder
@@ -517,6 +568,7 @@ impl Settings {
             (100..=100_000).contains(&self.events.seal_batch),
             "events.seal_batch must be from 100 to 100000"
         );
+        self.validate_webhooks()?;
         let schedules = &self.schedules;
         anyhow::ensure!(
             (10..=3_600_000).contains(&schedules.tick_ms),
@@ -549,6 +601,54 @@ impl Settings {
              amounts ({} minor units each) must stay within 2^61 minor units",
             crate::domain::Amount::MAX_MINOR
         );
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_webhooks(&self) -> anyhow::Result<()> {
+        let hooks = &self.webhooks;
+        anyhow::ensure!(
+            (10..=60_000).contains(&hooks.poll_interval_ms),
+            "webhooks.poll_interval_ms must be from 10 to 60000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&hooks.dispatch_batch),
+            "webhooks.dispatch_batch must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            (1..=256).contains(&hooks.concurrency),
+            "webhooks.concurrency must be from 1 to 256"
+        );
+        anyhow::ensure!(
+            (100..=60_000).contains(&hooks.timeout_ms),
+            "webhooks.timeout_ms must be from 100 to 60000"
+        );
+        anyhow::ensure!(
+            hooks.lease_ms > hooks.timeout_ms && hooks.lease_ms <= 3_600_000,
+            "webhooks.lease_ms must be longer than webhooks.timeout_ms and at most 3600000"
+        );
+        anyhow::ensure!(
+            hooks.backoff_base_ms >= 1
+                && hooks.backoff_base_ms <= hooks.backoff_max_ms
+                && hooks.backoff_max_ms <= 604_800_000,
+            "webhooks.backoff_base_ms must be at least 1 and at most webhooks.backoff_max_ms, \
+             which must be at most 604800000 (a week)"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&hooks.max_attempts),
+            "webhooks.max_attempts must be from 1 to 100"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&hooks.disable_after_failures),
+            "webhooks.disable_after_failures must be from 1 to 10000"
+        );
+        for host in &hooks.allowed_hosts {
+            anyhow::ensure!(
+                crate::webhooks::HostPattern::parse(host).is_some(),
+                "webhooks.allowed_hosts: {host:?} is not a host name, an IP address or *.suffix"
+            );
+        }
         Ok(())
     }
 }

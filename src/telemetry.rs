@@ -54,6 +54,17 @@ pub mod names {
     // --- Event log (DESIGN.md section 10) ---
     /// Counter: events sealed into the SHA-256 hash chain by this instance.
     pub const EVENTS_SEALED: &str = "tally_events_sealed_total";
+    /// Counter, label `outcome` (`delivered`: a 2xx; `failed`: a failed attempt to be retried;
+    /// `gave_up`: the last attempt failed; `stale`: recorded after its lease was taken over,
+    /// so not recorded): webhook delivery attempts made by this instance.
+    pub const WEBHOOK_DELIVERIES: &str = "tally_webhook_deliveries_total";
+    /// Histogram, seconds from an event's `occurred_at` to its delivery (a 2xx), retries
+    /// included.
+    pub const WEBHOOK_DELIVERY_LAG_SECONDS: &str = "tally_webhook_delivery_lag_seconds";
+    /// Gauge: webhook deliveries pending across all instances (due, leased or backing off).
+    pub const WEBHOOK_DELIVERIES_PENDING: &str = "tally_webhook_deliveries_pending";
+    /// Counter: webhook subscriptions this instance disabled after a run of failures.
+    pub const WEBHOOKS_DISABLED: &str = "tally_webhooks_disabled_total";
 
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
@@ -126,6 +137,10 @@ pub mod names {
         SCHEDULE_RUNS,
         SCHEDULE_LAG_SECONDS,
         EVENTS_SEALED,
+        WEBHOOK_DELIVERIES,
+        WEBHOOK_DELIVERY_LAG_SECONDS,
+        WEBHOOK_DELIVERIES_PENDING,
+        WEBHOOKS_DISABLED,
         PIPELINE_REJECTIONS,
         QUEUE_DEPTH,
         IN_FLIGHT,
@@ -196,6 +211,12 @@ const SCHEDULE_LAG_BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0, 604800.0,
 ];
 
+/// Webhook delivery lag buckets in seconds: a poll interval (tens of milliseconds) to a day of
+/// retries.
+const WEBHOOK_LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, 86400.0,
+];
+
 /// Installs the Prometheus recorder once per process and returns its handle. Several apps in one
 /// process (the tests) share it.
 pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
@@ -211,6 +232,11 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Full(names::SCHEDULE_LAG_SECONDS.into()),
             SCHEDULE_LAG_BUCKETS,
+        )
+        .context("histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full(names::WEBHOOK_DELIVERY_LAG_SECONDS.into()),
+            WEBHOOK_LAG_BUCKETS,
         )
         .context("histogram buckets")?
         .build_recorder();
@@ -230,6 +256,12 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             }
             metrics::counter!(names::LOGIN_LOCKOUTS).increment(0);
             metrics::counter!(names::EVENTS_SEALED).increment(0);
+            for outcome in ["delivered", "failed", "gave_up", "stale"] {
+                metrics::counter!(names::WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
+            }
+            drop(metrics::histogram!(names::WEBHOOK_DELIVERY_LAG_SECONDS));
+            metrics::gauge!(names::WEBHOOK_DELIVERIES_PENDING).set(0.0);
+            metrics::counter!(names::WEBHOOKS_DISABLED).increment(0);
             for outcome in ["completed", "failed", "skipped", "retried"] {
                 metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
             }
@@ -261,6 +293,23 @@ fn describe() {
         "Submissions refused before the queue, by reason"
     );
     describe_gauge!(names::QUEUE_DEPTH, "Submissions waiting for a worker");
+    describe_counter!(
+        names::WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts, by outcome"
+    );
+    describe_histogram!(
+        names::WEBHOOK_DELIVERY_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an event to its webhook delivery"
+    );
+    describe_gauge!(
+        names::WEBHOOK_DELIVERIES_PENDING,
+        "Webhook deliveries pending, all instances"
+    );
+    describe_counter!(
+        names::WEBHOOKS_DISABLED,
+        "Webhook subscriptions disabled after a run of failures"
+    );
     describe_counter!(
         names::SCHEDULE_RUNS,
         "Occurrences of scheduled transactions decided, by outcome"

@@ -20,6 +20,7 @@ pub mod schedules;
 pub mod schemas;
 pub mod transactions;
 pub mod users;
+pub mod webhooks;
 
 use std::time::Instant;
 
@@ -99,6 +100,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .service(web::scope("/limits").configure(limits::configure))
                         .service(web::scope("/alerts").configure(alerts::configure))
                         .service(web::scope("/events").configure(events::configure))
+                        .service(web::scope("/webhooks").configure(webhooks::configure))
                         .configure(fx::configure)
                         // Before the `/transactions` scope, whose `/{id}` would take it.
                         .service(

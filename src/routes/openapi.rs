@@ -48,6 +48,8 @@ use crate::error::{FieldError, Problem};
         super::schedules::create, super::schedules::list, super::schedules::get_schedule,
         super::schedules::pause, super::schedules::resume, super::schedules::cancel,
         super::events::list,
+        super::webhooks::create, super::webhooks::list, super::webhooks::delete,
+        super::webhooks::enable, super::webhooks::deliveries,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -64,7 +66,8 @@ use crate::error::{FieldError, Problem};
         ScheduleRequest, ScheduleTemplate, super::schemas::ExchangeTemplate, RecurrenceRequest, super::schedules::ScheduleBody,
         super::schedules::SchedulePage, super::schedules::RecurrenceBody, super::schedules::RunBody,
         super::schedules::RunPage, super::events::EventBody, super::events::EventPage,
-        super::events::EventAccount,
+        super::events::EventAccount, super::schemas::WebhookRequest, super::webhooks::WebhookBody,
+        super::webhooks::WebhooksBody, super::webhooks::DeliveryBody, super::webhooks::DeliveryPage,
     )),
     modifiers(&BearerScheme),
     tags(
@@ -551,6 +554,33 @@ mod exact {
             document,
             &format!("{SCHEMAS}/EventBody/properties/type"),
             json!({"type": "string", "enum": crate::routes::events::EVENT_TYPES}),
+        );
+
+        // Webhooks: the event types a subscription may name, the delivery log's paging.
+        set(
+            document,
+            &format!("{SCHEMAS}/WebhookRequest/properties/types"),
+            json!({
+                "description": "Event types to receive, at least one, each once; absent or null: every type.",
+                "type": ["array", "null"],
+                "minItems": 1,
+                "uniqueItems": true,
+                "items": {"type": "string", "enum": crate::routes::events::EVENT_TYPES},
+            }),
+        );
+        parameter(
+            document,
+            "get",
+            "/api/v1/webhooks/{id}/deliveries",
+            "limit",
+            json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": 500}),
+        );
+        parameter(
+            document,
+            "get",
+            "/api/v1/webhooks/{id}/deliveries",
+            "cursor",
+            json!({"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}),
         );
 
         // Limits, overdrafts and alerts.

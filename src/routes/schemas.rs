@@ -228,6 +228,22 @@ pub struct AlertRequest {
     pub user_id: Option<Uuid>,
 }
 
+/// A webhook subscription.
+#[derive(ToSchema, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    /// Where events are POSTed: an absolute `http` URL (no `https` in this build) without a
+    /// user name or password, whose host `webhooks.allowed_hosts` allows; at most 2048 bytes.
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Event types to receive, at least one; absent or null: every type.
+    #[schema(min_items = 1)]
+    pub types: Option<Vec<String>>,
+    /// Up to 500 characters.
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
 /// An exchange rate (admins).
 #[derive(ToSchema, Deserialize)]
 #[serde(deny_unknown_fields)]

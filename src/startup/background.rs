@@ -1,5 +1,6 @@
 //! The background tasks every instance runs beside the pipeline: the idempotency key sweeper,
-//! the rate limiters' cleanup, the histogram upkeep and the cache warm-up. Each is a tokio task
+//! the rate limiters' cleanup, the histogram upkeep, the cache warm-up, the chain sealer and
+//! webhook delivery (`crate::webhooks::run`). Each is a tokio task
 //! that [`super::Application::run_until`] aborts at the end of a shutdown.
 
 use std::sync::Arc;
@@ -42,6 +43,10 @@ pub(super) fn spawn_all(
         spawn_metrics_upkeep(metrics.clone()),
         spawn_cache_warm_up(pool.clone(), cache.clone(), settings.redis.warm_up_users),
         spawn_chain_sealer(pool.clone(), settings.events.clone()),
+        actix_web::rt::spawn(crate::webhooks::run(
+            pool.clone(),
+            settings.webhooks.clone(),
+        )),
     ]
 }
 

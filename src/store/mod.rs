@@ -16,6 +16,7 @@ pub mod schedules;
 pub mod tokens;
 pub mod transactions;
 pub mod users;
+pub mod webhooks;
 
 use std::time::Duration;
 

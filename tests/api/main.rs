@@ -35,3 +35,4 @@ mod shutdown;
 mod traces;
 mod transactions;
 mod users;
+mod webhooks;
