@@ -47,7 +47,7 @@ use crate::error::{FieldError, Problem};
         super::fx::list_rates, super::fx::put_rate, super::fx::quote, super::fx::exchange,
         super::schedules::create, super::schedules::list, super::schedules::get_schedule,
         super::schedules::pause, super::schedules::resume, super::schedules::cancel,
-        super::events::list,
+        super::events::list, super::feed::connect, super::feed::ticket,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -64,7 +64,7 @@ use crate::error::{FieldError, Problem};
         ScheduleRequest, ScheduleTemplate, super::schemas::ExchangeTemplate, RecurrenceRequest, super::schedules::ScheduleBody,
         super::schedules::SchedulePage, super::schedules::RecurrenceBody, super::schedules::RunBody,
         super::schedules::RunPage, super::events::EventBody, super::events::EventPage,
-        super::events::EventAccount,
+        super::events::EventAccount, super::feed::TicketBody,
     )),
     modifiers(&BearerScheme),
     tags(
