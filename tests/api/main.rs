@@ -13,6 +13,7 @@ mod crash;
 mod database_fault;
 mod database_limits;
 mod exchange;
+mod feed;
 mod history;
 mod holds;
 mod import;

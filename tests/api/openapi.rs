@@ -50,6 +50,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/schedules"),
     ("get", "/api/v1/schedules"),
     ("get", "/api/v1/events"),
+    ("get", "/api/v1/ws"),
+    ("post", "/api/v1/ws/ticket"),
     ("get", "/api/v1/schedules/{id}"),
     ("post", "/api/v1/schedules/{id}/pause"),
     ("post", "/api/v1/schedules/{id}/resume"),
