@@ -86,7 +86,7 @@ pub struct ConnectQuery {
 /// client fell `feed.buffer_messages` events behind), both with the reason `... after=<last
 /// cursor sent>` to resume from, 4000 (heartbeats unanswered), 1011 (database failure).
 #[utoipa::path(
-    get, path = "/api/v1/ws", tag = "events",
+    get, path = "/api/v1/ws", tag = "events", security(("bearer" = [])),
     params(ConnectQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
@@ -94,7 +94,7 @@ pub struct ConnectQuery {
         (status = 401, description = "No valid access token or ticket", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad after", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket handshake", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many feed connections for this user (too_many_connections)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many feed connections for this user (too_many_connections), or rate limited", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The instance's feed is full or shutting down (feed_full)", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
