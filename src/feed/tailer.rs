@@ -5,7 +5,9 @@
 //! On each notification, and every `feed.poll_interval_ms` without one, it reads the log after
 //! its cursor in pages of [`PAGE`] until it is caught up. The cursor read never skips an event
 //! that commits later (`store::events::read_after`), so a lost notification, or one that came
-//! while an older transaction was still open, only delays events, by at most the interval.
+//! while an older transaction was still open, only delays events, by at most the interval; and
+//! while committed events wait behind an older open transaction it reads again every
+//! [`HORIZON_RETRY`].
 //! A failed connection is replaced after [`RECONNECT_PAUSE`], from the same cursor.
 //!
 //! **Invariant:** pages go to the hub one at a time and in cursor order; the next page is read
@@ -25,6 +27,8 @@ use crate::store::{self, events::EventCursor};
 
 /// Events per read.
 pub const PAGE: i64 = 500;
+/// Pause before reading again while committed events wait behind an older open transaction.
+const HORIZON_RETRY: Duration = Duration::from_millis(5);
 /// Pause before replacing a failed connection.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -91,6 +95,15 @@ async fn follow(
             hub.send(Publish { frames }).await?;
             if !full {
                 break;
+            }
+        }
+        // The notification came at commit, but the events are readable only once every older
+        // transaction has ended, which notifies nobody (the sealer, another database's work):
+        // look again soon rather than at the next poll.
+        if store::events::waiting_behind_horizon(&client).await? {
+            tokio::select! {
+                () = tokio::time::sleep(HORIZON_RETRY) => continue,
+                _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
             }
         }
         tokio::select! {
