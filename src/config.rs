@@ -35,6 +35,39 @@ pub struct Settings {
     pub schedules: ScheduleSettings,
     pub events: EventSettings,
     pub webhooks: WebhookSettings,
+    pub feed: FeedSettings,
+}
+
+/// `[feed]`: the live WebSocket feed, `GET /api/v1/ws` (DESIGN.md section 10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Seconds between pings (1 to 3600); a connection that answered none of the last two is
+    /// closed.
+    pub heartbeat_s: u64,
+    /// Events waiting for one connection at most (1 to 100000); a client that falls further
+    /// behind is closed with the last cursor it was sent (close code 4008).
+    pub buffer_messages: usize,
+    /// Open feed connections per instance at most (1 to 1000000); more are refused with 503.
+    pub max_connections: usize,
+    /// Open feed connections per user and instance at most (1 to 10000); more are refused
+    /// with 429.
+    pub max_connections_per_user: usize,
+    /// Lifetime of a ticket from `POST /api/v1/ws/ticket`, seconds (1 to 300).
+    pub ticket_ttl_s: u64,
+    /// How often the tailer reads the log without a notification, milliseconds (10 to
+    /// 60000): what bounds the delay when a notification is lost.
+    pub poll_interval_ms: u64,
+}
+
+impl FeedSettings {
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.heartbeat_s)
+    }
+
+    pub fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms)
+    }
 }
 
 /// `[webhooks]`: webhook delivery (DESIGN.md section 10, `crate::webhooks`).
@@ -569,6 +602,31 @@ impl Settings {
             "events.seal_batch must be from 100 to 100000"
         );
         self.validate_webhooks()?;
+        let feed = &self.feed;
+        anyhow::ensure!(
+            (1..=3600).contains(&feed.heartbeat_s),
+            "feed.heartbeat_s must be from 1 to 3600"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&feed.buffer_messages),
+            "feed.buffer_messages must be from 1 to 100000"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&feed.max_connections),
+            "feed.max_connections must be from 1 to 1000000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&feed.max_connections_per_user),
+            "feed.max_connections_per_user must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            (1..=300).contains(&feed.ticket_ttl_s),
+            "feed.ticket_ttl_s must be from 1 to 300"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&feed.poll_interval_ms),
+            "feed.poll_interval_ms must be from 10 to 60000"
+        );
         let schedules = &self.schedules;
         anyhow::ensure!(
             (10..=3_600_000).contains(&schedules.tick_ms),

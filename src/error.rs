@@ -114,6 +114,18 @@ pub enum ApiError {
     /// time. Nothing was acknowledged; a retry with the same Idempotency-Key is safe.
     #[error("the ledger database is unavailable; retry later with the same Idempotency-Key")]
     Unavailable,
+    /// 426 `upgrade_required` with `Upgrade: websocket`: the live feed was asked for without a
+    /// WebSocket handshake.
+    #[error("this endpoint is a WebSocket: send the upgrade handshake")]
+    UpgradeRequired,
+    /// 429 `too_many_connections` with `Retry-After`: this user has
+    /// `feed.max_connections_per_user` feed connections open on this instance.
+    #[error("too many live feed connections for this user; close one first")]
+    TooManyConnections,
+    /// 503 `feed_full` with `Retry-After`: the instance has `feed.max_connections` feed
+    /// connections open, or is shutting down.
+    #[error("this instance takes no more live feed connections; retry later")]
+    FeedFull,
     /// 500 `internal`: a bug or an unexpected failure, logged with its cause chain.
     #[error("an internal error occurred")]
     Internal(#[source] anyhow::Error),
@@ -192,6 +204,9 @@ impl ApiError {
             ApiError::LoginLocked { .. } => "login_locked",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::Unavailable => "unavailable",
+            ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::FeedFull => "feed_full",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -219,6 +234,9 @@ impl ApiError {
             ApiError::LoginLocked { .. } => "Login locked",
             ApiError::Overloaded { .. } => "Overloaded",
             ApiError::Unavailable => "Service unavailable",
+            ApiError::UpgradeRequired => "Upgrade required",
+            ApiError::TooManyConnections => "Too many connections",
+            ApiError::FeedFull => "Feed full",
             ApiError::Internal(_) => "Internal error",
         }
     }
@@ -327,10 +345,13 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::RateLimited { .. } | ApiError::LoginLocked { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
+            ApiError::RateLimited { .. }
+            | ApiError::LoginLocked { .. }
+            | ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } | ApiError::Unavailable | ApiError::FeedFull => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Overloaded { .. } | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -349,8 +370,11 @@ impl ResponseError for ApiError {
             | ApiError::LoginLocked { retry_after_s } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.to_string()));
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::FeedFull | ApiError::TooManyConnections => {
                 response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::UpgradeRequired => {
+                response.insert_header((header::UPGRADE, "websocket"));
             }
             ApiError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

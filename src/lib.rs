@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod import;
 pub mod ledger;
 pub mod lifecycle;

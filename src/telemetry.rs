@@ -65,6 +65,15 @@ pub mod names {
     pub const WEBHOOK_DELIVERIES_PENDING: &str = "tally_webhook_deliveries_pending";
     /// Counter: webhook subscriptions this instance disabled after a run of failures.
     pub const WEBHOOKS_DISABLED: &str = "tally_webhooks_disabled_total";
+    /// Gauge: open live feed (WebSocket) connections on this instance.
+    pub const FEED_CONNECTIONS: &str = "tally_feed_connections";
+    /// Counter: events sent to live feed clients (one per event and connection).
+    pub const FEED_MESSAGES: &str = "tally_feed_messages_total";
+    /// Counter: feed connections closed because the client fell `feed.buffer_messages` behind.
+    pub const FEED_SLOW_CLOSES: &str = "tally_feed_slow_client_closes_total";
+    /// Counter, label `reason` (`instance_cap`, `user_cap`, `shutting_down`): feed connections
+    /// refused before the upgrade.
+    pub const FEED_REFUSED: &str = "tally_feed_refused_total";
 
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
@@ -141,6 +150,10 @@ pub mod names {
         WEBHOOK_DELIVERY_LAG_SECONDS,
         WEBHOOK_DELIVERIES_PENDING,
         WEBHOOKS_DISABLED,
+        FEED_CONNECTIONS,
+        FEED_MESSAGES,
+        FEED_SLOW_CLOSES,
+        FEED_REFUSED,
         PIPELINE_REJECTIONS,
         QUEUE_DEPTH,
         IN_FLIGHT,
@@ -262,6 +275,12 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             drop(metrics::histogram!(names::WEBHOOK_DELIVERY_LAG_SECONDS));
             metrics::gauge!(names::WEBHOOK_DELIVERIES_PENDING).set(0.0);
             metrics::counter!(names::WEBHOOKS_DISABLED).increment(0);
+            metrics::gauge!(names::FEED_CONNECTIONS).increment(0.0);
+            metrics::counter!(names::FEED_MESSAGES).increment(0);
+            metrics::counter!(names::FEED_SLOW_CLOSES).increment(0);
+            for reason in crate::feed::Refusal::ALL {
+                metrics::counter!(names::FEED_REFUSED, "reason" => reason.as_str()).increment(0);
+            }
             for outcome in ["completed", "failed", "skipped", "retried"] {
                 metrics::counter!(names::SCHEDULE_RUNS, "outcome" => outcome).increment(0);
             }
@@ -401,6 +420,22 @@ fn describe() {
     describe_counter!(
         names::EVENTS_SEALED,
         "Events sealed into the event log's SHA-256 hash chain by this instance"
+    );
+    describe_gauge!(
+        names::FEED_CONNECTIONS,
+        "Open live feed (WebSocket) connections on this instance"
+    );
+    describe_counter!(
+        names::FEED_MESSAGES,
+        "Events sent to live feed clients, one per event and connection"
+    );
+    describe_counter!(
+        names::FEED_SLOW_CLOSES,
+        "Live feed connections closed because the client fell feed.buffer_messages behind"
+    );
+    describe_counter!(
+        names::FEED_REFUSED,
+        "Live feed connections refused before the upgrade, by reason"
     );
     describe_counter!(
         names::LOGIN_LOCKOUTS,

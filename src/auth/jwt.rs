@@ -24,6 +24,11 @@ pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The live feed's tickets are signed with a key of their own, derived from the secret, so
+    /// that a ticket is never an access token and an access token never a ticket.
+    ticket_encoding: EncodingKey,
+    ticket_decoding: DecodingKey,
+    ticket_validation: Validation,
     /// Lifetime of an access token, seconds.
     pub access_token_ttl_s: u64,
 }
@@ -49,10 +54,24 @@ impl JwtKeys {
         validation.set_required_spec_claims(&["exp", "sub", "iat"]);
         validation.leeway = 5;
         validation.validate_nbf = true;
+        let ticket_key = {
+            use sha2::{Digest, Sha256};
+            let mut hasher = Sha256::new();
+            hasher.update(b"tally.ws-ticket\0");
+            hasher.update(secret.as_bytes());
+            hasher.finalize()
+        };
+        // Expiry is checked against the app's clock (`verify_ticket`), not the system's.
+        let mut ticket_validation = Validation::new(Algorithm::HS256);
+        ticket_validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        ticket_validation.validate_exp = false;
         Ok(JwtKeys {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            ticket_encoding: EncodingKey::from_secret(&ticket_key),
+            ticket_decoding: DecodingKey::from_secret(&ticket_key),
+            ticket_validation,
             access_token_ttl_s,
         })
     }
@@ -84,6 +103,52 @@ impl JwtKeys {
             claims.iat <= chrono::Utc::now().timestamp() + leeway,
             "the token is issued in the future"
         );
+        let role = Role::parse(&claims.role).map_err(|_| anyhow::anyhow!("unknown role"))?;
+        anyhow::ensure!(role != Role::System, "the system user cannot authenticate");
+        Ok(Principal {
+            user: UserId::from_uuid(claims.sub),
+            role,
+        })
+    }
+}
+
+impl JwtKeys {
+    /// A ticket for the live feed (`POST /api/v1/ws/ticket`): `principal` for `ttl_s` seconds
+    /// from `now` (the app's clock). Signed, so any instance with the same secret accepts it;
+    /// with a key of its own, so it is not an access token. Returns the ticket and its expiry.
+    pub fn issue_ticket(
+        &self,
+        principal: Principal,
+        now: chrono::DateTime<chrono::Utc>,
+        ttl_s: u64,
+    ) -> anyhow::Result<(String, chrono::DateTime<chrono::Utc>)> {
+        let expires_at = now + chrono::TimeDelta::seconds(i64::try_from(ttl_s)?);
+        let claims = Claims {
+            sub: principal.user.as_uuid(),
+            role: principal.role.as_str().to_owned(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+        };
+        let ticket = encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.ticket_encoding,
+        )?;
+        Ok((ticket, expires_at))
+    }
+
+    /// Verifies a ticket's signature and that it has not expired at `now` (the app's clock).
+    /// Errors on anything else, and on an access token.
+    pub fn verify_ticket(
+        &self,
+        ticket: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Principal> {
+        let claims =
+            decode::<Claims>(ticket, &self.ticket_decoding, &self.ticket_validation)?.claims;
+        let now = now.timestamp();
+        anyhow::ensure!(now < claims.exp, "the ticket has expired");
+        anyhow::ensure!(claims.iat <= now + 5, "the ticket is issued in the future");
         let role = Role::parse(&claims.role).map_err(|_| anyhow::anyhow!("unknown role"))?;
         anyhow::ensure!(role != Role::System, "the system user cannot authenticate");
         Ok(Principal {
@@ -144,6 +209,28 @@ mod tests {
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());
+    }
+
+    #[test]
+    fn tickets_expire_by_the_given_clock_and_are_not_access_tokens() {
+        let keys = JwtKeys::new(&"k".repeat(32), 900).unwrap();
+        let principal = Principal {
+            user: UserId::generate(),
+            role: Role::User,
+        };
+        let now = chrono::Utc::now();
+        let (ticket, expires_at) = keys.issue_ticket(principal, now, 30).unwrap();
+        assert_eq!(expires_at, now + chrono::TimeDelta::seconds(30));
+        assert_eq!(keys.verify_ticket(&ticket, now).unwrap(), principal);
+        assert!(keys
+            .verify_ticket(&ticket, now + chrono::TimeDelta::seconds(30))
+            .is_err());
+        assert!(
+            keys.verify(&ticket).is_err(),
+            "a ticket is not an access token"
+        );
+        let token = keys.issue(principal.user, principal.role).unwrap();
+        assert!(keys.verify_ticket(&token, now).is_err(), "nor the reverse");
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //!   and can write them into BENCHMARKS.md. Every database it creates (pgbench's, one per
 //!   Tally it starts) is dropped at the end of its step, on errors and Ctrl-C too.
 //!
+//! - `tally-load feed`: the live feed's delivery latency. Registers `--users` users, opens one
+//!   feed WebSocket (`GET /api/v1/ws`) per user, runs `--transfers` transfers among them with
+//!   `--clients` concurrent clients, and reports p50/p99/max of the time from each transfer's
+//!   201 reply to the arrival of its event on the payer's feed (an event that arrives before
+//!   the reply counts as 0), and how many never arrived within `--wait-s`.
+//!
 //! - `tally-load touch --accounts N`: the memory benchmark. Registers enough users to have N
 //!   accounts over every currency Tally accepts, funds them with admin bulks, then debits one
 //!   minor unit from each account once (a reservation on each account's balance actor), and
@@ -78,6 +84,26 @@ enum Cmd {
     Compare(CompareArgs),
     /// Touch N distinct accounts once each (through their balance actors), then report memory.
     Touch(TouchArgs),
+    /// Live feed delivery latency: transfer reply to the event's arrival on the feed.
+    Feed(FeedArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct FeedArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    /// Users, one feed connection each.
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    #[arg(long, default_value_t = 5_000)]
+    transfers: usize,
+    /// How long to wait for the last events after the last reply.
+    #[arg(long, default_value_t = 30)]
+    wait_s: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -278,7 +304,129 @@ async fn main() -> anyhow::Result<()> {
             let report = touch(&args).await?;
             finish(&report, print_touch_report, args.json, &report.contract)
         }
+        Cmd::Feed(args) => feed(&args).await,
     }
+}
+
+/// `tally-load feed` (see the module docs).
+async fn feed(args: &FeedArgs) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    let http = reqwest::Client::new();
+    let base = args.base.trim_end_matches('/');
+    let users = create_users(&http, base, args.users, 1).await?;
+    // Arrival time of each transaction's event on its payer's feed, by transaction id. A lock
+    // is right here: the readers only insert, and the report reads once they are done.
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut readers = Vec::new();
+    for user in &users {
+        let url = format!("{}/api/v1/ws", base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("tally.v1, tally.bearer.{}", user.token).parse()?,
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .context("opening the feed")?;
+        let (arrivals, me) = (arrivals.clone(), user.id.clone());
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Text(text) = message {
+                    let now = Instant::now();
+                    let Ok(event) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if event["payload"]["from_user_id"].as_str() == Some(me.as_str()) {
+                        if let Some(id) = event["payload"]["id"].as_str() {
+                            arrivals
+                                .lock()
+                                .expect("not poisoned")
+                                .insert(id.to_owned(), now);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let replies: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let clients = (0..args.clients).map(|client| {
+        let (http, users, replies, next) = (http.clone(), &users, replies.clone(), next.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_add(client as u64));
+        async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < args.transfers {
+                let from = rng.random_range(0..users.len());
+                let to = (from + rng.random_range(1..users.len())) % users.len();
+                let reply = http
+                    .post(format!("{base}/api/v1/transactions/transfer"))
+                    .bearer_auth(&users[from].token)
+                    .json(&json!({"to_user_id": users[to].id, "amount": 1, "currency": CURRENCIES[0]}))
+                    .send()
+                    .await?;
+                let at = Instant::now();
+                if reply.status() == reqwest::StatusCode::CREATED {
+                    let body: Value = reply.json().await?;
+                    if let Some(id) = body["id"].as_str() {
+                        replies.lock().expect("not poisoned").push((id.to_owned(), at));
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    for result in futures_util::future::join_all(clients).await {
+        result?;
+    }
+    let elapsed = started.elapsed();
+    let replies = std::mem::take(&mut *replies.lock().expect("not poisoned"));
+    let deadline = Instant::now() + Duration::from_secs(args.wait_s);
+    while Instant::now() < deadline {
+        let arrived = arrivals.lock().expect("not poisoned").len();
+        if arrived >= replies.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for reader in &readers {
+        reader.abort();
+    }
+    let arrivals = arrivals.lock().expect("not poisoned").clone();
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3)?;
+    let (mut missing, mut early) = (0, 0);
+    for (id, replied) in &replies {
+        match arrivals.get(id) {
+            Some(arrived) => {
+                if arrived < replied {
+                    early += 1;
+                }
+                histogram.record(arrived.saturating_duration_since(*replied).as_micros() as u64)?;
+            }
+            None => missing += 1,
+        }
+    }
+    println!(
+        "feed: {} transfers acknowledged in {:.1} s ({:.0}/s) over {} users, {} clients",
+        replies.len(),
+        elapsed.as_secs_f64(),
+        replies.len() as f64 / elapsed.as_secs_f64(),
+        users.len(),
+        args.clients
+    );
+    println!(
+        "delivery latency, 201 reply to the event on the payer's feed: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({early} arrived before the reply, counted as 0; {missing} missing after {} s)",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        histogram.max() as f64 / 1000.0,
+        args.wait_s
+    );
+    anyhow::ensure!(missing == 0, "{missing} events never arrived on the feed");
+    Ok(())
 }
 
 /// Prints `report` (and one JSON line with `--json`), then fails when the contract check did.

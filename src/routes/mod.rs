@@ -7,6 +7,7 @@ pub mod auth;
 pub mod balances;
 pub mod bulk;
 pub mod events;
+pub mod feed;
 pub mod fx;
 pub mod holds;
 pub mod input;
@@ -58,6 +59,8 @@ pub struct AppState {
     /// The ledger clock: "now" for the limits' windows and the schedules (tests drive a
     /// `clock::ManualClock`).
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
+    /// The live feed's hub (`GET /ws`).
+    pub feed: feed::Feed,
 }
 
 /// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and
@@ -88,6 +91,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .wrap(from_fn(middleware::rate_limit_by_ip))
                         .configure(auth::configure),
                 )
+                // The live feed authenticates itself (a browser cannot send the header), before
+                // the bearer scope, whose "" prefix would take it.
+                .configure(feed::configure_socket)
                 .service(
                     web::scope("")
                         .wrap(from_fn(middleware::rate_limit_by_user))
@@ -101,6 +107,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .service(web::scope("/alerts").configure(alerts::configure))
                         .service(web::scope("/events").configure(events::configure))
                         .service(web::scope("/webhooks").configure(webhooks::configure))
+                        .configure(feed::configure)
                         .configure(fx::configure)
                         // Before the `/transactions` scope, whose `/{id}` would take it.
                         .service(

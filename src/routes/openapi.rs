@@ -50,6 +50,7 @@ use crate::error::{FieldError, Problem};
         super::events::list,
         super::webhooks::create, super::webhooks::list, super::webhooks::delete,
         super::webhooks::enable, super::webhooks::deliveries,
+        super::feed::connect, super::feed::ticket,
         super::ops::metrics, super::ops::live, super::ops::ready, openapi_json,
     ),
     components(schemas(
@@ -68,6 +69,7 @@ use crate::error::{FieldError, Problem};
         super::schedules::RunPage, super::events::EventBody, super::events::EventPage,
         super::events::EventAccount, super::schemas::WebhookRequest, super::webhooks::WebhookBody,
         super::webhooks::WebhooksBody, super::webhooks::DeliveryBody, super::webhooks::DeliveryPage,
+        super::events::EventAccount, super::feed::TicketBody,
     )),
     modifiers(&BearerScheme),
     tags(

@@ -102,6 +102,26 @@ impl Application {
             settings.database.health_check_interval(),
             settings.database.connect_timeout(),
         ));
+        // The live feed starts at the live position, read now so that a connection made as
+        // soon as `build` returns has a position (`feed::hub::GoLive`).
+        let feed_start = {
+            let client = pools
+                .api
+                .inner()
+                .get()
+                .await
+                .context("a connection to read the event log's live position")?;
+            store::events::live_position(&**client)
+                .await
+                .context("reading the event log's live position")?
+        };
+        let hub = actix::Actor::start(crate::feed::Hub::new(&settings.feed, feed_start));
+        background.push(crate::feed::tailer::spawn(
+            settings.database.clone(),
+            settings.feed.clone(),
+            hub.clone(),
+            feed_start,
+        ));
         let state = web::Data::new(AppState {
             pool: pools.api,
             journal_pool: pools.journal,
@@ -111,6 +131,7 @@ impl Application {
             metrics,
             lifecycle: Lifecycle::default(),
             clock,
+            feed: crate::routes::feed::Feed { hub },
         });
         // The schedule executor builds movements as the request handlers do, from the state.
         background.push(background::spawn_schedule_executor(state.clone()));
@@ -203,12 +224,16 @@ impl Application {
                     transactions_in_flight = state.ledger.in_flight(),
                     "closing the listener"
                 );
+                close_feed(&state).await;
                 drop(handle.stop(true));
                 match tokio::time::timeout_at(deadline.into(), &mut server).await {
                     Ok(result) => server_error = result.err(),
                     Err(_) => tracing::warn!("the HTTP server did not stop in time"),
                 }
             }
+        }
+        if !signalled {
+            close_feed(&state).await;
         }
         let http_stopped_ms = started.elapsed().as_millis() as u64;
         let drained = state
@@ -245,6 +270,16 @@ impl Application {
              {unanswered_transactions} transactions were left unanswered"
         );
         Ok(())
+    }
+}
+
+/// Tells every live feed connection to close (1001, with the cursor to resume from) and refuses
+/// new ones: the HTTP server's graceful stop waits for open responses, and a feed's never ends by
+/// itself.
+async fn close_feed(state: &AppState) {
+    match state.feed.hub.send(crate::feed::Shutdown).await {
+        Ok(open) => tracing::info!(connections = open, "closing the live feed's connections"),
+        Err(error) => tracing::warn!(%error, "the live feed's hub is gone"),
     }
 }
 

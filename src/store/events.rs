@@ -156,6 +156,42 @@ pub async fn read_after(
     read_page(client, after, limit, Scope::default()).await
 }
 
+/// Whether committed events wait behind the xmin horizon: visible to this snapshot, but not yet
+/// returned by [`read_after`] because an older transaction (of any database of the server) is
+/// still open. Such events are readable as soon as it ends, which may notify nobody.
+pub async fn waiting_behind_horizon(
+    client: &impl GenericClient,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM events e
+                 WHERE e.tx >= pg_snapshot_xmin(pg_current_snapshot()))",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// The live position: the cursor of the last event of a finished transaction (`0.0` for an
+/// empty log). Every event that commits later comes after it (the rule of [`read_after`]).
+pub async fn live_position(
+    client: &impl GenericClient,
+) -> Result<EventCursor, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT e.tx::text::bigint, e.seq FROM events e
+                 WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY e.tx DESC, e.seq DESC
+                 LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map_or_else(EventCursor::default, |row| EventCursor {
+        tx: row.get(0),
+        seq: row.get(1),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

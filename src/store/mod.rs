@@ -38,6 +38,8 @@ pub const APP_NAME: &str = "tally";
 /// `application_name` of the journal writer's connections (the group commits). Operators and
 /// the fault tests find the pipeline's backends by it.
 pub const JOURNAL_APP_NAME: &str = "tally-journal";
+/// `application_name` of the live feed tailer's connection (`LISTEN tally_events`).
+pub const FEED_APP_NAME: &str = "tally-feed";
 /// `application_name` of the health check's connection.
 pub const HEALTH_APP_NAME: &str = "tally-health";
 /// `application_name` of `tally verify`'s connection.
@@ -208,6 +210,24 @@ pub async fn connect_for_maintenance(
         }
     });
     Ok((client, connection))
+}
+
+/// One connection of its own with the request handlers' session settings ([`pg_config`]), for
+/// a task that must not share a pool: the live feed's tailer, which `LISTEN`s on it. Returns the
+/// client and the connection, which the caller drives (to read its notifications).
+///
+/// Errors: `database.url` is not a URL, or the server cannot be reached.
+pub async fn connect_dedicated(
+    settings: &DatabaseSettings,
+    application_name: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    pg_config(settings, application_name)?
+        .connect(NoTls)
+        .await
+        .context("connecting to the database")
 }
 
 /// A pool of at most `size` connections named `application_name`. Connections are made on

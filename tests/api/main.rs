@@ -14,6 +14,7 @@ mod database_fault;
 mod database_limits;
 mod events;
 mod exchange;
+mod feed;
 mod history;
 mod holds;
 mod import;

@@ -55,6 +55,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/webhooks/{id}"),
     ("post", "/api/v1/webhooks/{id}/enable"),
     ("get", "/api/v1/webhooks/{id}/deliveries"),
+    ("get", "/api/v1/ws"),
+    ("post", "/api/v1/ws/ticket"),
     ("get", "/api/v1/schedules/{id}"),
     ("post", "/api/v1/schedules/{id}/pause"),
     ("post", "/api/v1/schedules/{id}/resume"),
