@@ -36,6 +36,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "user.created",
     "user.updated",
     "user.deleted",
+    "webhook.created",
+    "webhook.deleted",
+    "webhook.enabled",
     "webhook.disabled",
 ];
 

@@ -184,11 +184,11 @@ pub async fn create(
         Created::TooMany => return Err(TOO_MANY_WEBHOOKS),
         Created::Created(hook) => hook,
     };
-    audit_in_transaction(
+    record_change(
         &transaction,
         &req,
-        Some(principal.user),
-        ("webhook", Some(hook.id.to_string())),
+        principal.user,
+        hook.id,
         "webhook.created",
         json!({
             "user_id": hook.user.as_uuid(),
@@ -241,6 +241,31 @@ pub async fn list(
     }))
 }
 
+/// Audits a change of the subscription `id` and writes its event (stream `webhook:<id>`, the
+/// payload with `webhook_id` and the owner's `user_id`, so the owner reads it), both in
+/// `transaction`: the change, its audit entry and its event commit together (invariant 12).
+async fn record_change(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    req: &HttpRequest,
+    actor: UserId,
+    id: Uuid,
+    action: &'static str,
+    mut payload: serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
+    payload["webhook_id"] = json!(id);
+    crate::store::limits::record_event(transaction, &format!("webhook:{id}"), action, &payload)
+        .await?;
+    audit_in_transaction(
+        transaction,
+        req,
+        Some(actor),
+        ("webhook", Some(id.to_string())),
+        action,
+        payload,
+    )
+    .await
+}
+
 /// The subscription id of a path, and whose it must be (`None` for an admin).
 fn target(principal: Principal, id: &str) -> Result<(Uuid, Option<UserId>), ApiError> {
     let id = parse::hyphenated_uuid(id).ok_or(NO_SUCH_WEBHOOK)?;
@@ -274,11 +299,11 @@ pub async fn delete(
     let hook = store_hooks::delete(&transaction, id, owner)
         .await?
         .ok_or(NO_SUCH_WEBHOOK)?;
-    audit_in_transaction(
+    record_change(
         &transaction,
         &req,
-        Some(principal.user),
-        ("webhook", Some(id.to_string())),
+        principal.user,
+        id,
         "webhook.deleted",
         json!({"user_id": hook.user.as_uuid(), "url": hook.url}),
     )
@@ -317,11 +342,11 @@ pub async fn enable(
         .await?
         .ok_or(NO_SUCH_WEBHOOK)?;
     if was_disabled {
-        audit_in_transaction(
+        record_change(
             &transaction,
             &req,
-            Some(principal.user),
-            ("webhook", Some(id.to_string())),
+            principal.user,
+            id,
             "webhook.enabled",
             json!({"user_id": hook.user.as_uuid(), "url": hook.url}),
         )

@@ -89,7 +89,25 @@ async fn users_read_the_events_of_their_accounts_in_cursor_order_and_admins_read
     let refused = transfer(&app, &ben, &anna, 99_999, json!({})).await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
     app.credit(&carl, 700, "EUR").await;
-
+    // A webhook subscription's life is in its owner's log too.
+    let hook = app
+        .post(
+            "/api/v1/webhooks",
+            Some(&anna.token),
+            &json!({"url": "http://127.0.0.1:9/hooks"}),
+        )
+        .await;
+    assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.body);
+    let deleted = app
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/webhooks/{}", hook.body["id"].as_str().unwrap()),
+            Some(&anna.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     app.wait_for_log_horizon().await;
     let annas = read_all(&app, &anna, "", 1).await;
     assert_eq!(
@@ -98,7 +116,9 @@ async fn users_read_the_events_of_their_accounts_in_cursor_order_and_admins_read
             "user.created",
             "transaction.completed",
             "transaction.completed",
-            "transaction.failed"
+            "transaction.failed",
+            "webhook.created",
+            "webhook.deleted"
         ],
         "{annas:#?}"
     );
