@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
 use super::users::current;
-use super::{audit_in_transaction, AppState};
+use super::{record_change, AppState};
 use crate::auth::Principal;
 use crate::domain::{AccountKey, UserId, MONEY_BOUND_MINOR, SYSTEM_USER_ID};
 use crate::error::ApiError;
@@ -153,13 +153,14 @@ pub async fn create(
         Created::TooMany => return Err(TOO_MANY_ALERTS),
         Created::Created(alert) => alert,
     };
-    audit_in_transaction(
+    record_change(
         &transaction,
         &req,
-        Some(principal.user),
-        ("alert", Some(alert.id.to_string())),
+        principal.user,
+        ("alert", alert.id),
         "alert.created",
         json!({
+            "alert_id": alert.id,
             "user_id": user.as_uuid(),
             "currency": currency.code(),
             "condition": condition.as_str(),
@@ -235,13 +236,14 @@ pub async fn delete(
     let alert = store_alerts::delete(&transaction, id, owner)
         .await?
         .ok_or(ApiError::NotFound("no such alert"))?;
-    audit_in_transaction(
+    record_change(
         &transaction,
         &req,
-        Some(principal.user),
-        ("alert", Some(id.to_string())),
+        principal.user,
+        ("alert", id),
         "alert.deleted",
         json!({
+            "alert_id": id,
             "user_id": alert.user.as_uuid(),
             "currency": alert.currency.code(),
             "condition": alert.condition.as_str(),

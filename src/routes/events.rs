@@ -24,6 +24,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "hold.voided",
     "hold.expired",
     "balance.alert",
+    "alert.created",
+    "alert.deleted",
     "limit.changed",
     "rate.changed",
     "schedule.created",

@@ -268,6 +268,31 @@ pub async fn audit(
     }
 }
 
+/// Writes the event of a change (`action` on the stream `<entity>:<id>`, with `payload`, which
+/// names the owner's `user_id` so that the owner's scope holds it) and its audit entry, both in
+/// `transaction`: the change, its event and its audit entry commit together (invariant 12).
+pub async fn record_change(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    req: &actix_web::HttpRequest,
+    actor: UserId,
+    entity: (&'static str, Uuid),
+    action: &'static str,
+    payload: serde_json::Value,
+) -> Result<(), tokio_postgres::Error> {
+    let (kind, id) = entity;
+    crate::store::limits::record_event(transaction, &format!("{kind}:{id}"), action, &payload)
+        .await?;
+    audit_in_transaction(
+        transaction,
+        req,
+        Some(actor),
+        (kind, Some(id.to_string())),
+        action,
+        payload,
+    )
+    .await
+}
+
 /// Like [`audit`], for an entry written in the transaction of the change it records: the error
 /// is returned, so the change is not committed unaudited (a failed statement aborts the
 /// transaction, and PostgreSQL answers a `COMMIT` of an aborted transaction with a rollback,

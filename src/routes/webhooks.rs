@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::input::{parse, Fields, JsonObject};
 use super::users::current;
-use super::{audit_in_transaction, AppState};
+use super::AppState;
 use crate::auth::Principal;
 use crate::domain::UserId;
 use crate::error::{ApiError, FieldError};
@@ -241,9 +241,7 @@ pub async fn list(
     }))
 }
 
-/// Audits a change of the subscription `id` and writes its event (stream `webhook:<id>`, the
-/// payload with `webhook_id` and the owner's `user_id`, so the owner reads it), both in
-/// `transaction`: the change, its audit entry and its event commit together (invariant 12).
+/// [`super::record_change`] for the subscription `id`, its payload naming it as `webhook_id`.
 async fn record_change(
     transaction: &deadpool_postgres::Transaction<'_>,
     req: &HttpRequest,
@@ -253,17 +251,7 @@ async fn record_change(
     mut payload: serde_json::Value,
 ) -> Result<(), tokio_postgres::Error> {
     payload["webhook_id"] = json!(id);
-    crate::store::limits::record_event(transaction, &format!("webhook:{id}"), action, &payload)
-        .await?;
-    audit_in_transaction(
-        transaction,
-        req,
-        Some(actor),
-        ("webhook", Some(id.to_string())),
-        action,
-        payload,
-    )
-    .await
+    super::record_change(transaction, req, actor, ("webhook", id), action, payload).await
 }
 
 /// The subscription id of a path, and whose it must be (`None` for an admin).
