@@ -89,22 +89,24 @@ async fn two_instances_keep_the_contract_through_a_kill_and_the_log_reads_gap_fr
     let done = Cell::new(false);
     let acked = Cell::new(0usize);
     let killed = Cell::new(false);
+    // Requests sent to the victim and not yet answered: the kill waits for one, so that it
+    // cuts something off (between two requests it would cut nothing).
+    let at_victim = Cell::new(0usize);
     let enough = Notify::new();
     let sent: RefCell<Vec<(Op, Outcome)>> = RefCell::new(Vec::new());
     let client = |client: usize| {
-        let (apps, users, acked, killed, enough, sent) =
-            (&apps, &users, &acked, &killed, &enough, &sent);
+        let (apps, users, acked, killed, enough, sent, at_victim) =
+            (&apps, &users, &acked, &killed, &enough, &sent, &at_victim);
         async move {
             let mut rng = StdRng::seed_from_u64(SEED.wrapping_add(client as u64));
             for n in 0..OPS_PER_CLIENT {
                 let op = random_op(&mut rng, USERS, Some(format!("c{client}-{n}")));
                 // Alternate between the instances; once the victim is dead, the survivor.
-                let app = if n % 2 == 0 || killed.get() {
-                    &apps[0]
-                } else {
-                    &apps[1]
-                };
+                let to_victim = n % 2 == 1 && !killed.get();
+                let app = if to_victim { &apps[1] } else { &apps[0] };
+                at_victim.set(at_victim.get() + usize::from(to_victim));
                 let (outcome, _) = send(app, users, &op).await;
+                at_victim.set(at_victim.get() - usize::from(to_victim));
                 if let Outcome::Completed(_) = outcome {
                     acked.set(acked.get() + 1);
                     if acked.get() == KILL_AFTER_ACKS {
@@ -119,6 +121,11 @@ async fn two_instances_keep_the_contract_through_a_kill_and_the_log_reads_gap_fr
         tokio::time::timeout(Duration::from_secs(120), enough.notified())
             .await
             .expect("the load reaches the kill point");
+        // Bounded: with 16 clients alternating, requests reach the victim all the time.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while at_victim.get() < 2 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
         victim.kill_9();
         killed.set(true);
     };
