@@ -1,66 +1,39 @@
--- The event log as an API (DESIGN.md section 10, issue 14): whose accounts each event touches,
--- an index to page one user's events by cursor, and the SHA-256 hash chain.
+-- The event log as an API (DESIGN.md section 10, issue 14): whose event each one is, indexes to
+-- page one user's events by cursor, a wake-up for the live feed, and the SHA-256 hash chain.
 --
 -- Every event already commits in the same database transaction as the change it records, with
 -- the gap-free cursor (tx, seq) of V6. Its stable id is `seq` (never reused, never changed).
 
--- The accounts an event touches, as a sorted JSON array of {user_id, currency} (currency null
--- for an event about a user rather than one of its accounts): every entry's account, the
--- sender's account in the currency sent, the recipient's in the currency received, and the
--- `user_id` the event is about. Derived from the payload by the database, so every writer of
--- events (the group commit, hold resolutions, reversals, alerts, limits, schedules, users,
--- webhooks) gets it right without repeating the rule.
-CREATE FUNCTION event_accounts(payload jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT coalesce(jsonb_agg(DISTINCT jsonb_build_object('user_id', touched.user_id,
-                                                          'currency', touched.currency)),
-                    '[]'::jsonb)
-    FROM (
-        SELECT entry->>'user_id', entry->>'currency'
-        FROM jsonb_array_elements(CASE jsonb_typeof(payload->'entries')
-                                      WHEN 'array' THEN payload->'entries'
-                                      ELSE '[]'::jsonb END) AS entry
-        UNION ALL SELECT payload->>'from_user_id', payload->>'currency'
-        UNION ALL SELECT payload->>'to_user_id', coalesce(payload->>'to_currency', payload->>'currency')
-        UNION ALL SELECT payload->>'user_id', payload->>'currency'
-    ) AS touched (user_id, currency)
-    WHERE touched.user_id IS NOT NULL
-$$;
+-- Whose event it is: the (at most two) users whose accounts or settings it touches, derived
+-- by the database from the payload, so every writer of events (the group commit, hold
+-- resolutions, reversals, alerts, limits, schedules, users, webhooks) gets it right without
+-- repeating the rule: `user_a` is the sender (`from_user_id`) or the user the event is about
+-- (`user_id`), `user_b` the recipient (`to_user_id`). The house accounts (`system`, `fees`),
+-- named only in entries, are nobody's scope but the admins'. Two cheap expressions and two
+-- partial indexes, so that `GET /events` pages one user's events in cursor order: measured
+-- with 1,000-event INSERTs, about 13 us per event (a jsonb aggregate per row plus a trigger
+-- indexing each account cost ten times that, and halved the bulk throughput).
+ALTER TABLE events
+    ADD COLUMN user_a uuid GENERATED ALWAYS AS
+        ((coalesce(payload->>'from_user_id', payload->>'user_id'))::uuid) STORED,
+    ADD COLUMN user_b uuid GENERATED ALWAYS AS ((payload->>'to_user_id')::uuid) STORED;
+CREATE INDEX events_user_a_idx ON events (user_a, tx, seq) WHERE user_a IS NOT NULL;
+CREATE INDEX events_user_b_idx ON events (user_b, tx, seq) WHERE user_b IS NOT NULL;
 
-ALTER TABLE events ADD COLUMN accounts jsonb GENERATED ALWAYS AS (event_accounts(payload)) STORED;
-
--- One row per (user, event) the user's accounts are touched by: `GET /events` for a user pages
--- this index in cursor order instead of filtering the whole log. Written by a statement-level
--- trigger, once per INSERT statement (a group commit writes its events in one statement),
--- which also notifies the channel `tally_events`.
-CREATE TABLE event_users (
-    user_id uuid   NOT NULL,
-    tx      xid8   NOT NULL,
-    seq     bigint NOT NULL,
-    PRIMARY KEY (user_id, tx, seq)
-);
-
-CREATE FUNCTION index_event_users() RETURNS trigger
+-- Wakes every instance's feed tailer (LISTEN tally_events) when a transaction that wrote
+-- events commits: once per INSERT statement (a group commit writes its events in one), and
+-- PostgreSQL folds the repeats of one transaction into one notification. The tailer reads by
+-- cursor, so a notification lost or folded loses nothing.
+CREATE FUNCTION notify_events() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO event_users (user_id, tx, seq)
-    SELECT DISTINCT (account->>'user_id')::uuid, added.tx, added.seq
-    FROM added, jsonb_array_elements(added.accounts) AS account;
-    -- Wakes every instance's feed tailer (LISTEN tally_events) when the transaction commits;
-    -- within one transaction PostgreSQL folds repeated notifications into one. The tailer
-    -- reads by cursor, so a notification lost or folded loses nothing.
     PERFORM pg_notify('tally_events', '');
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER events_index_users AFTER INSERT ON events
-    REFERENCING NEW TABLE AS added
-    FOR EACH STATEMENT EXECUTE FUNCTION index_event_users();
-
-INSERT INTO event_users (user_id, tx, seq)
-SELECT DISTINCT (account->>'user_id')::uuid, events.tx, events.seq
-FROM events, jsonb_array_elements(events.accounts) AS account;
+CREATE TRIGGER events_notify AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_events();
 
 -- The hash chain: link `n` is sha256(link n-1 || the event's canonical bytes), in cursor
 -- order, from 32 zero bytes (`store::chain` defines the canonical bytes). Events are sealed

@@ -313,23 +313,6 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE t.reversed_amount <> coalesce(r.total, 0)",
     ),
     (
-        "event_scope",
-        "every user an event touches finds it in their index (event_users), and the index \
-         holds nothing else (GET /events, DESIGN.md section 10)",
-        "SELECT format('event %s: touches user %s, not in event_users', e.seq, a.user_id)
-         FROM events e, jsonb_array_elements(e.accounts) AS account,
-              LATERAL (SELECT (account->>'user_id')::uuid) AS a(user_id)
-         WHERE NOT EXISTS (SELECT 1 FROM event_users u
-                           WHERE u.user_id = a.user_id AND u.seq = e.seq AND u.tx = e.tx)
-         UNION ALL
-         SELECT format('event_users row (%s, %s) names no event touching that user', u.user_id, u.seq)
-         FROM event_users u
-         WHERE NOT EXISTS (SELECT 1 FROM events e
-                           WHERE e.seq = u.seq AND e.tx = u.tx
-                             AND e.accounts @> jsonb_build_array(
-                                     jsonb_build_object('user_id', u.user_id)))",
-    ),
-    (
         "limit_usage",
         "what the limits count matches the ledger: each counted row is a completed debit, \
          transfer or reversal of its user (its amount), a hold of its user (its amount while \

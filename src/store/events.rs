@@ -59,27 +59,66 @@ pub struct EventRecord {
     pub stream: String,
     pub kind: String,
     pub payload: serde_json::Value,
-    /// The accounts it touches: `[{user_id, currency}]` (`currency` null for an event about
-    /// a user), derived from the payload by the database (migration V11).
+    /// The accounts it touches: `[{user_id, currency}]`, sorted (`currency` null for an event
+    /// about a user); see [`accounts_of`].
     pub accounts: serde_json::Value,
+    /// Whose event it is: the sender or the user it is about, and the recipient (migration
+    /// V11's `user_a` and `user_b`, derived by the database from the payload).
+    pub owners: [Option<uuid::Uuid>; 2],
     pub created_at: DateTime<Utc>,
 }
 
 impl EventRecord {
-    /// The users whose accounts the event touches.
+    /// The users whose event it is (the scope of `GET /events`, the feed and webhooks; admins
+    /// see every event).
     pub fn users(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
-        self.accounts
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|account| account.get("user_id")?.as_str()?.parse().ok())
+        self.owners.iter().flatten().copied()
     }
 }
 
+/// The accounts an event touches, from its payload: every entry's account, the sender's in the
+/// currency sent (`from_user_id`, `currency`), the recipient's in the currency received
+/// (`to_user_id`, `to_currency` or else `currency`), and the account (or, without a
+/// `currency`, the user) it is about (`user_id`); as `[{user_id, currency}]`, sorted, each
+/// once.
+pub fn accounts_of(payload: &serde_json::Value) -> serde_json::Value {
+    fn text(value: Option<&serde_json::Value>) -> Option<&str> {
+        value.and_then(serde_json::Value::as_str)
+    }
+    let mut accounts: Vec<(&str, Option<&str>)> = Vec::new();
+    for entry in payload
+        .get("entries")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(user) = text(entry.get("user_id")) {
+            accounts.push((user, text(entry.get("currency"))));
+        }
+    }
+    let currency = text(payload.get("currency"));
+    for (key, currency) in [
+        ("from_user_id", currency),
+        ("to_user_id", text(payload.get("to_currency")).or(currency)),
+        ("user_id", currency),
+    ] {
+        if let Some(user) = text(payload.get(key)) {
+            accounts.push((user, currency));
+        }
+    }
+    accounts.sort_unstable();
+    accounts.dedup();
+    accounts
+        .into_iter()
+        .map(|(user_id, currency)| serde_json::json!({"user_id": user_id, "currency": currency}))
+        .collect()
+}
+
 const COLUMNS: &str =
-    "e.tx::text::bigint, e.seq, e.stream, e.type, e.payload, e.created_at, e.accounts";
+    "e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.payload, e.created_at, e.user_a, e.user_b";
 
 fn record(row: &tokio_postgres::Row) -> EventRecord {
+    let payload: serde_json::Value = row.get(4);
     EventRecord {
         id: row.get(1),
         cursor: EventCursor {
@@ -88,14 +127,15 @@ fn record(row: &tokio_postgres::Row) -> EventRecord {
         },
         stream: row.get(2),
         kind: row.get(3),
-        payload: row.get(4),
+        accounts: accounts_of(&payload),
+        payload,
         created_at: row.get(5),
-        accounts: row.get(6),
+        owners: [row.get(6), row.get(7)],
     }
 }
 
-/// Which events a page holds: those touching `user`'s accounts (every event when `None`), of
-/// the given `types` (every type when `None`).
+/// Which events a page holds: `user`'s (every event when `None`), of the given `types` (every
+/// type when `None`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Scope<'a> {
     pub user: Option<uuid::Uuid>,
@@ -103,8 +143,9 @@ pub struct Scope<'a> {
 }
 
 /// Up to `limit` events of `scope` after `after`, oldest first, of transactions that have all
-/// finished (the rule of [`read_after`]). A user's events are paged on the `event_users`
-/// index (migration V11), never by filtering the whole log.
+/// finished (the rule of [`read_after`]). A user's events are two index ranges merged in cursor
+/// order (`events_user_a_idx`, `events_user_b_idx`, migration V11), never a filter over the
+/// whole log.
 pub async fn read_page(
     client: &impl GenericClient,
     after: EventCursor,
@@ -113,14 +154,22 @@ pub async fn read_page(
 ) -> Result<Vec<EventRecord>, tokio_postgres::Error> {
     let rows = match scope.user {
         Some(user) => {
+            let range = |column: &str, also: &str| {
+                format!(
+                    "(SELECT {COLUMNS} FROM events e
+                      WHERE e.{column} = $4 {also}
+                        AND (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
+                        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                        AND ($5::text[] IS NULL OR e.type = ANY($5))
+                      ORDER BY e.tx, e.seq
+                      LIMIT $3)"
+                )
+            };
             let statement = format!(
-                "SELECT {COLUMNS} FROM event_users u JOIN events e ON e.seq = u.seq
-                     WHERE u.user_id = $4
-                       AND (u.tx, u.seq) > ($1::bigint::text::xid8, $2)
-                       AND u.tx < pg_snapshot_xmin(pg_current_snapshot())
-                       AND ($5::text[] IS NULL OR e.type = ANY($5))
-                     ORDER BY u.tx, u.seq
-                     LIMIT $3"
+                "SELECT * FROM ({} UNION ALL {}) AS page ORDER BY tx, seq LIMIT $3",
+                range("user_a", ""),
+                // An event of a user to themself (an exchange) is in the first range.
+                range("user_b", "AND e.user_a IS DISTINCT FROM $4"),
             );
             client
                 .query(

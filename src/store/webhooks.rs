@@ -321,8 +321,7 @@ pub async fn dispatch(
              WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
                AND (e.tx, e.seq) <= ($3::bigint::text::xid8, $4)
                AND (u.role = 'admin'
-                    OR EXISTS (SELECT 1 FROM event_users eu
-                               WHERE eu.user_id = w.user_id AND eu.tx = e.tx AND eu.seq = e.seq))
+                    OR e.user_a = w.user_id OR e.user_b = w.user_id)
              ON CONFLICT DO NOTHING",
             &[&after.tx, &after.seq, &last.tx, &last.seq],
         )
@@ -391,7 +390,7 @@ pub async fn claim(
              WHERE d.webhook_id = due.webhook_id AND d.event_seq = due.event_seq
                AND w.id = d.webhook_id AND e.seq = d.event_seq
              RETURNING d.webhook_id, d.event_seq, d.lease, d.attempts, w.url, w.secret,
-                       e.tx::text::bigint, e.stream, e.type, e.payload, e.created_at, e.accounts",
+                       e.tx::text::bigint, e.stream, e.type, e.payload, e.created_at, e.user_a, e.user_b",
             &[&limit, &(lease_ms as f64)],
         )
         .await?;
@@ -412,9 +411,10 @@ pub async fn claim(
                 },
                 stream: row.get(7),
                 kind: row.get(8),
+                accounts: super::events::accounts_of(&row.get(9)),
                 payload: row.get(9),
                 created_at: row.get(10),
-                accounts: row.get(11),
+                owners: [row.get(11), row.get(12)],
             },
         })
         .collect())

@@ -309,7 +309,7 @@ async fn tally_verify_names_the_first_link_of_the_chain_a_changed_event_breaks()
         .unwrap()
         .get(0);
     db.batch_execute(&format!(
-        "DELETE FROM event_chain WHERE seq = {seq}; DELETE FROM event_users WHERE seq = {seq};
+        "DELETE FROM event_chain WHERE seq = {seq};
          DELETE FROM events WHERE seq = {seq};"
     ))
     .await

@@ -165,7 +165,7 @@ async fn stored(app: &TestApp, user: Option<uuid::Uuid>) -> Vec<EventCursor> {
         let count: i64 = match user {
             Some(user) => {
                 db.query_one(
-                    "SELECT count(*) FROM event_users WHERE user_id = $1",
+                    "SELECT count(*) FROM events WHERE $1 IN (user_a, user_b)",
                     &[&user],
                 )
                 .await

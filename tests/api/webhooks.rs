@@ -635,15 +635,22 @@ async fn a_run_of_failures_disables_the_subscription_and_says_so_in_the_log() {
     let listed = &listed.body["webhooks"][0];
     assert_eq!(listed["status"], "disabled");
     assert!(listed["disabled_at"].is_string());
-    // Three attempts were made: the first delivery failed twice (gave up), the second once.
+    // Three attempts made the run: the first delivery failed twice (gave up), the second once.
+    // Deliveries are sent side by side, so the second's next attempt may already have been
+    // under way when the third failure disabled the subscription: at most one more.
     let log = deliveries(&app, &alice, &hook).await;
     let attempts: i64 = log.iter().map(|d| d["attempts"].as_i64().unwrap()).sum();
-    assert_eq!(attempts, 3, "{log:#?}");
+    assert!((3..=4).contains(&attempts), "{log:#?}");
     assert!(log.iter().any(|d| d["status"] == "failed"));
     assert!(log.iter().all(|d| d["last_status_code"] == 500));
+    // An attempt is counted when it is claimed, so the last may still be on its way.
+    let give_up = Instant::now() + DEADLINE;
+    while (receiver.received("/down").len() as i64) < attempts && Instant::now() < give_up {
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
     assert_eq!(
-        receiver.received("/down").len(),
-        3,
+        receiver.received("/down").len() as i64,
+        attempts,
         "nothing is sent once disabled"
     );
 
