@@ -374,10 +374,10 @@ async fn replay_in_snapshot(
     loop {
         let rows = source
             .query(
-                "SELECT tx::text::bigint, seq, type, payload FROM events
-                 WHERE (tx, seq) > ($1::bigint::text::xid8, $2)
-                   AND tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY tx, seq
+                "SELECT e.tx::text::bigint, e.seq, e.type, e.payload FROM events e
+                 WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
+                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY e.tx, e.seq
                  LIMIT $3",
                 &[&after.tx, &after.seq, &PAGE],
             )

@@ -81,7 +81,7 @@ async fn last_link(
 ) -> Result<Option<(EventCursor, [u8; 32])>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT tx::text::bigint, seq, hash FROM event_chain ORDER BY tx DESC, seq DESC LIMIT 1",
+            "SELECT c.tx::text::bigint, c.seq, c.hash FROM event_chain c ORDER BY c.tx DESC, c.seq DESC LIMIT 1",
             &[],
         )
         .await?;
@@ -108,11 +108,12 @@ async fn events_after(
 ) -> Result<Vec<ChainedEvent>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT tx::text::bigint AS tx, seq, stream, type, created_at, payload::text AS payload
-             FROM events
-             WHERE (tx, seq) > ($1::bigint::text::xid8, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, seq
+            "SELECT e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.created_at,
+                    e.payload::text AS payload
+             FROM events e
+             WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
+               AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY e.tx, e.seq
              LIMIT $3",
             &[&after.tx, &after.seq, &limit],
         )

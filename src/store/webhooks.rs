@@ -292,10 +292,10 @@ pub async fn dispatch(
     // (after, last] is closed, no event can still appear in it.
     let cursors = transaction
         .query(
-            "SELECT tx::text::bigint, seq FROM events
-             WHERE (tx, seq) > ($1::bigint::text::xid8, $2)
-               AND tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx, seq
+            "SELECT e.tx::text::bigint, e.seq FROM events e
+             WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
+               AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY e.tx, e.seq
              LIMIT $3",
             &[&after.tx, &after.seq, &batch],
         )
