@@ -93,15 +93,27 @@ async fn spans_are_exported_in_the_callers_trace_and_the_batch_links_to_its_requ
         .expect("credit");
     assert_eq!(reply.status(), StatusCode::CREATED);
 
-    // The access line of that request names its request id and the caller's trace id.
-    let access = service
-        .recent_logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|event| {
-            event["target"] == "tally::access" && event["route"] == "/api/v1/transactions/credit"
-        })
-        .expect("an access line for the credit");
+    // The access line of that request names its request id and the caller's trace id. It
+    // reaches this process through the child's stdout, possibly after the reply: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let access = loop {
+        let found = service
+            .recent_logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|event| {
+                event["target"] == "tally::access"
+                    && event["route"] == "/api/v1/transactions/credit"
+            });
+        match found {
+            Some(access) => break access,
+            None if std::time::Instant::now() < deadline => {
+                // A pause between polls of the condition, not a synchronization by itself.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            None => panic!("an access line for the credit"),
+        }
+    };
     let request_span = &access["spans"][0];
     assert_eq!(request_span["trace_id"], TRACE_ID, "{access}");
     assert!(
