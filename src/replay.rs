@@ -34,7 +34,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use crate::store::events::EventCursor;
+use crate::store::events::{EventCursor, AFTER_CURSOR, IN_CURSOR_ORDER};
 
 /// Events read per query.
 const PAGE: i64 = 10_000;
@@ -374,11 +374,10 @@ async fn replay_in_snapshot(
     loop {
         let rows = source
             .query(
-                "SELECT e.tx::text::bigint, e.seq, e.type, e.payload FROM events e
-                 WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY e.tx, e.seq
-                 LIMIT $3",
+                &format!(
+                    "SELECT e.tx::text::bigint, e.seq, e.type, e.payload FROM events e
+                     WHERE {AFTER_CURSOR} {IN_CURSOR_ORDER} LIMIT $3"
+                ),
                 &[&after.tx, &after.seq, &PAGE],
             )
             .await?;

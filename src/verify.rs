@@ -362,6 +362,19 @@ const CHECKS: &[(&str, &str, &str)] = &[
          WHERE previous_id IS NOT NULL
            AND created_at < previous_at + {retention} - interval '1 minute'",
     ),
+    (
+        "event_owners",
+        "every event names as its owners the users its payload is about: user_a the sender \
+         (from_user_id) or else user_id, user_b the recipient (to_user_id); the scope of \
+         GET /events, the live feed and webhooks (migrations V11 and V13)",
+        "SELECT format('event %s (%s) names owners %s and %s, its payload %s and %s',
+                       seq, type, user_a, user_b,
+                       coalesce(payload->>'from_user_id', payload->>'user_id'),
+                       payload->>'to_user_id')
+         FROM events
+         WHERE user_a IS DISTINCT FROM (coalesce(payload->>'from_user_id', payload->>'user_id'))::uuid
+            OR user_b IS DISTINCT FROM (payload->>'to_user_id')::uuid",
+    ),
 ];
 
 /// Runs every check on one snapshot of the database `client` is connected to.

@@ -8,6 +8,8 @@
 //!   further, so memory never grows with a slow client.
 //! - Events are handed over in the order the tailer publishes them, which is cursor order, and a
 //!   connection that went live at position `p` ([`GoLive`]) is given every event after `p`.
+//! - The position moves without publishing ([`Skip`]) only while no connection is live, so
+//!   the tailer reads the log only for an instance that has listeners.
 //! - At most `feed.max_connections` connections, and `feed.max_connections_per_user` per user,
 //!   are registered; the decision is the actor's, so concurrent upgrades cannot both take the
 //!   last place.
@@ -253,6 +255,31 @@ impl Handler<Publish> for Hub {
                 self.remove(id, Some(CloseCause::Slow));
             }
         }
+    }
+}
+
+/// The tailer found the log at `to` (a live position: every event at or before it is final,
+/// every later one commits after the read) and asks to move there without publishing what lies
+/// between. Granted (`true`, and the hub's position becomes `to`) only while no connection is
+/// live: then nobody is owed those events, and a connection that goes live later starts after
+/// `to` and catches up from the log. Refused (`false`) otherwise; the tailer then reads and
+/// publishes them as usual.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Skip {
+    pub to: EventCursor,
+}
+
+impl Handler<Skip> for Hub {
+    type Result = bool;
+
+    fn handle(&mut self, message: Skip, _: &mut Context<Self>) -> bool {
+        if !self.by_user.is_empty() || !self.admins.is_empty() {
+            return false;
+        }
+        debug_assert!(message.to >= self.position, "the log only grows");
+        self.position = self.position.max(message.to);
+        true
     }
 }
 

@@ -18,7 +18,7 @@
 pub mod hub;
 pub mod tailer;
 
-pub use hub::{Connect, Disconnect, GoLive, Hub, Publish, Registration, Shutdown};
+pub use hub::{Connect, Disconnect, GoLive, Hub, Publish, Registration, Shutdown, Skip};
 
 use bytestring::ByteString;
 

@@ -10,6 +10,9 @@
 //! [`HORIZON_RETRY`].
 //! A failed connection is replaced after [`RECONNECT_PAUSE`], from the same cursor.
 //!
+//! While no connection of the instance is live, it reads only the live position and moves the
+//! hub there ([`Skip`]), so an instance without listeners does not read the log.
+//!
 //! **Invariant:** pages go to the hub one at a time and in cursor order; the next page is read
 //! only after the hub took the last (`send`), so a burst waits in the database, not in memory.
 
@@ -21,7 +24,7 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
-use super::{Frame, Hub, Publish};
+use super::{Frame, Hub, Publish, Skip};
 use crate::config::{DatabaseSettings, FeedSettings};
 use crate::store::{self, events::EventCursor};
 
@@ -84,26 +87,35 @@ async fn follow(
     let mut poll = tokio::time::interval(feed.poll_interval());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Everything final after the cursor, page by page (events committed after LISTEN and
-        // before this read are in it).
-        loop {
-            let page = store::events::read_after(&client, *cursor, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            *cursor = last.cursor;
-            let full = page.len() as i64 == PAGE;
-            let frames = page.into_iter().map(Frame::render).collect();
-            hub.send(Publish { frames }).await?;
-            if !full {
-                break;
+        // Nobody live on this instance: move to the live position without reading or
+        // rendering the events in between (the hub grants it only while no connection is live;
+        // one that goes live later catches up from the log), and nobody waits for events
+        // behind the horizon either.
+        let live = store::events::live_position(&client).await?.max(*cursor);
+        if hub.send(Skip { to: live }).await? {
+            *cursor = live;
+        } else {
+            // Everything final after the cursor, page by page (events committed after LISTEN
+            // and before this read are in it).
+            loop {
+                let page = store::events::read_after(&client, *cursor, PAGE).await?;
+                let Some(last) = page.last() else { break };
+                *cursor = last.cursor;
+                let full = page.len() as i64 == PAGE;
+                let frames = page.into_iter().map(Frame::render).collect();
+                hub.send(Publish { frames }).await?;
+                if !full {
+                    break;
+                }
             }
-        }
-        // The notification came at commit, but the events are readable only once every older
-        // transaction has ended, which notifies nobody (the sealer, another database's work):
-        // look again soon rather than at the next poll.
-        if store::events::waiting_behind_horizon(&client).await? {
-            tokio::select! {
-                () = tokio::time::sleep(HORIZON_RETRY) => continue,
-                _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
+            // The notification came at commit, but the events are readable only once every
+            // older transaction has ended, which notifies nobody (the sealer, another
+            // database's work): look again soon rather than at the next poll.
+            if store::events::waiting_behind_horizon(&client).await? {
+                tokio::select! {
+                    () = tokio::time::sleep(HORIZON_RETRY) => continue,
+                    _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
+                }
             }
         }
         tokio::select! {

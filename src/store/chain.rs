@@ -13,7 +13,9 @@
 //! the payload, so it is covered too.
 //!
 //! Events are sealed after they commit, by [`seal`]: one sealer at a time across all instances
-//! (a transaction-scoped advisory lock), so the posting path never waits for hashing. A sealed
+//! (a transaction-scoped advisory lock), so the posting path never waits for hashing. Each seal
+//! is one `event_seals` row (migration V13): the cursor of its last event, how many events it
+//! covers and their links, so sealing writes one row per batch, not one per event. A sealed
 //! link is never rewritten; [`verify`] recomputes the chain and names the first link that does
 //! not match what is stored.
 
@@ -21,7 +23,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 
-use super::events::EventCursor;
+use super::events::{EventCursor, AFTER_CURSOR, IN_CURSOR_ORDER};
 
 /// The advisory lock key that makes one sealer at a time (`'tally.chain'` in ASCII).
 const SEALER_LOCK: i64 = 0x7461_6c6c_7963_6861;
@@ -75,32 +77,73 @@ fn chained(row: &tokio_postgres::Row) -> ChainedEvent {
     }
 }
 
+/// Bytes of one link.
+const LINK: usize = 32;
+
+fn link_at(links: &[u8], index: usize) -> [u8; LINK] {
+    links[index * LINK..(index + 1) * LINK]
+        .try_into()
+        .expect("a seal holds whole links")
+}
+
+/// One stored seal: the events after the previous seal up to and including `last`, and their
+/// links in cursor order.
+struct Seal {
+    last: EventCursor,
+    links: Vec<u8>,
+}
+
+impl Seal {
+    fn from_row(row: &tokio_postgres::Row) -> Seal {
+        Seal {
+            last: EventCursor {
+                tx: row.get(0),
+                seq: row.get(1),
+            },
+            links: row.get(2),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.links.len() / LINK
+    }
+}
+
 /// The last sealed link: its cursor and hash (`None` before the first seal).
 async fn last_link(
     client: &impl GenericClient,
 ) -> Result<Option<(EventCursor, [u8; 32])>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT c.tx::text::bigint, c.seq, c.hash FROM event_chain c ORDER BY c.tx DESC, c.seq DESC LIMIT 1",
+            "SELECT s.last_tx::text::bigint, s.last_seq, substring(s.links FROM length(s.links) - 31)
+             FROM event_seals s ORDER BY s.last_tx DESC, s.last_seq DESC LIMIT 1",
             &[],
         )
         .await?;
     Ok(row.map(|row| {
-        let hash: Vec<u8> = row.get(2);
-        let mut link = [0; 32];
-        link.copy_from_slice(&hash);
-        (
-            EventCursor {
-                tx: row.get(0),
-                seq: row.get(1),
-            },
-            link,
-        )
+        let seal = Seal::from_row(&row);
+        (seal.last, link_at(&seal.links, 0))
     }))
 }
 
+/// The seal after the one that ends at `after` (`None` after the last).
+async fn next_seal(
+    client: &impl GenericClient,
+    after: EventCursor,
+) -> Result<Option<Seal>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT s.last_tx::text::bigint, s.last_seq, s.links FROM event_seals s
+             WHERE (s.last_tx, s.last_seq) > ($1::bigint::text::xid8, $2)
+             ORDER BY s.last_tx, s.last_seq LIMIT 1",
+            &[&after.tx, &after.seq],
+        )
+        .await?;
+    Ok(row.as_ref().map(Seal::from_row))
+}
+
 /// Up to `limit` events after `after` in cursor order, of finished transactions only (the
-/// rule of `events::read_after`), with what the chain covers.
+/// rule of `events::AFTER_CURSOR`), with what the chain covers.
 async fn events_after(
     client: &impl GenericClient,
     after: EventCursor,
@@ -108,13 +151,12 @@ async fn events_after(
 ) -> Result<Vec<ChainedEvent>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.created_at,
-                    e.payload::text AS payload
-             FROM events e
-             WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-               AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY e.tx, e.seq
-             LIMIT $3",
+            &format!(
+                "SELECT e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.created_at,
+                        e.payload::text AS payload
+                 FROM events e
+                 WHERE {AFTER_CURSOR} {IN_CURSOR_ORDER} LIMIT $3"
+            ),
             &[&after.tx, &after.seq, &limit],
         )
         .await?;
@@ -162,21 +204,18 @@ pub async fn seal(
     if events.is_empty() {
         return Ok(0);
     }
-    let mut seqs = Vec::with_capacity(events.len());
-    let mut txs = Vec::with_capacity(events.len());
-    let mut hashes = Vec::with_capacity(events.len());
+    let mut links = Vec::with_capacity(events.len() * LINK);
     for event in &events {
         link = event.link(&link);
-        seqs.push(event.cursor.seq);
-        txs.push(event.cursor.tx);
-        hashes.push(link.to_vec());
+        links.extend_from_slice(&link);
     }
+    let last = events.last().expect("not empty").cursor;
+    let count = i32::try_from(events.len()).expect("a seal is bounded by `events.seal_batch`");
     transaction
         .execute(
-            "INSERT INTO event_chain (seq, tx, hash)
-             SELECT seq, tx::text::xid8, hash FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])
-                  AS sealed(seq, tx, hash)",
-            &[&seqs, &txs, &hashes],
+            "INSERT INTO event_seals (last_tx, last_seq, events, links)
+             VALUES ($1::bigint::text::xid8, $2, $3, $4)",
+            &[&last.tx, &last.seq, &count, &links],
         )
         .await?;
     transaction.commit().await?;
@@ -206,9 +245,10 @@ pub struct ChainReport {
 
 /// Recomputes the chain over the whole log, in cursor order, `page` events at a time, and
 /// stops at the first link that differs from the stored one: an event changed, removed or
-/// inserted after it was sealed, a stored link changed, or an event left unsealed before a
-/// sealed one. Run it inside one snapshot (a `REPEATABLE READ` transaction) on a live
-/// database, or the log can grow between pages.
+/// inserted after it was sealed, a stored link changed, or a seal that does not end where its
+/// events do. The stored links, seal after seal, are matched one for one with the events in
+/// cursor order; the events after the last link are unsealed. Run it inside one snapshot (a
+/// `REPEATABLE READ` transaction) on a live database, or the log can grow between pages.
 pub async fn verify(
     client: &impl GenericClient,
     page: i64,
@@ -220,55 +260,61 @@ pub async fn verify(
     };
     let mut link = GENESIS;
     let mut after = EventCursor::default();
-    let mut unsealed_from: Option<EventCursor> = None;
+    // The seal whose links are being matched, and the next of them.
+    let mut seal = next_seal(client, EventCursor::default()).await?;
+    let mut index = 0;
     loop {
-        let rows = client
-            .query(
-                "SELECT e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.created_at,
-                        e.payload::text AS payload, c.hash
-                 FROM events e LEFT JOIN event_chain c ON c.tx = e.tx AND c.seq = e.seq
-                 WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY e.tx, e.seq
-                 LIMIT $3",
-                &[&after.tx, &after.seq, &page],
-            )
-            .await?;
-        let Some(last) = rows.last() else {
-            return Ok(report);
-        };
-        after = chained(last).cursor;
-        for row in &rows {
-            let event = chained(row);
-            let stored: Option<Vec<u8>> = row.get("hash");
+        let events = events_after(client, after, page).await?;
+        let Some(last) = events.last() else { break };
+        after = last.cursor;
+        for event in &events {
             let broken = |detail: String| BrokenLink {
                 seq: event.cursor.seq,
                 cursor: event.cursor,
                 detail,
             };
-            let Some(stored) = stored else {
-                unsealed_from.get_or_insert(event.cursor);
+            let Some(current) = &seal else {
                 report.unsealed += 1;
                 continue;
             };
-            if let Some(first) = unsealed_from {
-                report.broken = Some(broken(format!(
-                    "sealed, but the event at cursor {first} before it is not"
-                )));
-                return Ok(report);
-            }
+            let stored = link_at(&current.links, index);
             let computed = event.link(&link);
-            if stored.as_slice() != computed {
+            if stored != computed {
                 report.broken = Some(broken(format!(
                     "stored link {} but the chain computes {}: the event or an earlier one \
                      was changed, removed or inserted after it was sealed",
-                    hex::encode(&stored),
+                    hex::encode(stored),
                     hex::encode(computed)
                 )));
                 return Ok(report);
             }
             link = computed;
             report.sealed += 1;
+            index += 1;
+            if index == current.len() {
+                if event.cursor != current.last {
+                    report.broken = Some(broken(format!(
+                        "this is the last link of the seal that ends at cursor {}: the seal \
+                         does not end where its events do",
+                        current.last
+                    )));
+                    return Ok(report);
+                }
+                seal = next_seal(client, current.last).await?;
+                index = 0;
+            }
         }
     }
+    if let Some(current) = seal {
+        // Links are left over: sealed events are gone from the end of the log.
+        report.broken = Some(BrokenLink {
+            seq: current.last.seq,
+            cursor: current.last,
+            detail: format!(
+                "{} sealed links have no event: events were removed after they were sealed",
+                current.len() - index
+            ),
+        });
+    }
+    Ok(report)
 }

@@ -114,6 +114,17 @@ pub fn accounts_of(payload: &serde_json::Value) -> serde_json::Value {
         .collect()
 }
 
+/// The condition of every read of the log by cursor, on `events e`: events after the cursor
+/// `($1, $2)` (`tx` as a bigint, `seq`) of transactions below the reading snapshot's xmin
+/// horizon, all of which have finished, so that no event committing later can appear behind a
+/// page already read (invariant 12; migration V6). Pair it with [`IN_CURSOR_ORDER`].
+pub const AFTER_CURSOR: &str =
+    "(e.tx, e.seq) > ($1::bigint::text::xid8, $2) AND e.tx < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// Cursor order, by the table's own columns: ordering by a `tx::text::bigint` output column
+/// instead cannot use the cursor index, and sorts the whole range.
+pub const IN_CURSOR_ORDER: &str = "ORDER BY e.tx, e.seq";
+
 const COLUMNS: &str =
     "e.tx::text::bigint AS tx, e.seq, e.stream, e.type, e.payload, e.created_at, e.user_a, e.user_b";
 
@@ -157,11 +168,9 @@ pub async fn read_page(
             let range = |column: &str, also: &str| {
                 format!(
                     "(SELECT {COLUMNS} FROM events e
-                      WHERE e.{column} = $4 {also}
-                        AND (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-                        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                      WHERE e.{column} = $4 {also} AND {AFTER_CURSOR}
                         AND ($5::text[] IS NULL OR e.type = ANY($5))
-                      ORDER BY e.tx, e.seq
+                      {IN_CURSOR_ORDER}
                       LIMIT $3)"
                 )
             };
@@ -181,10 +190,8 @@ pub async fn read_page(
         None => {
             let statement = format!(
                 "SELECT {COLUMNS} FROM events e
-                     WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-                       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                       AND ($4::text[] IS NULL OR e.type = ANY($4))
-                     ORDER BY e.tx, e.seq
+                     WHERE {AFTER_CURSOR} AND ($4::text[] IS NULL OR e.type = ANY($4))
+                     {IN_CURSOR_ORDER}
                      LIMIT $3"
             );
             client

@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::events::EventCursor;
+use super::events::{EventCursor, AFTER_CURSOR, IN_CURSOR_ORDER};
 use crate::domain::UserId;
 
 /// The advisory lock that makes one dispatcher at a time (`'tallyhoo'` in ASCII).
@@ -292,11 +292,10 @@ pub async fn dispatch(
     // (after, last] is closed, no event can still appear in it.
     let cursors = transaction
         .query(
-            "SELECT e.tx::text::bigint, e.seq FROM events e
-             WHERE (e.tx, e.seq) > ($1::bigint::text::xid8, $2)
-               AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY e.tx, e.seq
-             LIMIT $3",
+            &format!(
+                "SELECT e.tx::text::bigint, e.seq FROM events e
+                 WHERE {AFTER_CURSOR} {IN_CURSOR_ORDER} LIMIT $3"
+            ),
             &[&after.tx, &after.seq, &batch],
         )
         .await?;

@@ -488,9 +488,10 @@ pub(super) async fn insert_transactions(
                            timeout_s, pending_id, reversal_of, reason, fx, schedule_id, occurrence)
                  RETURNING *
              )
-             INSERT INTO events (stream, type, payload, created_at)
+             INSERT INTO events (stream, type, user_a, user_b, payload, created_at)
              SELECT 'transaction:' || t.id,
                     CASE WHEN t.status = 'pending' THEN 'hold.created' ELSE 'transaction.' || t.status END,
+                    t.from_user_id, t.to_user_id,
                     jsonb_strip_nulls(jsonb_build_object(
                         'to_amount', t.to_amount, 'to_currency', t.to_currency, 'fee', t.fee,
                         'rate', t.rate::text, 'spread_bps', t.spread_bps, 'rate_source', t.rate_source,
@@ -739,8 +740,8 @@ pub(super) async fn resolve_holds(
                             ELSE t.expires_at > now() END
                  RETURNING t.*, r.initiated_by AS resolved_by
              ), logged AS (
-                 INSERT INTO events (stream, type, payload, created_at)
-                 SELECT 'transaction:' || id, 'hold.' || status,
+                 INSERT INTO events (stream, type, user_a, user_b, payload, created_at)
+                 SELECT 'transaction:' || id, 'hold.' || status, from_user_id, to_user_id,
                         jsonb_build_object(
                             'id', id, 'status', status, 'from_user_id', from_user_id,
                             'to_user_id', to_user_id, 'currency', currency, 'amount', amount, 'released', amount,
@@ -806,8 +807,8 @@ pub(super) async fn claim_reversal(
                  RETURNING id, amount, reversed_amount, from_user_id, to_user_id, currency,
                            to_currency
              ), logged AS (
-                 INSERT INTO events (stream, type, payload)
-                 SELECT 'transaction:' || id, 'transaction.reversed',
+                 INSERT INTO events (stream, type, user_a, user_b, payload)
+                 SELECT 'transaction:' || id, 'transaction.reversed', from_user_id, to_user_id,
                         jsonb_strip_nulls(jsonb_build_object(
                             'id', id, 'reversal_id', $6::uuid, 'amount', $2::bigint,
                             'reversed_amount', reversed_amount, 'from_user_id', from_user_id,
@@ -1141,8 +1142,8 @@ pub(super) async fn write_alerts(
                  WHERE a.id = d.id
                  RETURNING a.*
              )
-             INSERT INTO events (stream, type, payload)
-             SELECT 'alert:' || c.id, 'balance.alert',
+             INSERT INTO events (stream, type, user_a, payload)
+             SELECT 'alert:' || c.id, 'balance.alert', c.user_id,
                     jsonb_build_object('alert_id', c.id, 'user_id', c.user_id,
                                        'currency', c.currency, 'condition', c.condition,
                                        'threshold', c.threshold, 'balance', f.balance,
