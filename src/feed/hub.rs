@@ -15,9 +15,10 @@
 //!   last place.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use super::{CloseCause, Delivery, Frame, Refusal};
@@ -41,6 +42,9 @@ pub struct Hub {
     /// The cursor of the last event published (the tailer's start before the first): a
     /// connection that goes live now is given every event after it.
     position: EventCursor,
+    /// Woken when the first connection goes live: the tailer, idle while nobody listens
+    /// ([`Skip`]), follows the log again from the hub's position.
+    listening: Arc<Notify>,
     next_id: u64,
     shutting_down: bool,
 }
@@ -54,8 +58,9 @@ struct Entry {
 }
 
 impl Hub {
-    /// A hub whose position is `start` (the live position when the tailer starts).
-    pub fn new(settings: &FeedSettings, start: EventCursor) -> Hub {
+    /// A hub whose position is `start` (the live position when the tailer starts); it wakes
+    /// `listening` when the first connection goes live.
+    pub fn new(settings: &FeedSettings, start: EventCursor, listening: Arc<Notify>) -> Hub {
         Hub {
             buffer_messages: settings.buffer_messages,
             max_connections: settings.max_connections,
@@ -65,9 +70,15 @@ impl Hub {
             admins: Vec::new(),
             per_user: HashMap::new(),
             position: start,
+            listening,
             next_id: 0,
             shutting_down: false,
         }
+    }
+
+    /// Whether any connection is live (given events as they are published).
+    fn anyone_live(&self) -> bool {
+        !self.by_user.is_empty() || !self.admins.is_empty()
     }
 
     /// Forgets connection `id`; tells it why when `cause` is given (it may be gone already).
@@ -183,6 +194,7 @@ impl Handler<GoLive> for Hub {
     type Result = Option<EventCursor>;
 
     fn handle(&mut self, message: GoLive, _: &mut Context<Self>) -> Self::Result {
+        let first = !self.anyone_live();
         let entry = self.connections.get_mut(&message.id)?;
         if !entry.live {
             entry.live = true;
@@ -190,6 +202,9 @@ impl Handler<GoLive> for Hub {
                 self.admins.push(message.id);
             } else {
                 self.by_user.entry(entry.user).or_default().push(message.id);
+            }
+            if first {
+                self.listening.notify_one();
             }
         }
         Some(self.position)
@@ -263,7 +278,8 @@ impl Handler<Publish> for Hub {
 /// between. Granted (`true`, and the hub's position becomes `to`) only while no connection is
 /// live: then nobody is owed those events, and a connection that goes live later starts after
 /// `to` and catches up from the log. Refused (`false`) otherwise; the tailer then reads and
-/// publishes them as usual.
+/// publishes them as usual. A granted tailer idles until the first connection goes live (the
+/// hub wakes it) or its poll interval passes.
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct Skip {
@@ -274,7 +290,7 @@ impl Handler<Skip> for Hub {
     type Result = bool;
 
     fn handle(&mut self, message: Skip, _: &mut Context<Self>) -> bool {
-        if !self.by_user.is_empty() || !self.admins.is_empty() {
+        if self.anyone_live() {
             return false;
         }
         debug_assert!(message.to >= self.position, "the log only grows");
@@ -300,5 +316,50 @@ impl Handler<Shutdown> for Hub {
             self.remove(id, Some(CloseCause::GoingAway));
         }
         open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> FeedSettings {
+        FeedSettings {
+            heartbeat_s: 30,
+            buffer_messages: 4,
+            max_connections: 10,
+            max_connections_per_user: 2,
+            ticket_ttl_s: 30,
+            poll_interval_ms: 1000,
+        }
+    }
+
+    fn at(seq: i64) -> EventCursor {
+        EventCursor { tx: seq, seq }
+    }
+
+    #[actix_web::test]
+    async fn the_position_moves_without_publishing_only_while_nobody_is_live() {
+        let listening = Arc::new(Notify::new());
+        let hub = Hub::new(&settings(), at(1), listening.clone()).start();
+        assert!(hub.send(Skip { to: at(5) }).await.unwrap(), "nobody connected");
+
+        // Registered but still catching up: not live, nobody is owed events yet.
+        let user = Uuid::now_v7();
+        let registration = hub.send(Connect { user, admin: false }).await.unwrap().unwrap();
+        assert!(hub.send(Skip { to: at(7) }).await.unwrap());
+
+        // Live: it starts after the position the tailer skipped to, the tailer is woken, and
+        // no further skip is granted while it is live.
+        let position = hub.send(GoLive { id: registration.id }).await.unwrap();
+        assert_eq!(position, Some(at(7)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), listening.notified())
+            .await
+            .expect("the first live connection wakes the tailer");
+        assert!(!hub.send(Skip { to: at(9) }).await.unwrap());
+
+        // Gone: skipping is allowed again.
+        hub.send(Disconnect { id: registration.id }).await.unwrap();
+        assert!(hub.send(Skip { to: at(9) }).await.unwrap());
     }
 }

@@ -10,8 +10,9 @@
 //! [`HORIZON_RETRY`].
 //! A failed connection is replaced after [`RECONNECT_PAUSE`], from the same cursor.
 //!
-//! While no connection of the instance is live, it reads only the live position and moves the
-//! hub there ([`Skip`]), so an instance without listeners does not read the log.
+//! While no connection of the instance is live, it reads only the live position, once per
+//! interval, and moves the hub there ([`Skip`]): an instance without listeners does not read
+//! the log. The hub wakes it when the first connection goes live.
 //!
 //! **Invariant:** pages go to the hub one at a time and in cursor order; the next page is read
 //! only after the hub took the last (`send`), so a burst waits in the database, not in memory.
@@ -40,12 +41,13 @@ pub fn spawn(
     database: DatabaseSettings,
     feed: FeedSettings,
     hub: Addr<Hub>,
+    listening: Arc<Notify>,
     start: EventCursor,
 ) -> tokio::task::JoinHandle<()> {
     actix_web::rt::spawn(async move {
         let mut cursor = start;
         loop {
-            if let Err(error) = follow(&database, &feed, &hub, &mut cursor).await {
+            if let Err(error) = follow(&database, &feed, &hub, &listening, &mut cursor).await {
                 tracing::warn!(error = ?error, cursor = %cursor, "the feed tailer stopped; reconnecting");
             }
             tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -58,6 +60,7 @@ async fn follow(
     database: &DatabaseSettings,
     feed: &FeedSettings,
     hub: &Addr<Hub>,
+    listening: &Notify,
     cursor: &mut EventCursor,
 ) -> anyhow::Result<()> {
     let (client, mut connection) = store::connect_dedicated(database, store::FEED_APP_NAME).await?;
@@ -87,35 +90,41 @@ async fn follow(
     let mut poll = tokio::time::interval(feed.poll_interval());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Nobody live on this instance: move to the live position without reading or
-        // rendering the events in between (the hub grants it only while no connection is live;
-        // one that goes live later catches up from the log), and nobody waits for events
-        // behind the horizon either.
+        // Nobody live on this instance: move to the live position without reading or rendering
+        // the events in between (the hub grants it only while no connection is live; one that
+        // goes live later starts after it, or catches up from the log), then idle: until
+        // someone listens, notifications and events behind the horizon concern nobody, and the
+        // hub wakes `listening` when the first connection goes live.
         let live = store::events::live_position(&client).await?.max(*cursor);
         if hub.send(Skip { to: live }).await? {
             *cursor = live;
-        } else {
-            // Everything final after the cursor, page by page (events committed after LISTEN
-            // and before this read are in it).
-            loop {
-                let page = store::events::read_after(&client, *cursor, PAGE).await?;
-                let Some(last) = page.last() else { break };
-                *cursor = last.cursor;
-                let full = page.len() as i64 == PAGE;
-                let frames = page.into_iter().map(Frame::render).collect();
-                hub.send(Publish { frames }).await?;
-                if !full {
-                    break;
-                }
+            tokio::select! {
+                () = listening.notified() => {}
+                _ = poll.tick() => {}
+                _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
             }
-            // The notification came at commit, but the events are readable only once every
-            // older transaction has ended, which notifies nobody (the sealer, another
-            // database's work): look again soon rather than at the next poll.
-            if store::events::waiting_behind_horizon(&client).await? {
-                tokio::select! {
-                    () = tokio::time::sleep(HORIZON_RETRY) => continue,
-                    _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
-                }
+            continue;
+        }
+        // Everything final after the cursor, page by page (events committed after LISTEN and
+        // before this read are in it).
+        loop {
+            let page = store::events::read_after(&client, *cursor, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            *cursor = last.cursor;
+            let full = page.len() as i64 == PAGE;
+            let frames = page.into_iter().map(Frame::render).collect();
+            hub.send(Publish { frames }).await?;
+            if !full {
+                break;
+            }
+        }
+        // The notification came at commit, but the events are readable only once every older
+        // transaction has ended, which notifies nobody (the sealer, another database's work):
+        // look again soon rather than at the next poll.
+        if store::events::waiting_behind_horizon(&client).await? {
+            tokio::select! {
+                () = tokio::time::sleep(HORIZON_RETRY) => continue,
+                _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
             }
         }
         tokio::select! {

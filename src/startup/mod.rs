@@ -115,11 +115,17 @@ impl Application {
                 .await
                 .context("reading the event log's live position")?
         };
-        let hub = actix::Actor::start(crate::feed::Hub::new(&settings.feed, feed_start));
+        let listening = Arc::new(tokio::sync::Notify::new());
+        let hub = actix::Actor::start(crate::feed::Hub::new(
+            &settings.feed,
+            feed_start,
+            listening.clone(),
+        ));
         background.push(crate::feed::tailer::spawn(
             settings.database.clone(),
             settings.feed.clone(),
             hub.clone(),
+            listening,
             feed_start,
         ));
         let state = web::Data::new(AppState {

@@ -249,7 +249,10 @@ async fn tally_verify_names_the_first_link_of_the_chain_a_changed_event_breaks()
     assert_eq!(check(&report, "event_chain").violations, 0, "{report}");
     let db = app.db().await;
     let sealed: i64 = db
-        .query_one("SELECT coalesce(sum(events), 0)::bigint FROM event_seals", &[])
+        .query_one(
+            "SELECT coalesce(sum(events), 0)::bigint FROM event_seals",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
