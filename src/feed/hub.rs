@@ -342,16 +342,28 @@ mod tests {
     async fn the_position_moves_without_publishing_only_while_nobody_is_live() {
         let listening = Arc::new(Notify::new());
         let hub = Hub::new(&settings(), at(1), listening.clone()).start();
-        assert!(hub.send(Skip { to: at(5) }).await.unwrap(), "nobody connected");
+        assert!(
+            hub.send(Skip { to: at(5) }).await.unwrap(),
+            "nobody connected"
+        );
 
         // Registered but still catching up: not live, nobody is owed events yet.
         let user = Uuid::now_v7();
-        let registration = hub.send(Connect { user, admin: false }).await.unwrap().unwrap();
+        let registration = hub
+            .send(Connect { user, admin: false })
+            .await
+            .unwrap()
+            .unwrap();
         assert!(hub.send(Skip { to: at(7) }).await.unwrap());
 
         // Live: it starts after the position the tailer skipped to, the tailer is woken, and
         // no further skip is granted while it is live.
-        let position = hub.send(GoLive { id: registration.id }).await.unwrap();
+        let position = hub
+            .send(GoLive {
+                id: registration.id,
+            })
+            .await
+            .unwrap();
         assert_eq!(position, Some(at(7)));
         tokio::time::timeout(std::time::Duration::from_secs(5), listening.notified())
             .await
@@ -359,7 +371,11 @@ mod tests {
         assert!(!hub.send(Skip { to: at(9) }).await.unwrap());
 
         // Gone: skipping is allowed again.
-        hub.send(Disconnect { id: registration.id }).await.unwrap();
+        hub.send(Disconnect {
+            id: registration.id,
+        })
+        .await
+        .unwrap();
         assert!(hub.send(Skip { to: at(9) }).await.unwrap());
     }
 }

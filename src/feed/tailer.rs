@@ -90,23 +90,9 @@ async fn follow(
     let mut poll = tokio::time::interval(feed.poll_interval());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Nobody live on this instance: move to the live position without reading or rendering
-        // the events in between (the hub grants it only while no connection is live; one that
-        // goes live later starts after it, or catches up from the log), then idle: until
-        // someone listens, notifications and events behind the horizon concern nobody, and the
-        // hub wakes `listening` when the first connection goes live.
-        let live = store::events::live_position(&client).await?.max(*cursor);
-        if hub.send(Skip { to: live }).await? {
-            *cursor = live;
-            tokio::select! {
-                () = listening.notified() => {}
-                _ = poll.tick() => {}
-                _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
-            }
-            continue;
-        }
         // Everything final after the cursor, page by page (events committed after LISTEN and
-        // before this read are in it).
+        // before this read are in it). Afterwards the cursor is where the log ended for this
+        // read: a live position.
         loop {
             let page = store::events::read_after(&client, *cursor, PAGE).await?;
             let Some(last) = page.last() else { break };
@@ -117,6 +103,26 @@ async fn follow(
             if !full {
                 break;
             }
+        }
+        // Nobody live on this instance: idle. Until someone listens, notifications and events
+        // behind the horizon concern nobody; once per interval, move the hub to the live
+        // position without reading or rendering the events in between (granted only while no
+        // connection is live; one that goes live later starts after it, or catches up from the
+        // log). The hub wakes `listening` when the first connection goes live.
+        if hub.send(Skip { to: *cursor }).await? {
+            loop {
+                tokio::select! {
+                    () = listening.notified() => break,
+                    _ = poll.tick() => {}
+                    _ = &mut connection_closed => anyhow::bail!("the feed tailer's connection closed"),
+                }
+                let live = store::events::live_position(&client).await?.max(*cursor);
+                if !hub.send(Skip { to: live }).await? {
+                    break;
+                }
+                *cursor = live;
+            }
+            continue;
         }
         // The notification came at commit, but the events are readable only once every older
         // transaction has ended, which notifies nobody (the sealer, another database's work):
