@@ -492,11 +492,21 @@ pub(super) async fn insert_transactions(
              SELECT 'transaction:' || t.id,
                     CASE WHEN t.status = 'pending' THEN 'hold.created' ELSE 'transaction.' || t.status END,
                     t.from_user_id, t.to_user_id,
-                    jsonb_strip_nulls(jsonb_build_object(
-                        'to_amount', t.to_amount, 'to_currency', t.to_currency, 'fee', t.fee,
-                        'rate', t.rate::text, 'spread_bps', t.spread_bps, 'rate_source', t.rate_source,
-                        'quote_id', t.quote_id, 'schedule_id', t.schedule_id, 'occurrence', t.occurrence))
-                    || jsonb_build_object(
+                    -- The exchange and schedule fields, where set, are merged in (`||` builds
+                    -- the whole object again): a plain movement's payload is built once.
+                    CASE WHEN num_nonnulls(t.to_amount, t.to_currency, t.fee, t.rate, t.spread_bps,
+                                           t.rate_source, t.quote_id, t.schedule_id, t.occurrence) = 0
+                         THEN p.payload
+                         ELSE jsonb_strip_nulls(jsonb_build_object(
+                                  'to_amount', t.to_amount, 'to_currency', t.to_currency, 'fee', t.fee,
+                                  'rate', t.rate::text, 'spread_bps', t.spread_bps,
+                                  'rate_source', t.rate_source, 'quote_id', t.quote_id,
+                                  'schedule_id', t.schedule_id, 'occurrence', t.occurrence))
+                              || p.payload
+                    END,
+                    t.created_at
+             FROM t, LATERAL (
+                 SELECT jsonb_build_object(
                         'id', t.id, 'type', t.type, 'status', t.status,
                         'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id,
                         'amount', t.amount, 'currency', t.currency,
@@ -513,9 +523,8 @@ pub(super) async fn insert_transactions(
                                         ELSE jsonb_build_array(
                             jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
                             jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
-                          END),
-                    t.created_at
-             FROM t
+                          END) AS payload
+             ) AS p
              RETURNING created_at",
         )
         .await?;
