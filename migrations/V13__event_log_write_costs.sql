@@ -11,11 +11,17 @@
 ALTER TABLE events ALTER COLUMN user_a DROP EXPRESSION;
 ALTER TABLE events ALTER COLUMN user_b DROP EXPRESSION;
 
+-- V11's rule, in one place: the trigger below and `tally verify` both use it.
+CREATE FUNCTION event_owners(payload jsonb, OUT user_a uuid, OUT user_b uuid)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (coalesce(payload->>'from_user_id', payload->>'user_id'))::uuid,
+           (payload->>'to_user_id')::uuid
+$$;
+
 CREATE FUNCTION events_owners() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.user_a := (coalesce(NEW.payload->>'from_user_id', NEW.payload->>'user_id'))::uuid;
-    NEW.user_b := (NEW.payload->>'to_user_id')::uuid;
+    SELECT o.user_a, o.user_b INTO NEW.user_a, NEW.user_b FROM event_owners(NEW.payload) o;
     RETURN NEW;
 END
 $$;

@@ -366,14 +366,11 @@ const CHECKS: &[(&str, &str, &str)] = &[
         "event_owners",
         "every event names as its owners the users its payload is about: user_a the sender \
          (from_user_id) or else user_id, user_b the recipient (to_user_id); the scope of \
-         GET /events, the live feed and webhooks (migrations V11 and V13)",
+         GET /events, the live feed and webhooks (the rule is V13's `event_owners`)",
         "SELECT format('event %s (%s) names owners %s and %s, its payload %s and %s',
-                       seq, type, user_a, user_b,
-                       coalesce(payload->>'from_user_id', payload->>'user_id'),
-                       payload->>'to_user_id')
-         FROM events
-         WHERE user_a IS DISTINCT FROM (coalesce(payload->>'from_user_id', payload->>'user_id'))::uuid
-            OR user_b IS DISTINCT FROM (payload->>'to_user_id')::uuid",
+                       e.seq, e.type, e.user_a, e.user_b, o.user_a, o.user_b)
+         FROM events e, event_owners(e.payload) o
+         WHERE e.user_a IS DISTINCT FROM o.user_a OR e.user_b IS DISTINCT FROM o.user_b",
     ),
 ];
 
