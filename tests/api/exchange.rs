@@ -304,6 +304,36 @@ async fn exchanges_respect_exponents_payees_limits_and_funds() {
         )
         .await;
     assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.body);
+    // The exchange that fitted counts toward the window: 5,000 used, 10,001 more do not fit,
+    // neither as an exchange nor as a plain debit; exactly the remaining 10,000 do.
+    let over = app
+        .post(
+            EXCHANGE,
+            Some(&anna.token),
+            &json!({"from_currency": "JPY", "to_currency": "BHD", "amount": 10_001}),
+        )
+        .await;
+    over.assert_problem(422, "limit_exceeded");
+    assert_eq!(over.body["used"], 5_000, "{}", over.body);
+    assert_eq!(over.body["remaining"], 10_000, "{}", over.body);
+    let debit = app
+        .post(
+            "/api/v1/transactions/debit",
+            Some(&anna.token),
+            &json!({"amount": 10_001, "currency": "JPY"}),
+        )
+        .await;
+    debit.assert_problem(422, "limit_exceeded");
+    assert_eq!(debit.body["used"], 5_000, "{}", debit.body);
+    let rest = app
+        .post(
+            EXCHANGE,
+            Some(&anna.token),
+            &json!({"from_currency": "JPY", "to_currency": "BHD", "amount": 10_000}),
+        )
+        .await;
+    assert_eq!(rest.status, StatusCode::CREATED, "{}", rest.body);
+    assert_eq!(app.balance(&anna, "JPY").await, 25_000);
     let report = app.verify().await;
     assert!(report.is_clean(), "{report}");
 }

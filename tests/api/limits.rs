@@ -779,3 +779,155 @@ async fn alerts_created_at_once_while_money_moves_all_succeed() {
     assert_eq!(listed.body["alerts"].as_array().map(Vec::len), Some(12));
     app.assert_ledger_invariants().await;
 }
+
+/// A scheduled run goes through the same commit as a request: it counts toward its payer's
+/// window, and a run that does not fit is refused `limit_exceeded`, recorded as a failed run,
+/// with nothing moved.
+#[actix_web::test]
+async fn a_scheduled_run_counts_toward_a_limit_and_cannot_pass_it() {
+    let clock = clock();
+    let app = TestApp::spawn_with_clock(clock.clone(), |settings| {
+        settings.schedules.tick_ms = 10;
+        settings.bootstrap.admin_username = crate::helpers::ADMIN_USERNAME.to_owned();
+        settings.bootstrap.admin_email = crate::helpers::ADMIN_EMAIL.to_owned();
+        settings.bootstrap.admin_password = crate::helpers::ADMIN_PASSWORD.to_owned();
+    })
+    .await;
+    let admin = app
+        .login(
+            crate::helpers::ADMIN_USERNAME,
+            crate::helpers::ADMIN_PASSWORD,
+        )
+        .await;
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "daily_debit", "currency": "USD", "value": 1_000}]),
+    )
+    .await;
+    // 600 a day at 13:00 UTC, twice.
+    let created = app
+        .post(
+            "/api/v1/schedules",
+            Some(&payer.token),
+            &json!({"transaction": {"type": "transfer", "to_user_id": payee.id, "amount": 600,
+                                    "currency": "USD"},
+                    "start_at": "2026-03-10T13:00:00Z",
+                    "recurrence": {"every": "day", "interval": 1, "count": 2, "time_zone": "UTC"},
+                    "misfire_policy": "skip", "on_failure": "fail"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let schedule = created.body["id"].as_str().expect("id").to_owned();
+    let runs = |count: usize| {
+        let (app, payer, schedule) = (&app, &payer, &schedule);
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let reply = app
+                    .get(&format!("/api/v1/schedules/{schedule}"), &payer.token)
+                    .await;
+                let mut runs = reply.body["runs"]["items"]
+                    .as_array()
+                    .expect("runs")
+                    .clone();
+                if runs.len() >= count {
+                    runs.reverse();
+                    return runs;
+                }
+                assert!(std::time::Instant::now() < deadline, "{}", reply.body);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // Day one: the run uses 600 of the day's 1,000.
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 10, 13, 0, 1).unwrap());
+    assert_eq!(runs(1).await[0]["outcome"], "completed");
+    assert_limit(
+        &debit(&app, &payer, 401).await,
+        "daily_debit",
+        1_000,
+        600,
+        401,
+    );
+    assert_eq!(debit(&app, &payer, 400).await.status, StatusCode::CREATED);
+    // Day two: 500 spent before the run leaves 500; the run of 600 is refused.
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 11, 10, 0, 0).unwrap());
+    assert_eq!(debit(&app, &payer, 500).await.status, StatusCode::CREATED);
+    clock.set(Utc.with_ymd_and_hms(2026, 3, 11, 13, 0, 1).unwrap());
+    let both = runs(2).await;
+    assert_eq!(both[1]["outcome"], "failed", "{both:?}");
+    let problem = &both[1]["problem"];
+    assert_eq!(problem["code"], "limit_exceeded", "{problem}");
+    assert_eq!(problem["limit"]["kind"], "daily_debit", "{problem}");
+    assert_eq!(problem["used"], 500, "{problem}");
+    assert_eq!(problem["requested"], 600, "{problem}");
+    let failed = app
+        .get(
+            &format!(
+                "/api/v1/transactions/{}",
+                both[1]["transaction_id"].as_str().expect("transaction id")
+            ),
+            &payer.token,
+        )
+        .await;
+    assert_eq!(failed.body["status"], "failed", "{}", failed.body);
+    assert_eq!(
+        failed.body["failure_reason"], "limit_exceeded",
+        "{}",
+        failed.body
+    );
+    assert_eq!(app.balance(&payee, "USD").await, 600);
+    assert_eq!(app.balance(&payer, "USD").await, 10_000 - 600 - 400 - 500);
+    app.assert_ledger_invariants().await;
+}
+
+/// A void gives a rolling window its room back at once, as it does for a calendar day.
+#[actix_web::test]
+async fn a_void_gives_rolling_debit_room_back() {
+    let clock = clock();
+    let (app, admin) = spawn(&clock).await;
+    let (payer, payee) = (
+        funded(&app, &admin, "payer", 10_000).await,
+        app.user("payee").await,
+    );
+    set_limits(
+        &app,
+        &admin,
+        &payer,
+        json!([{"kind": "rolling_debit", "currency": "USD", "value": 100, "window_s": 3600}]),
+    )
+    .await;
+    let hold = app
+        .post(
+            TRANSFER,
+            Some(&payer.token),
+            &json!({"to_user_id": payee.id, "amount": 90, "currency": "USD",
+                    "hold": {"timeout_s": 600}}),
+        )
+        .await;
+    assert_eq!(hold.status, StatusCode::CREATED, "{}", hold.body);
+    clock.advance(TimeDelta::seconds(5));
+    assert_limit(&debit(&app, &payer, 11).await, "rolling_debit", 100, 90, 11);
+    let void = app
+        .request(
+            Method::POST,
+            &format!(
+                "/api/v1/transactions/{}/void",
+                hold.body["id"].as_str().unwrap()
+            ),
+            Some(&payee.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(void.status, StatusCode::OK, "{}", void.body);
+    assert_eq!(debit(&app, &payer, 100).await.status, StatusCode::CREATED);
+    assert_limit(&debit(&app, &payer, 1).await, "rolling_debit", 100, 100, 1);
+    app.assert_ledger_invariants().await;
+}
