@@ -271,7 +271,7 @@ const CHECKS: &[(&str, &str, &str)] = &[
          FULL JOIN (
              SELECT (entry->>'user_id')::uuid AS user_id, entry->>'currency' AS currency,
                     sum((entry->>'delta')::bigint) AS total
-             FROM events, jsonb_array_elements(payload->'entries') AS entry
+             FROM events, json_array_elements(payload->'entries') AS entry
              WHERE type = 'transaction.completed'
              GROUP BY 1, 2) r USING (user_id, currency)
          WHERE coalesce(b.amount, 0) <> coalesce(r.total, 0)",

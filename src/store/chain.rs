@@ -8,9 +8,10 @@
 //! ```
 //!
 //! where `occurred_at` is RFC 3339 in UTC with microseconds (`2026-11-29T17:50:52.123456Z`) and
-//! `payload` is PostgreSQL's text form of the stored `jsonb` (keys sorted, no insignificant
-//! whitespace: the same bytes for the same value, whoever wrote it). `accounts` is derived from
-//! the payload, so it is covered too.
+//! `payload` is the stored JSON text, byte for byte (`payload::text`: the column is `json`
+//! since migration V14, kept exactly as its writer built it, so sealing reads bytes instead of
+//! printing a `jsonb` value; payloads stored as `jsonb` before V14 kept the text `jsonb`
+//! printed). `accounts` is derived from the payload, so it is covered too.
 //!
 //! Events are sealed after they commit, by [`seal`]: one sealer at a time across all instances
 //! (a transaction-scoped advisory lock), so the posting path never waits for hashing. Each seal
@@ -38,7 +39,7 @@ pub struct ChainedEvent {
     pub stream: String,
     pub kind: String,
     pub occurred_at: DateTime<Utc>,
-    /// `payload::text`, as PostgreSQL prints the stored `jsonb`.
+    /// `payload::text`: the stored JSON text, byte for byte.
     pub payload: String,
 }
 

@@ -264,16 +264,17 @@ async fn tally_verify_names_the_first_link_of_the_chain_a_changed_event_breaks()
     assert_eq!(sealed, events, "every event is sealed");
 
     // Change the third transfer's amount in its event, as someone with database access might.
-    let seq: i64 = db
+    let stored = db
         .query_one(
-            "SELECT seq FROM events WHERE type = 'transaction.completed' AND payload->>'amount' = '3'",
+            "SELECT seq, payload::text FROM events
+             WHERE type = 'transaction.completed' AND payload->>'amount' = '3'",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
+        .unwrap();
+    let (seq, original): (i64, String) = (stored.get(0), stored.get(1));
     db.execute(
-        "UPDATE events SET payload = jsonb_set(payload, '{amount}', '3000') WHERE seq = $1",
+        "UPDATE events SET payload = jsonb_set(payload::jsonb, '{amount}', '3000') WHERE seq = $1",
         &[&seq],
     )
     .await
@@ -293,11 +294,21 @@ async fn tally_verify_names_the_first_link_of_the_chain_a_changed_event_breaks()
         "{printed}"
     );
 
+    // The same value written back in another layout is a change too: the chain covers the
+    // stored bytes.
+    db.execute(
+        "UPDATE events SET payload = jsonb_set(payload::jsonb, '{amount}', '3') WHERE seq = $1",
+        &[&seq],
+    )
+    .await
+    .unwrap();
+    assert_eq!(check(&app.verify().await, "event_chain").violations, 1);
+
     // Put it back: the chain holds again. Then remove a sealed event: the next event no longer
     // follows the link stored for it.
     db.execute(
-        "UPDATE events SET payload = jsonb_set(payload, '{amount}', '3') WHERE seq = $1",
-        &[&seq],
+        "UPDATE events SET payload = $2::text::json WHERE seq = $1",
+        &[&seq, &original],
     )
     .await
     .unwrap();
@@ -476,7 +487,7 @@ async fn replay_rebuilds_the_ledger_from_its_events_and_a_corrupted_event_fails_
     // One corrupted event (an entry's delta changed): the replay differs and says where.
     let db = app.db().await;
     db.execute(
-        "UPDATE events SET payload = jsonb_set(payload, '{entries,1,delta}', '301')
+        "UPDATE events SET payload = jsonb_set(payload::jsonb, '{entries,1,delta}', '301')
          WHERE type = 'transaction.completed' AND payload->>'id' = $1",
         &[&transfers[2]["id"].as_str().unwrap()],
     )

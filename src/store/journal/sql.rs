@@ -497,16 +497,16 @@ pub(super) async fn insert_transactions(
                     CASE WHEN num_nonnulls(t.to_amount, t.to_currency, t.fee, t.rate, t.spread_bps,
                                            t.rate_source, t.quote_id, t.schedule_id, t.occurrence) = 0
                          THEN p.payload
-                         ELSE jsonb_strip_nulls(jsonb_build_object(
+                         ELSE (jsonb_strip_nulls(jsonb_build_object(
                                   'to_amount', t.to_amount, 'to_currency', t.to_currency, 'fee', t.fee,
                                   'rate', t.rate::text, 'spread_bps', t.spread_bps,
                                   'rate_source', t.rate_source, 'quote_id', t.quote_id,
                                   'schedule_id', t.schedule_id, 'occurrence', t.occurrence))
-                              || p.payload
+                              || p.payload::jsonb)::json
                     END,
                     t.created_at
              FROM t, LATERAL (
-                 SELECT jsonb_build_object(
+                 SELECT json_build_object(
                         'id', t.id, 'type', t.type, 'status', t.status,
                         'from_user_id', t.from_user_id, 'to_user_id', t.to_user_id,
                         'amount', t.amount, 'currency', t.currency,
@@ -515,14 +515,14 @@ pub(super) async fn insert_transactions(
                         'initiated_by', t.initiated_by,
                         'expires_at', t.expires_at, 'pending_id', t.pending_id,
                         'reversal_of', t.reversal_of, 'reason', t.reason,
-                        'entries', CASE WHEN t.status <> 'completed' THEN '[]'::jsonb
+                        'entries', CASE WHEN t.status <> 'completed' THEN '[]'::json
                                         WHEN t.to_currency IS NOT NULL THEN (
-                                            SELECT x.fx->'entries'
+                                            SELECT (x.fx->'entries')::json
                                             FROM unnest($1::uuid[], $18::jsonb[]) AS x(id, fx)
                                             WHERE x.id = t.id)
-                                        ELSE jsonb_build_array(
-                            jsonb_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
-                            jsonb_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
+                                        ELSE json_build_array(
+                            json_build_object('user_id', t.from_user_id, 'currency', t.currency, 'delta', -t.amount),
+                            json_build_object('user_id', t.to_user_id, 'currency', t.currency, 'delta', t.amount))
                           END) AS payload
              ) AS p
              RETURNING created_at",
@@ -751,7 +751,7 @@ pub(super) async fn resolve_holds(
              ), logged AS (
                  INSERT INTO events (stream, type, user_a, user_b, payload, created_at)
                  SELECT 'transaction:' || id, 'hold.' || status, from_user_id, to_user_id,
-                        jsonb_build_object(
+                        json_build_object(
                             'id', id, 'status', status, 'from_user_id', from_user_id,
                             'to_user_id', to_user_id, 'currency', currency, 'amount', amount, 'released', amount,
                             'posted_amount', posted_amount, 'posting_id', posting_id,
@@ -818,7 +818,7 @@ pub(super) async fn claim_reversal(
              ), logged AS (
                  INSERT INTO events (stream, type, user_a, user_b, payload)
                  SELECT 'transaction:' || id, 'transaction.reversed', from_user_id, to_user_id,
-                        jsonb_strip_nulls(jsonb_build_object(
+                        json_strip_nulls(json_build_object(
                             'id', id, 'reversal_id', $6::uuid, 'amount', $2::bigint,
                             'reversed_amount', reversed_amount, 'from_user_id', from_user_id,
                             'to_user_id', to_user_id, 'currency', currency,
@@ -1153,7 +1153,7 @@ pub(super) async fn write_alerts(
              )
              INSERT INTO events (stream, type, user_a, payload)
              SELECT 'alert:' || c.id, 'balance.alert', c.user_id,
-                    jsonb_build_object('alert_id', c.id, 'user_id', c.user_id,
+                    json_build_object('alert_id', c.id, 'user_id', c.user_id,
                                        'currency', c.currency, 'condition', c.condition,
                                        'threshold', c.threshold, 'balance', f.balance,
                                        'transaction_id', f.transaction_id)
