@@ -259,7 +259,8 @@ pub enum Dispatched {
 }
 
 /// One dispatch pass, in one transaction: takes the dispatcher's advisory lock (skipping when
-/// another instance holds it), reads up to `batch` committed events after it, inserts a pending
+/// another instance holds it; with no active subscription, it moves the cursor to the live
+/// position and reads nothing), reads up to `batch` committed events after it, inserts a pending
 /// delivery per matching active subscription (type filter; an admin's subscription takes
 /// every event, another's the events touching the owner's accounts; only events from the
 /// subscription's `from_tx` on), and advances the cursor. Fan-out is exactly once per
@@ -279,6 +280,38 @@ pub async fn dispatch(
         .get(0);
     if !locked {
         return Ok(Dispatched::Busy);
+    }
+    // With no active subscription there is nothing to fan out: the cursor moves to the live
+    // position without reading the events in between (the passes below would read every
+    // cursor of the log and match it to nobody). One statement, so one snapshot decides both:
+    // a subscription it does not see has not committed yet, and the transactions still
+    // running then (every one that can commit later) are above the live position.
+    let idle = transaction
+        .query_one(
+            "WITH live AS (
+                 SELECT e.tx::text::bigint AS tx, e.seq FROM events e
+                 WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY e.tx DESC, e.seq DESC LIMIT 1
+             ), idle AS (
+                 SELECT NOT EXISTS (SELECT 1 FROM webhooks WHERE active) AS idle
+             ), moved AS (
+                 UPDATE webhook_dispatch d SET tx = live.tx, seq = live.seq
+                 FROM live, idle
+                 WHERE idle.idle AND (live.tx, live.seq) > (d.tx, d.seq)
+                 RETURNING 1
+             )
+             SELECT idle.idle, (SELECT count(*) FROM moved) FROM idle",
+            &[],
+        )
+        .await?;
+    if idle.get::<_, bool>(0) {
+        if idle.get::<_, i64>(1) > 0 {
+            transaction.commit().await?;
+        }
+        return Ok(Dispatched::Advanced {
+            events: 0,
+            deliveries: 0,
+        });
     }
     // Read after the lock: the last holder's cursor has committed.
     let row = transaction

@@ -945,3 +945,55 @@ async fn no_delivery_is_lost_across_a_kill_9_mid_delivery() {
         received.len()
     );
 }
+
+/// With no active subscription the dispatcher moves its cursor to the live position without
+/// fanning anything out; a subscription made then gets what commits after it, nothing before.
+#[actix_web::test]
+async fn with_no_subscription_the_dispatcher_moves_on_and_a_new_one_starts_from_then() {
+    let (app, admin) = TestApp::spawn_with_admin(fast).await;
+    let receiver = Receiver::start().await;
+    let alice = app.user("alice").await;
+    let mut earlier = Vec::new();
+    for amount in [100, 200, 300] {
+        earlier.push(app.credit(&alice, amount, "USD").await);
+    }
+    let earlier_events = events_of(&app, &alice, "", &earlier.iter().collect::<Vec<_>>()).await;
+    wait_for_dispatch(&app, &admin).await;
+    let fanned_out: i64 = app
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM webhook_deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fanned_out, 0);
+
+    let (hook, secret) = subscribe(
+        &app,
+        &alice,
+        json!({"url": format!("{}/alice", receiver.base), "types": ["transaction.completed"]}),
+    )
+    .await;
+    let later = app.credit(&alice, 400, "USD").await;
+    let later_events = events_of(&app, &alice, "", &[&later]).await;
+    let later_id = later_events
+        .iter()
+        .find(|e| e["stream"] == format!("transaction:{}", later["id"].as_str().unwrap()))
+        .expect("the later credit's event")["id"]
+        .as_i64()
+        .unwrap();
+    wait_for_dispatch(&app, &admin).await;
+    let log = wait_for_log(&app, &alice, &hook, |log| {
+        all_delivered(log, &BTreeSet::from([later_id]))
+    })
+    .await;
+    let logged: BTreeSet<i64> = log
+        .iter()
+        .map(|d| d["event_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(logged, BTreeSet::from([later_id]), "{log:#?}");
+    assert!(ids(&earlier_events).is_disjoint(&logged));
+    for delivery in receiver.received("/alice") {
+        delivery.assert_signed_with(&secret);
+    }
+}
