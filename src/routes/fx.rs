@@ -34,6 +34,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/fx/quotes").route(web::post().to(quote)));
 }
 
+/// A currency Tally accepts.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CurrencyBody {
+    /// ISO 4217 code.
+    pub code: &'static str,
+    /// Digits after the decimal point of its major unit (ISO 4217: 2 for USD, 0 for JPY, 3 for
+    /// BHD): every amount of it is an integer of 10^-exponent major units.
+    pub exponent: u16,
+}
+
+/// Every currency Tally accepts, by code.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CurrenciesBody {
+    pub currencies: Vec<CurrencyBody>,
+}
+
+/// Every currency Tally accepts (the ISO 4217 currencies with minor units, exactly what
+/// `currency` fields take), with its exponent, so that a client can show major units. Public:
+/// the web console needs it before anyone signs in.
+#[utoipa::path(
+    get, path = "/api/v1/currencies", tag = "exchange",
+    responses((status = 200, description = "The currencies, by code", body = CurrenciesBody)),
+)]
+pub async fn currencies() -> HttpResponse {
+    static CURRENCIES: std::sync::OnceLock<Vec<(&'static str, u16)>> = std::sync::OnceLock::new();
+    let all = CURRENCIES.get_or_init(|| {
+        crate::domain::Currency::all()
+            .into_iter()
+            .map(|currency| (currency.code(), currency.exponent()))
+            .collect()
+    });
+    HttpResponse::Ok().json(CurrenciesBody {
+        currencies: all
+            .iter()
+            .map(|&(code, exponent)| CurrencyBody { code, exponent })
+            .collect(),
+    })
+}
+
 /// A configured rate.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RateBody {

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod auth;
 pub mod balances;
 pub mod bulk;
+pub mod console;
 pub mod events;
 pub mod feed;
 pub mod fx;
@@ -69,6 +70,7 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use actix_web::middleware::from_fn;
     cfg.configure(ops::configure)
+        .configure(console::configure)
         .service(web::resource("/openapi.json").route(web::get().to(openapi::openapi_json)))
         .service(web::resource("/docs").route(web::get().to(|| async {
             HttpResponse::PermanentRedirect()
@@ -94,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 // The live feed authenticates itself (a browser cannot send the header), before
                 // the bearer scope, whose "" prefix would take it.
                 .configure(feed::configure_socket)
+                .service(web::resource("/currencies").route(web::get().to(fx::currencies)))
                 .service(
                     web::scope("")
                         .wrap(from_fn(middleware::rate_limit_by_user))

@@ -9,6 +9,7 @@ mod bulk;
 mod cache;
 mod concurrency;
 mod config;
+mod console;
 mod crash;
 mod database_fault;
 mod database_limits;

@@ -43,6 +43,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/alerts"),
     ("get", "/api/v1/alerts"),
     ("delete", "/api/v1/alerts/{id}"),
+    ("get", "/api/v1/currencies"),
     ("get", "/api/v1/rates"),
     ("put", "/api/v1/rates/{from}/{to}"),
     ("post", "/api/v1/fx/quotes"),
@@ -281,7 +282,7 @@ async fn every_route_the_app_serves_is_documented_and_nothing_more() {
 }
 
 /// The `src` and `href` attributes of an HTML page.
-fn references(html: &str) -> Vec<String> {
+pub(crate) fn references(html: &str) -> Vec<String> {
     let mut found = Vec::new();
     for attribute in ["src=\"", "href=\""] {
         let mut rest = html;
