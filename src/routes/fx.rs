@@ -55,7 +55,10 @@ pub struct CurrenciesBody {
 /// the web console needs it before anyone signs in.
 #[utoipa::path(
     get, path = "/api/v1/currencies", tag = "exchange",
-    responses((status = 200, description = "The currencies, by code", body = CurrenciesBody)),
+    responses(
+        (status = 200, description = "The currencies, by code", body = CurrenciesBody),
+        (status = 429, description = "Rate limited (per client IP, as `/auth/*`)", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
 )]
 pub async fn currencies() -> HttpResponse {
     static CURRENCIES: std::sync::OnceLock<Vec<(&'static str, u16)>> = std::sync::OnceLock::new();

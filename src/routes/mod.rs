@@ -96,7 +96,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 // The live feed authenticates itself (a browser cannot send the header), before
                 // the bearer scope, whose "" prefix would take it.
                 .configure(feed::configure_socket)
-                .service(web::resource("/currencies").route(web::get().to(fx::currencies)))
+                // Public (the console reads it before anyone signs in), limited per client IP.
+                .service(
+                    web::resource("/currencies")
+                        .wrap(from_fn(middleware::rate_limit_by_ip))
+                        .route(web::get().to(fx::currencies)),
+                )
                 .service(
                     web::scope("")
                         .wrap(from_fn(middleware::rate_limit_by_user))
