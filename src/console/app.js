@@ -5,7 +5,7 @@
 
 import * as api from "./api.js";
 import { openFeed } from "./feed.js";
-import { loadCurrencies, exponent, format, money, when } from "./money.js";
+import { loadCurrencies, exponent, format, money, parse, when } from "./money.js";
 import { h, form, announce, describeProblem, facts } from "./ui.js";
 import uPlot from "./vendor/uPlot.esm.js";
 
@@ -526,16 +526,25 @@ async function renderAdmin() {
       { name: "user_id", label: "User id", required: true },
       { name: "kind", label: "Kind", options: ["max_per_transaction", "daily_debit", "rolling_debit", "daily_credit", "velocity"], value: "daily_debit", required: true },
       currencySelect(),
-      { name: "value", label: "Value (minor units, or a count for velocity)", type: "number", required: true },
+      { name: "value", label: "Value", required: true, help: "An amount of the currency, or a number of debits for velocity." },
       { name: "window_s", label: "Window in seconds", type: "number", help: "Only for rolling_debit and velocity." },
     ],
     submit: async (v) => {
+      // An amount in major units of the limit's currency; velocity counts debits.
+      let value = Number(v.value);
+      if (v.kind !== "velocity") {
+        const parsed = parse(v.value, v.currency);
+        if (parsed.error) throw new api.Problem(422, { code: "validation_failed", detail: "the limit is not an amount", errors: [{ field: "value", message: parsed.error }] });
+        value = parsed.minor;
+      }
+      v = { ...v, value };
       const path = `/users/${encodeURIComponent(v.user_id)}/limits`;
       const now = await api.request("GET", path);
       const kept = now.limits.filter((l) => !(l.kind === v.kind && l.currency === v.currency)).map(({ kind, currency, value, window_s }) => ({ kind, currency, value, ...(window_s ? { window_s } : {}) }));
       const limit = { kind: v.kind, currency: v.currency, value: v.value, ...(v.window_s ? { window_s: v.window_s } : {}) };
       const reply = await api.request("PUT", path, { limits: [...kept, limit] });
-      return facts(reply.effective.map((l) => [`${l.kind} ${l.currency}`, `${l.value}${l.window_s ? ` per ${l.window_s} s` : ""} (${l.source})`]));
+      const shown = (l) => (l.kind === "velocity" ? `${l.value} debits` : l.currency === "*" ? `${l.value} minor units` : money(l.value, l.currency));
+      return facts(reply.effective.map((l) => [`${l.kind} ${l.currency}`, `${shown(l)}${l.window_s ? ` per ${l.window_s} s` : ""} (${l.source})`]));
     },
   });
   const rates = h("tbody");
@@ -559,19 +568,27 @@ async function renderAdmin() {
     },
   });
   const status = h("div");
+  let previous = null;
   const loadStatus = async () => {
     const ready = await fetch("/health/ready").then((r) => r.json()).catch(() => ({ status: "unreachable" }));
     const metrics = await fetch("/metrics").then((r) => (r.ok ? r.text() : "")).catch(() => "");
-    const metric = (name) => {
-      const line = metrics.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
-      return line ? line.split(" ").at(-1) : "n/a";
-    };
+    // The sum of a metric's samples (of those whose labels contain `having`), from this
+    // instance's Prometheus text.
+    const metric = (name, having = "") =>
+      metrics
+        .split("\n")
+        .filter((l) => (l.startsWith(name + " ") || l.startsWith(name + "{")) && l.includes(having))
+        .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+    const committed = metric("tally_transactions_total", 'status="completed"');
+    const now = Date.now();
+    const rate = previous ? ((committed - previous.committed) * 1000) / (now - previous.at) : null;
+    previous = { committed, at: now };
     status.replaceChildren(
       facts([
         ["Readiness", `${ready.status} (database ${ready.database ?? "?"}, cache ${ready.cache ?? "?"}, journal ${ready.journal ?? "?"})`],
-        ["Queue depth", metric("tally_queue_depth")],
-        ["Transactions committed", metric("tally_transactions_total")],
-        ["Live feed connections", metric("tally_feed_connections")],
+        ["Queue depth", `${metric("tally_pipeline_queue_depth")} waiting, ${metric("tally_pipeline_in_flight")} in flight`],
+        ["Completed transactions", `${committed}` + (rate === null ? " (refresh for the rate)" : `, ${rate.toFixed(1)}/s since the last refresh`)],
+        ["Live feed connections", `${metric("tally_feed_connections")} on this instance`],
       ]),
     );
   };

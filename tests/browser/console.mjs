@@ -194,14 +194,35 @@ try {
   await found.locator("dt", { hasText: "Posted by" }).waitFor();
   await shot(alice, "desktop-lookup");
 
-  step("the admin sets a daily debit limit; Alice's next transfer shows limit_exceeded");
+  step("an admin sees users, roles and the system's status");
   const admin = await open(DESKTOP, "admin");
   await logIn(admin, ADMIN.username, ADMIN.password);
   const aliceId = await userId(alice);
   await goTo(admin, "Admin");
   await admin.getByRole("table", { name: "Users" }).getByText("alice", { exact: true }).waitFor();
-  const limit = await submit(admin, "Set a limit", { "User id": aliceId, Kind: "daily_debit", Currency: "USD", "Value (minor units, or a count for velocity)": "100" }, "Save limit");
+  await admin.getByText(/^ready \(database ok/).waitFor();
+  await admin.getByRole("button", { name: "Refresh status" }).click();
+  await admin.getByText(/since the last refresh/).waitFor();
+
+  step("the admin sets a rate; Alice gets a quote with its expiry and takes it");
+  const rate = await submit(admin, "Set a rate", { From: "EUR", To: "USD", Rate: "1.0842", Source: "desk" }, "Save rate");
+  await rate.getByText("EUR/USD is 1.0842.").waitFor();
+  await goTo(alice, "Move money");
+  const euros = await submit(alice, "Credit", { Currency: "EUR", Amount: "100.00" });
+  await euros.getByText("credit completed: 100.00 EUR").waitFor();
+  const exchange = await submit(alice, "Exchange", { Sell: "EUR", Buy: "USD", "Amount to sell": "50.00" }, "Exchange at the quote");
+  // 50.00 EUR less the 0.25% spread (0.13, rounded up) at 1.0842: (50.00 - 0.13) × 1.0842 = 54.069054 USD, rounded down.
+  await exchange.getByText(/^Quote: 50\.00 EUR → 54\.06 USD at 1\.0842 \(fee 0\.13 EUR\), expires /).waitFor();
+  await exchange.getByRole("button", { name: "Exchange at the quote" }).click();
+  await exchange.getByText("exchange completed: 50.00 EUR").waitFor();
+  await goTo(alice, "Balances");
+  await waitForBalance(alice, "EUR", "50.00");
+  await waitForBalance(alice, "USD", "124.06");
+
+  step("the admin sets a daily debit limit; Alice's next transfer shows limit_exceeded");
+  const limit = await submit(admin, "Set a limit", { "User id": aliceId, Kind: "daily_debit", Currency: "USD", Value: "1.00" }, "Save limit");
   await limit.getByText("daily_debit USD").waitFor();
+  await limit.getByText("1.00 USD (account)").waitFor();
   await shot(admin, "desktop-admin");
   await goTo(alice, "Move money");
   const limited = await submit(alice, "Transfer", { "To user id": bobId, Currency: "USD", Amount: "2.00" });
@@ -209,7 +230,7 @@ try {
   await limited.getByRole("alert").getByText("Limit daily_debit on USD: 1.00 USD; used 0.00 USD, requested 2.00 USD, remaining 1.00 USD.").waitFor();
   await shot(alice, "desktop-limit-exceeded");
   await goTo(alice, "Balances");
-  await waitForBalance(alice, "USD", "70.00");
+  await waitForBalance(alice, "USD", "124.06");
   await shot(alice, "desktop-balances");
   await goTo(bob, "History");
   await bob.locator("tbody tr", { hasText: "deposit" }).first().waitFor();
