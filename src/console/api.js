@@ -3,7 +3,8 @@
 
 const BASE = "/api/v1";
 const STORE = "tally.session";
-/** Refresh this many seconds before the access token expires (or halfway, if sooner). */
+/** Refresh this many seconds before the access token expires (halfway, for a token that lives
+ * less than twice that). */
 const REFRESH_EARLY_S = 60;
 
 /** An RFC 9457 problem answered by the API: `status`, `code`, `detail`, and `errors`
@@ -61,7 +62,7 @@ function schedule() {
   clearTimeout(refreshTimer);
   if (!session) return;
   const left = session.expires_at - Date.now() / 1000;
-  const wait = Math.max(1, Math.min(left - REFRESH_EARLY_S, left / 2));
+  const wait = Math.max(1, left > 2 * REFRESH_EARLY_S ? left - REFRESH_EARLY_S : left / 2);
   refreshTimer = setTimeout(() => refresh().catch(() => save(null)), wait * 1000);
 }
 

@@ -141,7 +141,11 @@ fn screenshots() -> PathBuf {
 /// `npm ci --prefix tests/browser` (`.ci/run` installs both on a fresh machine).
 #[actix_web::test]
 async fn the_console_works_end_to_end_in_a_real_browser() {
-    let (app, _admin) = TestApp::spawn_with_admin(|_| {}).await;
+    // Access tokens that expire while the test runs: the console must refresh them.
+    let (app, _admin) = TestApp::spawn_with_admin(|settings| {
+        settings.auth.access_token_ttl_s = 8;
+    })
+    .await;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("tests/browser/console.mjs");
     assert!(

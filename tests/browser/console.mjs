@@ -27,8 +27,8 @@ const browser = await chromium.launch({
 const offsite = [];
 const pageErrors = [];
 
-async function open(viewport, name) {
-  const context = await browser.newContext({ viewport, baseURL: BASE });
+async function open(viewport, name, timezoneId = "UTC") {
+  const context = await browser.newContext({ viewport, baseURL: BASE, timezoneId, locale: "en-US" });
   context.setDefaultTimeout(WAIT_MS);
   await context.route(/.*/, (route) => {
     const url = new URL(route.request().url());
@@ -114,22 +114,47 @@ async function transactionsOf(page) {
 
 const step = (text) => console.log(`- ${text}`);
 
+/** The page's current access token. */
+const token = (page) => page.evaluate(() => JSON.parse(sessionStorage.getItem("tally.session")).access_token);
+
+/** Every input and select on the page has a label a screen reader announces. */
+async function assertLabelled(page) {
+  const unlabelled = await page.evaluate(() =>
+    [...document.querySelectorAll("input, select")].filter((e) => e.labels.length === 0).map((e) => e.outerHTML),
+  );
+  assert.deepEqual(unlabelled, []);
+}
+
+/** How the browser (en-US, in `timeZone`) shows an instant. */
+const local = (instant, timeZone) =>
+  new Date(instant).toLocaleString("en-US", { timeZone, dateStyle: "medium", timeStyle: "medium" }).replace(/\s/g, " ");
+
 try {
   // Two users in two browser contexts: Alice on a desktop, Bob on a phone.
-  const alice = await open(DESKTOP, "alice");
-  const bob = await open(PHONE, "bob");
-  step("register and log in");
+  const alice = await open(DESKTOP, "alice", "Europe/Berlin");
+  const bob = await open(PHONE, "bob", "Asia/Tokyo");
+  step("register and log in (Bob with the keyboard only); every field has a label");
   await register(alice, "alice");
   await register(bob, "bob");
   await shot(bob, "phone-sign-in");
+  await assertLabelled(alice);
   await logIn(alice, "alice");
-  await logIn(bob, "bob");
+  await bob.keyboard.press("Tab"); // the skip link
+  await form(bob, "Log in").getByLabel("Username or email").focus();
+  await bob.keyboard.type("bob");
+  await bob.keyboard.press("Tab");
+  await bob.keyboard.type("correct horse battery");
+  await bob.keyboard.press("Enter");
+  await bob.getByRole("heading", { name: "Balances", exact: true }).waitFor();
+  await bob.getByText("Live feed: connected").waitFor();
+  const firstToken = await token(alice);
   const bobId = await userId(bob);
   await goTo(bob, "Balances");
   await bob.getByText("No balances yet").waitFor();
 
   step("Alice credits 100.00 USD and transfers 25.00 to Bob; Bob's open page follows live");
   await goTo(alice, "Move money");
+  await assertLabelled(alice);
   const credit = await submit(alice, "Credit", { Currency: "USD", Amount: "100.00" });
   await credit.getByText("credit completed: 100.00 USD").waitFor();
   await submit(alice, "Transfer", { "To user id": bobId, Currency: "USD", Amount: "25.00", "Description (optional)": "lunch" });
@@ -137,6 +162,10 @@ try {
   await waitForBalance(bob, "USD", "25.00");
   await bob.locator("tbody tr", { hasText: "lunch" }).waitFor();
   assert.deepEqual(await balanceRow(bob, "USD"), ["25.00", "0.00", "25.00"]);
+  // Times are shown in the browser's zone (Bob's is Asia/Tokyo).
+  const lunch = (await transactionsOf(bob)).find((t) => t.description === "lunch");
+  const shown = (await bob.locator("tbody tr", { hasText: "lunch" }).locator("td").first().textContent()).replace(/\s/g, " ");
+  assert.equal(shown, local(lunch.created_at, "Asia/Tokyo"));
   await shot(bob, "phone-balances-live");
 
   step("an invalid amount is named next to its field, and nothing is sent");
@@ -235,6 +264,11 @@ try {
   await goTo(bob, "History");
   await bob.locator("tbody tr", { hasText: "deposit" }).first().waitFor();
   await shot(bob, "phone-history");
+
+  step("access tokens were refreshed before they expired (8 s here), and Alice is still signed in");
+  await alice.waitForFunction((first) => JSON.parse(sessionStorage.getItem("tally.session"))?.access_token !== first, firstToken);
+  await goTo(alice, "Balances");
+  await waitForBalance(alice, "USD", "124.06");
 
   step("the console loaded nothing but Tally's own files, without a script error");
   assert.deepEqual(offsite, []);
