@@ -26,10 +26,19 @@ fn clock() -> Arc<ManualClock> {
 }
 
 async fn spawn(clock: &Arc<ManualClock>) -> (TestApp, TestUser) {
+    spawn_with(clock, |_| {}).await
+}
+
+/// An app on `clock` with the `[bootstrap]` admin and `adjust`'s settings, and the admin.
+async fn spawn_with(
+    clock: &Arc<ManualClock>,
+    adjust: impl FnOnce(&mut tally::config::Settings),
+) -> (TestApp, TestUser) {
     let app = TestApp::spawn_with_clock(clock.clone(), |settings| {
         settings.bootstrap.admin_username = crate::helpers::ADMIN_USERNAME.to_owned();
         settings.bootstrap.admin_email = crate::helpers::ADMIN_EMAIL.to_owned();
         settings.bootstrap.admin_password = crate::helpers::ADMIN_PASSWORD.to_owned();
+        adjust(settings);
     })
     .await;
     let admin = app
@@ -84,6 +93,33 @@ fn assert_limit(reply: &Reply, kind: &str, value: i64, used: i64, requested: i64
     assert_eq!(body["requested"], requested, "{body}");
     assert_eq!(body["remaining"], (value - used).max(0), "{body}");
     body
+}
+
+/// A transfer hold of `amount` USD from `payer` to `payee` for `timeout_s`; its id.
+async fn hold(
+    app: &TestApp,
+    payer: &TestUser,
+    payee: &TestUser,
+    amount: i64,
+    timeout_s: u32,
+) -> String {
+    let reply = app
+        .post(
+            TRANSFER,
+            Some(&payer.token),
+            &json!({"to_user_id": payee.id, "amount": amount, "currency": "USD",
+                    "hold": {"timeout_s": timeout_s}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "hold: {}", reply.body);
+    reply.body["id"].as_str().expect("id").to_owned()
+}
+
+/// A payer funded with 10,000 USD whose own limits are `limits`, and a payee.
+async fn payer_with_limits(app: &TestApp, admin: &TestUser, limits: Value) -> (TestUser, TestUser) {
+    let payer = funded(app, admin, "payer", 10_000).await;
+    set_limits(app, admin, &payer, limits).await;
+    (payer, app.user("payee").await)
 }
 
 /// A user credited `amount` USD by the admin (an admin credit counts toward no limit).
@@ -279,21 +315,7 @@ async fn holds_count_when_created_give_back_on_void_and_keep_the_posted_part() {
         json!([{"kind": "daily_debit", "currency": "USD", "value": 100}]),
     )
     .await;
-    let hold = |amount: i64| {
-        let (app, payer, payee) = (&app, &payer, &payee);
-        async move {
-            let reply = app
-                .post(
-                    TRANSFER,
-                    Some(&payer.token),
-                    &json!({"to_user_id": payee.id, "amount": amount, "currency": "USD",
-                            "hold": {"timeout_s": 600}}),
-                )
-                .await;
-            assert_eq!(reply.status, StatusCode::CREATED, "hold: {}", reply.body);
-            reply.body["id"].as_str().expect("id").to_owned()
-        }
-    };
+    let hold = |amount: i64| hold(&app, &payer, &payee, amount, 600);
     let first = hold(80).await;
     assert_limit(&debit(&app, &payer, 30).await, "daily_debit", 100, 80, 30);
     // The void gives the 80 back.
@@ -646,41 +668,16 @@ async fn the_default_configuration_bounds_self_service_credits() {
 #[actix_web::test]
 async fn an_expired_hold_gives_its_count_back() {
     let clock = clock();
-    let app = TestApp::spawn_with_clock(clock.clone(), |settings| {
-        settings.bootstrap.admin_username = crate::helpers::ADMIN_USERNAME.to_owned();
-        settings.bootstrap.admin_email = crate::helpers::ADMIN_EMAIL.to_owned();
-        settings.bootstrap.admin_password = crate::helpers::ADMIN_PASSWORD.to_owned();
-        settings.holds.sweep_interval_ms = 50;
-    })
-    .await;
-    let admin = app
-        .login(
-            crate::helpers::ADMIN_USERNAME,
-            crate::helpers::ADMIN_PASSWORD,
-        )
-        .await;
-    let (payer, payee) = (
-        funded(&app, &admin, "payer", 10_000).await,
-        app.user("payee").await,
-    );
-    set_limits(
+    let (app, admin) = spawn_with(&clock, |settings| settings.holds.sweep_interval_ms = 50).await;
+    let (payer, payee) = payer_with_limits(
         &app,
         &admin,
-        &payer,
         json!([{"kind": "velocity", "currency": "USD", "value": 1, "window_s": 3600}]),
     )
     .await;
-    let hold = app
-        .post(
-            TRANSFER,
-            Some(&payer.token),
-            &json!({"to_user_id": payee.id, "amount": 100, "currency": "USD",
-                    "hold": {"timeout_s": 1}}),
-        )
-        .await;
-    assert_eq!(hold.status, StatusCode::CREATED, "{}", hold.body);
+    let id = hold(&app, &payer, &payee, 100, 1).await;
+    let id = id.as_str();
     assert_limit(&debit(&app, &payer, 1).await, "velocity", 1, 1, 1);
-    let id = hold.body["id"].as_str().expect("id");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let current = app
@@ -786,27 +783,10 @@ async fn alerts_created_at_once_while_money_moves_all_succeed() {
 #[actix_web::test]
 async fn a_scheduled_run_counts_toward_a_limit_and_cannot_pass_it() {
     let clock = clock();
-    let app = TestApp::spawn_with_clock(clock.clone(), |settings| {
-        settings.schedules.tick_ms = 10;
-        settings.bootstrap.admin_username = crate::helpers::ADMIN_USERNAME.to_owned();
-        settings.bootstrap.admin_email = crate::helpers::ADMIN_EMAIL.to_owned();
-        settings.bootstrap.admin_password = crate::helpers::ADMIN_PASSWORD.to_owned();
-    })
-    .await;
-    let admin = app
-        .login(
-            crate::helpers::ADMIN_USERNAME,
-            crate::helpers::ADMIN_PASSWORD,
-        )
-        .await;
-    let (payer, payee) = (
-        funded(&app, &admin, "payer", 10_000).await,
-        app.user("payee").await,
-    );
-    set_limits(
+    let (app, admin) = spawn_with(&clock, |settings| settings.schedules.tick_ms = 10).await;
+    let (payer, payee) = payer_with_limits(
         &app,
         &admin,
-        &payer,
         json!([{"kind": "daily_debit", "currency": "USD", "value": 1_000}]),
     )
     .await;
@@ -892,35 +872,19 @@ async fn a_scheduled_run_counts_toward_a_limit_and_cannot_pass_it() {
 async fn a_void_gives_rolling_debit_room_back() {
     let clock = clock();
     let (app, admin) = spawn(&clock).await;
-    let (payer, payee) = (
-        funded(&app, &admin, "payer", 10_000).await,
-        app.user("payee").await,
-    );
-    set_limits(
+    let (payer, payee) = payer_with_limits(
         &app,
         &admin,
-        &payer,
         json!([{"kind": "rolling_debit", "currency": "USD", "value": 100, "window_s": 3600}]),
     )
     .await;
-    let hold = app
-        .post(
-            TRANSFER,
-            Some(&payer.token),
-            &json!({"to_user_id": payee.id, "amount": 90, "currency": "USD",
-                    "hold": {"timeout_s": 600}}),
-        )
-        .await;
-    assert_eq!(hold.status, StatusCode::CREATED, "{}", hold.body);
+    let hold = hold(&app, &payer, &payee, 90, 600).await;
     clock.advance(TimeDelta::seconds(5));
     assert_limit(&debit(&app, &payer, 11).await, "rolling_debit", 100, 90, 11);
     let void = app
         .request(
             Method::POST,
-            &format!(
-                "/api/v1/transactions/{}/void",
-                hold.body["id"].as_str().unwrap()
-            ),
+            &format!("/api/v1/transactions/{hold}/void"),
             Some(&payee.token),
             None,
             None,
