@@ -133,6 +133,14 @@ try {
   // Two users in two browser contexts: Alice on a desktop, Bob on a phone.
   const alice = await open(DESKTOP, "alice", "Europe/Berlin");
   const bob = await open(PHONE, "bob", "Asia/Tokyo");
+  // Bob's feed goes through the test, which can cut it (and refuse reconnects) at will.
+  const bobFeed = { blocked: false, urls: [], open: [] };
+  await bob.routeWebSocket(/\/api\/v1\/ws/, (socket) => {
+    bobFeed.urls.push(socket.url());
+    if (bobFeed.blocked) return socket.close({ code: 1011, reason: "test: unreachable" });
+    socket.connectToServer();
+    bobFeed.open.push(socket);
+  });
   step("register and log in (Bob with the keyboard only); every field has a label");
   await register(alice, "alice");
   await register(bob, "bob");
@@ -168,6 +176,18 @@ try {
   assert.equal(shown, local(lunch.created_at, "Asia/Tokyo"));
   await shot(bob, "phone-balances-live");
 
+  step("Bob's feed drops while Alice pays him; it reconnects from its cursor and catches up");
+  bobFeed.blocked = true;
+  for (const socket of bobFeed.open.splice(0)) await socket.close({ code: 1011, reason: "test: connection lost" });
+  await bob.getByText("Live feed: reconnecting").waitFor();
+  await submit(alice, "Transfer", { "To user id": bobId, Currency: "USD", Amount: "0.50", "Description (optional)": "while offline" });
+  await form(alice, "Transfer").getByText("transfer completed: 0.50 USD").waitFor();
+  bobFeed.blocked = false;
+  await bob.getByText("Live feed: connected").waitFor();
+  assert.match(bobFeed.urls.at(-1), /\?after=\d+\.\d+$/);
+  await waitForBalance(bob, "USD", "25.50");
+  await bob.locator("tbody tr", { hasText: "while offline" }).waitFor();
+
   step("an invalid amount is named next to its field, and nothing is sent");
   const before = (await transactionsOf(alice)).length;
   const bad = await submit(alice, "Transfer", { "To user id": bobId, Currency: "USD", Amount: "12.345" });
@@ -194,7 +214,7 @@ try {
   await transfer.getByText("already applied").waitFor();
   const doubles = (await transactionsOf(alice)).filter((t) => t.description === "double click");
   assert.equal(doubles.length, 1, JSON.stringify(doubles));
-  await waitForBalance(bob, "USD", "26.00");
+  await waitForBalance(bob, "USD", "26.50");
 
   step("Alice holds 10.00 for Bob; Bob posts 4.00 of it");
   await transfer.getByLabel("Amount", { exact: true }).fill("10.00");
@@ -204,15 +224,15 @@ try {
   await transfer.getByText("transfer pending: 10.00 USD").waitFor();
   const holdId = (await transfer.locator(".result a").textContent()).trim();
   await goTo(alice, "Balances");
-  await waitForBalance(alice, "USD", "74.00");
-  assert.deepEqual(await balanceRow(alice, "USD"), ["74.00", "10.00", "64.00"]);
+  await waitForBalance(alice, "USD", "73.50");
+  assert.deepEqual(await balanceRow(alice, "USD"), ["73.50", "10.00", "63.50"]);
   await goTo(bob, "Move money");
   const post = await submit(bob, "Post or void a hold", { "Hold id": holdId, Action: "post", "Amount to post (optional)": "4.00", Currency: "USD" }, "Submit");
   await post.getByText("transfer completed: 4.00 USD").waitFor();
-  await waitForBalance(alice, "USD", "70.00");
-  assert.deepEqual(await balanceRow(alice, "USD"), ["70.00", "0.00", "70.00"]);
+  await waitForBalance(alice, "USD", "69.50");
+  assert.deepEqual(await balanceRow(alice, "USD"), ["69.50", "0.00", "69.50"]);
   await goTo(bob, "Balances");
-  await waitForBalance(bob, "USD", "30.00");
+  await waitForBalance(bob, "USD", "30.50");
 
   step("Alice looks the hold up by id and follows it to its posting");
   await goTo(alice, "Look up");
@@ -246,7 +266,7 @@ try {
   await exchange.getByText("exchange completed: 50.00 EUR").waitFor();
   await goTo(alice, "Balances");
   await waitForBalance(alice, "EUR", "50.00");
-  await waitForBalance(alice, "USD", "124.06");
+  await waitForBalance(alice, "USD", "123.56");
 
   step("the admin sets a daily debit limit; Alice's next transfer shows limit_exceeded");
   const limit = await submit(admin, "Set a limit", { "User id": aliceId, Kind: "daily_debit", Currency: "USD", Value: "1.00" }, "Save limit");
@@ -259,7 +279,7 @@ try {
   await limited.getByRole("alert").getByText("Limit daily_debit on USD: 1.00 USD; used 0.00 USD, requested 2.00 USD, remaining 1.00 USD.").waitFor();
   await shot(alice, "desktop-limit-exceeded");
   await goTo(alice, "Balances");
-  await waitForBalance(alice, "USD", "124.06");
+  await waitForBalance(alice, "USD", "123.56");
   await shot(alice, "desktop-balances");
   await goTo(bob, "History");
   await bob.locator("tbody tr", { hasText: "deposit" }).first().waitFor();
@@ -268,7 +288,7 @@ try {
   step("access tokens were refreshed before they expired (8 s here), and Alice is still signed in");
   await alice.waitForFunction((first) => JSON.parse(sessionStorage.getItem("tally.session"))?.access_token !== first, firstToken);
   await goTo(alice, "Balances");
-  await waitForBalance(alice, "USD", "124.06");
+  await waitForBalance(alice, "USD", "123.56");
 
   step("the console loaded nothing but Tally's own files, without a script error");
   assert.deepEqual(offsite, []);
