@@ -110,8 +110,9 @@ async function renderSignIn() {
     ],
     submit: async (values) => {
       await api.login(values.username, values.password);
-      location.hash = "#/balances";
-      route();
+      // One render: a hash change renders by itself.
+      if (location.hash === "#/balances") route();
+      else location.hash = "#/balances";
       return "Logged in.";
     },
   });
@@ -176,14 +177,17 @@ async function renderBalances() {
     await drawChart();
   };
 
+  // This screen's chart only: a render that was replaced (its elements detached) draws nothing.
+  let chart = null;
   const drawChart = async () => {
     const currency = chartCurrency.value;
-    if (!currency) return;
+    if (!currency || !chartBox.isConnected) return;
     const interval = chartInterval.value;
     const to = new Date(Math.ceil(Date.now() / 3600000) * 3600000 + 3600000);
     const from = new Date(to.getTime() - (interval === "hour" ? 48 : 30 * 24) * 3600000);
     const reply = await api.request("GET", "/balances/historical" + api.query({ currency, interval, from: from.toISOString(), to: to.toISOString() }));
     const xs = reply.items.map((i) => Date.parse(i.end) / 1000);
+    if (!chartBox.isConnected) return;
     const major = reply.items.map((i) => i.balance / 10 ** exponent(currency));
     chartNote.textContent = reply.items.length ? `Closing balance ${interval === "hour" ? "of each hour" : "of each day"} in ${currency}; now ${money(reply.items.at(-1).balance, currency)}.` : "";
     const width = Math.max(280, Math.min(chartBox.clientWidth || 600, 900));
@@ -193,9 +197,10 @@ async function renderBalances() {
       series: [{}, { label: currency, stroke: "#2457a6", fill: "rgba(36,87,166,0.08)", value: (u, v) => (v == null ? "" : v.toLocaleString()) }],
       axes: [{}, { size: 70 }],
     };
-    if (state.chart) state.chart.destroy();
+    if (chart) chart.destroy();
     chartBox.replaceChildren();
-    state.chart = new uPlot(options, [xs, major], chartBox);
+    chart = new uPlot(options, [xs, major], chartBox);
+    state.chart = chart;
   };
 
   chartCurrency.addEventListener("change", () => drawChart().catch(showFailure));
