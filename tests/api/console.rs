@@ -137,8 +137,9 @@ fn screenshots() -> PathBuf {
 }
 
 /// The console end to end in headless Chromium: `tests/browser/console.mjs` (read it for the
-/// steps) drives two users and an admin through this app. Needs Debian's `chromium` and
-/// `npm ci --prefix tests/browser` (`.ci/run` installs both on a fresh machine).
+/// steps) drives two users and an admin through this app. Needs Node.js and Debian's
+/// `chromium` (`.ci/run` installs Chromium when missing); installs the pinned Playwright driver
+/// on its first run.
 #[actix_web::test]
 async fn the_console_works_end_to_end_in_a_real_browser() {
     // Access tokens that expire while the test runs: the console must refresh them.
@@ -148,11 +149,24 @@ async fn the_console_works_end_to_end_in_a_real_browser() {
     .await;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("tests/browser/console.mjs");
-    assert!(
-        root.join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "run `npm ci --prefix tests/browser` first (.ci/run does)"
-    );
+    // The pinned driver (tests/browser/package-lock.json), installed on the first run.
+    if !root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        let installed = Command::new("npm")
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(root.join("tests/browser"))
+            .status()
+            .expect("npm runs (Node.js is a test prerequisite: README)");
+        assert!(installed.success(), "npm ci in tests/browser failed");
+    }
     let base = app.address.clone();
     let output = actix_web::rt::task::spawn_blocking(move || {
         Command::new("node")
