@@ -66,7 +66,7 @@ function schedule() {
   refreshTimer = setTimeout(() => refresh().catch(() => save(null)), wait * 1000);
 }
 
-async function tokens(reply) {
+function tokens(reply) {
   const expires_at = Date.now() / 1000 + reply.expires_in;
   const { sub, role } = claims(reply.access_token);
   return { access_token: reply.access_token, refresh_token: reply.refresh_token, expires_at, sub, role };
@@ -75,7 +75,7 @@ async function tokens(reply) {
 /** Signs in with a username (or email) and password; loads the user. */
 export async function login(username, password) {
   const reply = await request("POST", "/auth/login", { username, password }, { auth: false });
-  const next = await tokens(reply);
+  const next = tokens(reply);
   const user = await request("GET", `/users/${next.sub}`, null, { token: next.access_token });
   save({ ...next, user });
 }
@@ -89,7 +89,7 @@ export function register(username, email, password) {
 export async function refresh() {
   if (!session) return;
   const reply = await request("POST", "/auth/refresh", { refresh_token: session.refresh_token }, { auth: false });
-  save({ ...session, ...(await tokens(reply)) });
+  save({ ...session, ...tokens(reply) });
 }
 
 /** Revokes this login's refresh tokens and forgets the session. */

@@ -59,7 +59,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/console").route(web::get().to(to_console)))
         .service(
             web::scope("/console")
-                .wrap(security_headers())
+                .wrap(super::middleware::page_security_headers(
+                    CONTENT_SECURITY_POLICY,
+                ))
                 .service(web::resource("/{path:.*}").route(web::get().to(file))),
         );
 }
@@ -84,14 +86,6 @@ async fn file(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
         // Revalidated on every load, so an upgraded binary's console is used at once.
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(asset.body))
-}
-
-fn security_headers() -> actix_web::middleware::DefaultHeaders {
-    actix_web::middleware::DefaultHeaders::new()
-        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .add((header::X_FRAME_OPTIONS, "DENY"))
-        .add((header::REFERRER_POLICY, "no-referrer"))
-        .add((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
 }
 
 #[cfg(test)]

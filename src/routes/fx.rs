@@ -61,19 +61,18 @@ pub struct CurrenciesBody {
     ),
 )]
 pub async fn currencies() -> HttpResponse {
-    static CURRENCIES: std::sync::OnceLock<Vec<(&'static str, u16)>> = std::sync::OnceLock::new();
-    let all = CURRENCIES.get_or_init(|| {
-        crate::domain::Currency::all()
-            .into_iter()
-            .map(|currency| (currency.code(), currency.exponent()))
-            .collect()
-    });
-    HttpResponse::Ok().json(CurrenciesBody {
-        currencies: all
-            .iter()
-            .map(|&(code, exponent)| CurrencyBody { code, exponent })
-            .collect(),
-    })
+    static CURRENCIES: std::sync::OnceLock<CurrenciesBody> = std::sync::OnceLock::new();
+    HttpResponse::Ok().json(CURRENCIES.get_or_init(|| {
+        CurrenciesBody {
+            currencies: crate::domain::Currency::all()
+                .into_iter()
+                .map(|currency| CurrencyBody {
+                    code: currency.code(),
+                    exponent: currency.exponent(),
+                })
+                .collect(),
+        }
+    }))
 }
 
 /// A configured rate.

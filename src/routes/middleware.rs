@@ -111,15 +111,21 @@ pub fn api_security_headers() -> actix_web::middleware::DefaultHeaders {
 /// Headers of the interactive docs page: like the API's, plus a Content Security Policy that
 /// only allows the page's own scripts and styles (Swagger UI is served from the binary).
 pub fn docs_security_headers() -> actix_web::middleware::DefaultHeaders {
+    page_security_headers(
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    )
+}
+
+/// Headers of a page served from the binary (the docs, the console): no MIME sniffing, no
+/// framing, no referrer, and the page's Content Security Policy `policy`. Its files are not
+/// account data, so they may be cached (each page says how).
+pub fn page_security_headers(policy: &'static str) -> actix_web::middleware::DefaultHeaders {
     actix_web::middleware::DefaultHeaders::new()
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .add((header::X_FRAME_OPTIONS, "DENY"))
         .add((header::REFERRER_POLICY, "no-referrer"))
-        .add((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        ))
+        .add((header::CONTENT_SECURITY_POLICY, policy))
 }
 
 /// The two GCRA limiters (governor): per client IP for `/auth/*`, per user for the rest.

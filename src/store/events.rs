@@ -230,20 +230,19 @@ pub async fn waiting_behind_horizon(
     Ok(row.get(0))
 }
 
+/// The query of [`live_position`], `(tx, seq)` of at most one row, for statements that need it
+/// in their own snapshot (the webhook dispatcher's idle move).
+pub const LIVE_POSITION: &str = "SELECT e.tx::text::bigint AS tx, e.seq FROM events e
+     WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY e.tx DESC, e.seq DESC
+     LIMIT 1";
+
 /// The live position: the cursor of the last event of a finished transaction (`0.0` for an
 /// empty log). Every event that commits later comes after it (the rule of [`read_after`]).
 pub async fn live_position(
     client: &impl GenericClient,
 ) -> Result<EventCursor, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT e.tx::text::bigint, e.seq FROM events e
-                 WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY e.tx DESC, e.seq DESC
-                 LIMIT 1",
-            &[],
-        )
-        .await?;
+    let row = client.query_opt(LIVE_POSITION, &[]).await?;
     Ok(row.map_or_else(EventCursor::default, |row| EventCursor {
         tx: row.get(0),
         seq: row.get(1),

@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::events::{EventCursor, AFTER_CURSOR, IN_CURSOR_ORDER};
+use super::events::{EventCursor, AFTER_CURSOR, IN_CURSOR_ORDER, LIVE_POSITION};
 use crate::domain::UserId;
 
 /// The advisory lock that makes one dispatcher at a time (`'tallyhoo'` in ASCII).
@@ -288,11 +288,8 @@ pub async fn dispatch(
     // running then (every one that can commit later) are above the live position.
     let idle = transaction
         .query_one(
-            "WITH live AS (
-                 SELECT e.tx::text::bigint AS tx, e.seq FROM events e
-                 WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY e.tx DESC, e.seq DESC LIMIT 1
-             ), idle AS (
+            &format!(
+                "WITH live AS ({LIVE_POSITION}), idle AS (
                  SELECT NOT EXISTS (SELECT 1 FROM webhooks WHERE active) AS idle
              ), moved AS (
                  UPDATE webhook_dispatch d SET tx = live.tx, seq = live.seq
@@ -300,7 +297,8 @@ pub async fn dispatch(
                  WHERE idle.idle AND (live.tx, live.seq) > (d.tx, d.seq)
                  RETURNING 1
              )
-             SELECT idle.idle, (SELECT count(*) FROM moved) FROM idle",
+             SELECT idle.idle, (SELECT count(*) FROM moved) FROM idle"
+            ),
             &[],
         )
         .await?;
