@@ -36,6 +36,55 @@ pub struct Settings {
     pub events: EventSettings,
     pub webhooks: WebhookSettings,
     pub feed: FeedSettings,
+    pub amqp: AmqpSettings,
+}
+
+/// `[amqp]`: queue ingestion and change data capture over RabbitMQ (DESIGN.md section 12,
+/// `crate::amqp`). Everything here is off while `url` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// The broker, `amqp://user:password@host:port/vhost` (the default vhost is `%2f`); empty
+    /// turns ingestion and publishing off.
+    pub url: String,
+    /// Consume transaction requests from `requests_queue`.
+    pub ingest: bool,
+    /// The durable queue of transaction requests, and the durable queue that malformed ones
+    /// are moved to with their reason (both declared by Tally).
+    pub requests_queue: String,
+    pub dead_letter_queue: String,
+    /// Who a request may act as: user ids or usernames of active users. A request naming
+    /// anyone else is dead-lettered.
+    pub service_users: Vec<String>,
+    /// Requests delivered and not yet acknowledged, per instance (1 to 10000): what is in
+    /// flight at most.
+    pub prefetch: u16,
+    /// Publish the event log to `events_exchange` (a durable topic exchange, routing key =
+    /// event type), one instance at a time.
+    pub publish_events: bool,
+    pub events_exchange: String,
+    /// Most events published (and confirmed) before the cursor is stored (1 to 10000).
+    pub publish_batch: u32,
+    /// How often the publisher looks for new events when it has caught up, milliseconds
+    /// (10 to 60000).
+    pub poll_interval_ms: u64,
+    /// The longest wait between two attempts to reach the broker, milliseconds (100 to
+    /// 60000); the wait doubles from 100 ms up to it.
+    pub reconnect_max_ms: u64,
+}
+
+impl AmqpSettings {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
 }
 
 /// `[feed]`: the live WebSocket feed, `GET /api/v1/ws` (DESIGN.md section 10).
@@ -490,7 +539,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("http.cors_allowed_origins")
-                .with_list_parse_key("webhooks.allowed_hosts"),
+                .with_list_parse_key("webhooks.allowed_hosts")
+                .with_list_parse_key("amqp.service_users"),
         );
         if let Some(profile) = &profile {
             builder = builder
@@ -602,6 +652,7 @@ impl Settings {
             "events.seal_batch must be from 100 to 100000"
         );
         self.validate_webhooks()?;
+        self.validate_amqp()?;
         let feed = &self.feed;
         anyhow::ensure!(
             (1..=3600).contains(&feed.heartbeat_s),
@@ -664,6 +715,45 @@ impl Settings {
 }
 
 impl Settings {
+    fn validate_amqp(&self) -> anyhow::Result<()> {
+        let amqp = &self.amqp;
+        anyhow::ensure!(
+            amqp.url.is_empty() || amqp.url.starts_with("amqp://"),
+            "amqp.url must be empty or an amqp:// URL (this build has no TLS stack for amqps)"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&amqp.prefetch),
+            "amqp.prefetch must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&amqp.publish_batch),
+            "amqp.publish_batch must be from 1 to 10000"
+        );
+        anyhow::ensure!(
+            (10..=60_000).contains(&amqp.poll_interval_ms),
+            "amqp.poll_interval_ms must be from 10 to 60000"
+        );
+        anyhow::ensure!(
+            (100..=60_000).contains(&amqp.reconnect_max_ms),
+            "amqp.reconnect_max_ms must be from 100 to 60000"
+        );
+        for (key, name) in [
+            ("amqp.requests_queue", &amqp.requests_queue),
+            ("amqp.dead_letter_queue", &amqp.dead_letter_queue),
+            ("amqp.events_exchange", &amqp.events_exchange),
+        ] {
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 255 && !name.starts_with("amq."),
+                "{key} must be 1 to 255 bytes and not begin with `amq.` (reserved by the broker)"
+            );
+        }
+        anyhow::ensure!(
+            amqp.requests_queue != amqp.dead_letter_queue,
+            "amqp.dead_letter_queue must differ from amqp.requests_queue"
+        );
+        Ok(())
+    }
+
     fn validate_webhooks(&self) -> anyhow::Result<()> {
         let hooks = &self.webhooks;
         anyhow::ensure!(

@@ -7,6 +7,7 @@
 //! one PostgreSQL transaction through `store`. See `ARCHITECTURE.md` for the map and the
 //! invariants each module keeps.
 
+pub mod amqp;
 pub mod auth;
 pub mod cache;
 pub mod cli;

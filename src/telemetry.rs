@@ -75,6 +75,26 @@ pub mod names {
     /// refused before the upgrade.
     pub const FEED_REFUSED: &str = "tally_feed_refused_total";
 
+    // --- Message queues (DESIGN.md section 12) ---
+    /// Counter, label `outcome` (`applied`: answered from a new commit; `replayed`: answered
+    /// from a stored idempotency key; `refused`: answered with a problem (a business refusal
+    /// or a bad field), nothing applied; `dead_lettered`: malformed, moved to the dead-letter
+    /// queue with its reason): requests taken from the requests queue by this instance.
+    pub const AMQP_MESSAGES: &str = "tally_amqp_messages_total";
+    /// Counter: requests this instance held back and tried again because the pipeline was
+    /// overloaded or the database unavailable (backpressure instead of a failure).
+    pub const AMQP_BACKPRESSURE: &str = "tally_amqp_backpressure_waits_total";
+    /// Gauge, label `role` (`ingest`, `cdc`): 1 while this instance's connection for that role
+    /// is open and its topology declared, else 0.
+    pub const AMQP_CONNECTED: &str = "tally_amqp_connected";
+    /// Counter, label `result` (`ack`, `nack`): publisher confirms of events published to the
+    /// events exchange by this instance (a nack, or a lost connection, re-publishes from the
+    /// stored cursor).
+    pub const CDC_CONFIRMS: &str = "tally_cdc_publish_confirms_total";
+    /// Gauge: events of the log after the last cursor the broker confirmed (counted up to
+    /// 100000), as the publisher last saw it; 0 on instances that are not the publisher.
+    pub const CDC_LAG_EVENTS: &str = "tally_cdc_lag_events";
+
     // --- Pipeline ---
     /// Counter, label `reason` (`overloaded`, `database_down`, `shutting_down`): submissions
     /// refused before entering the queue (503).
@@ -154,6 +174,11 @@ pub mod names {
         FEED_MESSAGES,
         FEED_SLOW_CLOSES,
         FEED_REFUSED,
+        AMQP_MESSAGES,
+        AMQP_BACKPRESSURE,
+        AMQP_CONNECTED,
+        CDC_CONFIRMS,
+        CDC_LAG_EVENTS,
         PIPELINE_REJECTIONS,
         QUEUE_DEPTH,
         IN_FLIGHT,
@@ -294,6 +319,17 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
             for kind in crate::domain::LimitKind::ALL {
                 metrics::counter!(names::LIMIT_REFUSALS, "kind" => kind.as_str()).increment(0);
             }
+            for outcome in ["applied", "replayed", "refused", "dead_lettered"] {
+                metrics::counter!(names::AMQP_MESSAGES, "outcome" => outcome).increment(0);
+            }
+            metrics::counter!(names::AMQP_BACKPRESSURE).increment(0);
+            for role in ["ingest", "cdc"] {
+                metrics::gauge!(names::AMQP_CONNECTED, "role" => role).set(0.0);
+            }
+            for result in ["ack", "nack"] {
+                metrics::counter!(names::CDC_CONFIRMS, "result" => result).increment(0);
+            }
+            metrics::gauge!(names::CDC_LAG_EVENTS).set(0.0);
             Ok(handle)
         }
         // Another thread won the race; use its handle.

@@ -62,6 +62,8 @@ pub struct AppState {
     pub clock: std::sync::Arc<dyn crate::clock::Clock>,
     /// The live feed's hub (`GET /ws`).
     pub feed: feed::Feed,
+    /// The broker connections of queue ingestion and event publishing (`crate::amqp`).
+    pub broker: std::sync::Arc<crate::amqp::BrokerStatus>,
 }
 
 /// Mounts every route: operations endpoints, `/openapi.json`, Swagger UI at `/docs/`, and

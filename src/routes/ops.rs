@@ -27,6 +27,9 @@ pub struct HealthBody {
     /// `ok`, or `stuck` when the journal writer is dead or has committed nothing for
     /// `pipeline.reply_timeout_ms` while it had work (readiness only).
     pub journal: Option<String>,
+    /// `connected`, `reconnecting` (the request queue's broker connection is down: queued
+    /// requests wait, REST is unaffected) or `disabled` (no `amqp.url`) (readiness only).
+    pub amqp: Option<String>,
 }
 
 /// 200 while the process serves HTTP.
@@ -39,7 +42,8 @@ pub async fn live() -> HttpResponse {
 /// (a ping every `database.health_check_interval_ms`) succeeds. Else 503: take it out of
 /// rotation. Answers from flags, without touching the database, so a busy pool cannot make a
 /// healthy instance look unready. Redis down is `"cache": "degraded"`, still ready (the cache
-/// is only a fast path); while degraded each call probes Redis through the breaker, so
+/// is only a fast path), and so is a broker connection being re-established (`"amqp":
+/// "reconnecting"`: queued requests wait for it); while degraded each call probes Redis through the breaker, so
 /// readiness sees it come back even when no balance is read.
 #[utoipa::path(get, path = "/health/ready", tag = "operations", responses(
     (status = 200, description = "Ready", body = HealthBody),
@@ -62,6 +66,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ready", "database": "ok", "cache": state.cache.health().as_str(),
         "journal": "ok",
+        "amqp": state.broker.readiness(state.settings.amqp.ingest),
     }))
 }
 

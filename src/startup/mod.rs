@@ -8,8 +8,10 @@
 //! 2. after `http.shutdown_delay_ms` (load balancers notice), the listener closes and the HTTP
 //!    server finishes the requests it has started (each waits for its commit, so the pipeline
 //!    flushes their batches);
-//! 3. the ledger refuses new submissions and waits until every admitted one is answered;
-//! 4. background tasks stop, the pools close, and spans are flushed.
+//! 3. queue ingestion stops (requests in flight are answered, the rest stay queued) and so does
+//!    event publishing;
+//! 4. the ledger refuses new submissions and waits until every admitted one is answered;
+//! 5. background tasks stop, the pools close, and spans are flushed.
 //!
 //! It ends with one `shutdown complete` log line with the HTTP requests started and finished;
 //! when time ran out first it returns an error (the process exits non-zero).
@@ -44,7 +46,53 @@ pub struct Application {
     state: web::Data<AppState>,
     health_pool: deadpool_postgres::Pool,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Queue ingestion and event publishing, stopped before the ledger drains.
+    broker: BrokerTasks,
     telemetry: Option<TelemetryGuard>,
+}
+
+/// The broker tasks (`crate::amqp`) and the signal that stops them.
+struct BrokerTasks {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl BrokerTasks {
+    /// Stops consuming (requests in flight are answered and acknowledged, the rest go back to
+    /// the queue) and publishing, waiting until `deadline` at most.
+    async fn stop(self, deadline: Instant) {
+        self.stop.send_replace(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline.into(), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Starts queue ingestion and event publishing when `amqp.url` is set (each as configured).
+fn spawn_broker_tasks(state: &web::Data<AppState>) -> BrokerTasks {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let amqp = &state.settings.amqp;
+    let mut tasks = Vec::new();
+    if amqp.enabled() && amqp.ingest {
+        tasks.push(actix_web::rt::spawn(crate::amqp::ingest::run(
+            state.clone(),
+            state.broker.clone(),
+            stopped.clone(),
+        )));
+    }
+    if amqp.enabled() && amqp.publish_events {
+        tasks.push(actix_web::rt::spawn(crate::amqp::cdc::run(
+            state.settings.clone(),
+            state.broker.clone(),
+            stopped,
+        )));
+    }
+    BrokerTasks { stop, tasks }
 }
 
 impl Application {
@@ -128,6 +176,7 @@ impl Application {
             listening,
             feed_start,
         ));
+        let settings_amqp_enabled = settings.amqp.enabled();
         let state = web::Data::new(AppState {
             pool: pools.api,
             journal_pool: pools.journal,
@@ -138,9 +187,11 @@ impl Application {
             lifecycle: Lifecycle::default(),
             clock,
             feed: crate::routes::feed::Feed { hub },
+            broker: Arc::new(crate::amqp::BrokerStatus::new(settings_amqp_enabled)),
         });
         // The schedule executor builds movements as the request handlers do, from the state.
         background.push(background::spawn_schedule_executor(state.clone()));
+        let broker = spawn_broker_tasks(&state);
         let server = http::server(state.clone(), limiters, listener)?;
         tracing::info!(address = %address, "listening");
         Ok(Application {
@@ -149,6 +200,7 @@ impl Application {
             state,
             health_pool: pools.health_pool,
             background,
+            broker,
             telemetry: None,
         })
     }
@@ -182,6 +234,7 @@ impl Application {
             state,
             health_pool,
             background,
+            broker,
             telemetry,
             ..
         } = self;
@@ -242,6 +295,8 @@ impl Application {
             close_feed(&state).await;
         }
         let http_stopped_ms = started.elapsed().as_millis() as u64;
+        // No request may come from the queue once the ledger drains.
+        broker.stop(deadline).await;
         let drained = state
             .ledger
             .drain(deadline.saturating_duration_since(Instant::now()))

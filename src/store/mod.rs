@@ -40,6 +40,8 @@ pub const APP_NAME: &str = "tally";
 pub const JOURNAL_APP_NAME: &str = "tally-journal";
 /// `application_name` of the live feed tailer's connection (`LISTEN tally_events`).
 pub const FEED_APP_NAME: &str = "tally-feed";
+/// The application name of the event publisher's connection (`amqp::cdc`).
+pub const CDC_APP_NAME: &str = "tally-cdc";
 /// `application_name` of the health check's connection.
 pub const HEALTH_APP_NAME: &str = "tally-health";
 /// `application_name` of `tally verify`'s connection.

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod access;
+mod amqp;
 mod auth;
 mod bad_input;
 mod bulk;
@@ -32,6 +33,7 @@ mod outage;
 mod posting;
 mod process;
 mod reversals;
+mod saga;
 mod schedules;
 mod shutdown;
 mod traces;
