@@ -56,7 +56,11 @@ pub struct AmqpSettings {
     /// Who a request may act as: user ids or usernames of active users. A request naming
     /// anyone else is dead-lettered.
     pub service_users: Vec<String>,
-    /// Requests delivered and not yet acknowledged, per instance (1 to 10000): what is in
+    /// Consumers of `requests_queue` per instance (1 to 64), each on a thread (actix arbiter)
+    /// and a broker connection of its own: one thread parses, answers and replies to about
+    /// 2,000 single requests a second.
+    pub consumers: usize,
+    /// Requests delivered and not yet acknowledged, per consumer (1 to 10000): what is in
     /// flight at most.
     pub prefetch: u16,
     /// Publish the event log to `events_exchange` (a durable topic exchange, routing key =
@@ -720,6 +724,10 @@ impl Settings {
         anyhow::ensure!(
             amqp.url.is_empty() || amqp.url.starts_with("amqp://"),
             "amqp.url must be empty or an amqp:// URL (this build has no TLS stack for amqps)"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&amqp.consumers),
+            "amqp.consumers must be from 1 to 64"
         );
         anyhow::ensure!(
             (1..=10_000).contains(&amqp.prefetch),

@@ -84,8 +84,9 @@ pub mod names {
     /// Counter: requests this instance held back and tried again because the pipeline was
     /// overloaded or the database unavailable (backpressure instead of a failure).
     pub const AMQP_BACKPRESSURE: &str = "tally_amqp_backpressure_waits_total";
-    /// Gauge, label `role` (`ingest`, `cdc`): 1 while this instance's connection for that role
-    /// is open and its topology declared, else 0.
+    /// Gauge, label `role` (`ingest`, `cdc`): this instance's broker connections of that role
+    /// that are open with their topology declared (`ingest`: one per consumer; `cdc`: 1 on the
+    /// publishing instance).
     pub const AMQP_CONNECTED: &str = "tally_amqp_connected";
     /// Counter, label `result` (`ack`, `nack`): publisher confirms of events published to the
     /// events exchange by this instance (a nack, or a lost connection, re-publishes from the

@@ -53,7 +53,6 @@ pub async fn run(
     let mut backoff = super::Backoff::new(settings.amqp.reconnect_max());
     loop {
         let result = publish(&settings, &status, &mut backoff, &mut stop).await;
-        status.set(Role::Cdc, false);
         metrics::gauge!(names::CDC_LAG_EVENTS).set(0.0);
         match result {
             Ok(()) => return,
@@ -107,6 +106,33 @@ async fn publish(
     tracing::info!(exchange, "publishing the event log");
 
     let broker = super::connect(&amqp.url, Role::Cdc).await?;
+    let result = publish_on(
+        settings,
+        &client,
+        &broker,
+        &mut closed,
+        status,
+        backoff,
+        stop,
+    )
+    .await;
+    super::close(&broker).await;
+    result
+}
+
+/// Publishes on `broker` from the stored cursor until stopped (`Ok`) or something fails
+/// (`Err`), while this session holds the lock.
+async fn publish_on(
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    broker: &lapin::Connection,
+    closed: &mut tokio::sync::oneshot::Receiver<()>,
+    status: &BrokerStatus,
+    backoff: &mut super::Backoff,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let amqp = &settings.amqp;
+    let exchange = amqp.events_exchange.as_str();
     let channel = broker.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -138,12 +164,12 @@ async fn publish(
         tx: row.get(0),
         seq: row.get(1),
     };
-    status.set(Role::Cdc, true);
+    let _up = status.up(Role::Cdc);
     backoff.reset();
 
     let mut lag_measured: Option<Instant> = None;
     loop {
-        let page = events::read_after(&client, cursor, i64::from(amqp.publish_batch)).await?;
+        let page = events::read_after(client, cursor, i64::from(amqp.publish_batch)).await?;
         let full = page.len() >= amqp.publish_batch as usize;
         if let Some(last) = page.last() {
             let last = last.cursor;
@@ -177,9 +203,8 @@ async fn publish(
         if !full {
             tokio::select! {
                 () = tokio::time::sleep(amqp.poll_interval()) => {}
-                _ = &mut closed => anyhow::bail!("the database connection closed"),
+                _ = &mut *closed => anyhow::bail!("the database connection closed"),
                 changed = stop.changed() => if changed.is_err() || *stop.borrow() {
-                    let _ = broker.close(200, "shutting down".into()).await;
                     return Ok(());
                 },
             }

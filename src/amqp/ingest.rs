@@ -24,8 +24,8 @@
 //!   A request that is well formed but refused (a bad field, `insufficient_funds`, ...) is
 //!   answered like its REST request and acknowledged.
 //! - Backpressure: a request the pipeline refuses as `overloaded` or `unavailable` (503) is held
-//!   and tried again with a doubling wait; since at most `amqp.prefetch` messages are
-//!   unacknowledged, consumption slows down to what the ledger takes. After
+//!   and tried again with a doubling wait; since at most `amqp.prefetch` messages per consumer
+//!   are unacknowledged, consumption slows down to what the ledger takes. After
 //!   [`BACKPRESSURE_ATTEMPTS`] it is handed back to the broker (requeued), never failed.
 
 use std::collections::HashMap;
@@ -81,8 +81,9 @@ const TYPES: [&str; 8] = [
     "credit", "debit", "transfer", "exchange", "post", "void", "reverse", "bulk",
 ];
 
-/// Consumes requests until `stop` turns true, reconnecting after any failure (see the module
-/// docs). Runs on every instance with `amqp.url` set and `amqp.ingest` on.
+/// One consumer: consumes requests until `stop` turns true, reconnecting after any failure (see
+/// the module docs). Every instance with `amqp.url` set and `amqp.ingest` on runs
+/// `amqp.consumers` of them, each on an arbiter of its own (`startup`).
 pub async fn run(
     state: web::Data<AppState>,
     status: Arc<BrokerStatus>,
@@ -101,7 +102,6 @@ pub async fn run(
             &mut stop,
         )
         .await;
-        status.set(Role::Ingest, false);
         match result {
             Ok(()) => return,
             Err(error) => {
@@ -157,7 +157,7 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
-    status.set(Role::Ingest, true);
+    let _up = status.up(Role::Ingest);
     backoff.reset();
     tracing::info!(queue = %settings.requests_queue, prefetch = settings.prefetch, "consuming requests");
 
@@ -198,8 +198,11 @@ async fn consume(
             .await
             .is_ok_and(|next| next.is_some())
         {}
-        let _ = connection.close(200, "shutting down".into()).await;
     }
+    // After a failure the requests in flight cannot be acknowledged on this connection any
+    // more: they are dropped, and the broker delivers them again.
+    tasks.shutdown().await;
+    super::close(&connection).await;
     outcome
 }
 
@@ -237,34 +240,32 @@ async fn handle(
     dead_letter_queue: &str,
     delivery: Delivery,
 ) -> anyhow::Result<()> {
-    let outcome = match Request::parse(state, identities, &delivery).await {
-        Err(reason) => {
+    let outcome = match decide(state, identities, &delivery).await {
+        Decision::Malformed(reason) => {
             let problem = Answer::problem(&ApiError::field("message", reason.clone()));
             dead_letter(publishing, dead_letter_queue, &delivery, &reason, &problem).await?;
             Outcome::DeadLettered
         }
-        Ok(request) => match answer_under_backpressure(state, request).await {
-            None => Outcome::Requeued,
-            Some(answer) if answer.status >= 500 => {
-                let reason = format!(
-                    "internal error (status {}): nothing is known to be applied; publish it again \
-                     with the same message_id",
-                    answer.status
-                );
-                dead_letter(publishing, dead_letter_queue, &delivery, &reason, &answer).await?;
-                Outcome::DeadLettered
+        Decision::Requeue => Outcome::Requeued,
+        Decision::Answered(answer) if answer.status >= 500 => {
+            let reason = format!(
+                "internal error (status {}): nothing is known to be applied; publish it again \
+                 with the same message_id",
+                answer.status
+            );
+            dead_letter(publishing, dead_letter_queue, &delivery, &reason, &answer).await?;
+            Outcome::DeadLettered
+        }
+        Decision::Answered(answer) => {
+            reply(publishing, &delivery, &answer).await?;
+            if answer.status >= 300 {
+                Outcome::Refused
+            } else if answer.replayed {
+                Outcome::Replayed
+            } else {
+                Outcome::Applied
             }
-            Some(answer) => {
-                reply(publishing, &delivery, &answer).await?;
-                if answer.status >= 300 {
-                    Outcome::Refused
-                } else if answer.replayed {
-                    Outcome::Replayed
-                } else {
-                    Outcome::Applied
-                }
-            }
-        },
+        }
     };
     if outcome == Outcome::Requeued {
         delivery
@@ -293,12 +294,13 @@ struct Request {
 }
 
 impl Request {
-    /// Errors: why the message is malformed (the dead letter's reason).
+    /// Errors: why the message is malformed (the dead letter's reason), or that the acting
+    /// user could not be checked now (the database is unavailable).
     async fn parse(
         state: &AppState,
         identities: &Identities,
         delivery: &Delivery,
-    ) -> Result<Request, String> {
+    ) -> Result<Request, Rejection> {
         let key = delivery
             .properties
             .message_id()
@@ -315,14 +317,14 @@ impl Request {
             })?;
         let mut body = match serde_json::from_slice::<Value>(&delivery.data) {
             Ok(Value::Object(body)) => body,
-            _ => return Err("the body must be a JSON object".to_owned()),
+            _ => return Err("the body must be a JSON object".into()),
         };
         let kind = match body.remove("type") {
             Some(Value::String(kind)) => TYPES
                 .into_iter()
                 .find(|known| *known == kind)
                 .ok_or_else(|| format!("type must be one of {}", TYPES.join(", ")))?,
-            _ => return Err(format!("type must be one of {}", TYPES.join(", "))),
+            _ => return Err(format!("type must be one of {}", TYPES.join(", ")).into()),
         };
         let acting = match body.remove("acting_user_id") {
             Some(Value::String(id)) => Uuid::try_parse(&id).ok(),
@@ -332,7 +334,7 @@ impl Request {
         let principal = identities
             .resolve(state, acting)
             .await
-            .map_err(|error| format!("the service identity could not be checked: {error}"))?
+            .map_err(|error| Rejection::Unavailable(error.to_string()))?
             .ok_or_else(|| {
                 format!(
                     "acting_user_id {acting} is not an active service user (amqp.service_users)"
@@ -341,10 +343,10 @@ impl Request {
         let transaction_id = match (kind, body.remove("transaction_id")) {
             ("post" | "void" | "reverse", Some(Value::String(id))) => Some(id),
             ("post" | "void" | "reverse", _) => {
-                return Err(format!("transaction_id (a string) is required by {kind}"))
+                return Err(format!("transaction_id (a string) is required by {kind}").into())
             }
             (_, None) => None,
-            (_, Some(_)) => return Err(format!("transaction_id is not a field of {kind}")),
+            (_, Some(_)) => return Err(format!("transaction_id is not a field of {kind}").into()),
         };
         Ok(Request {
             kind,
@@ -408,17 +410,57 @@ impl Answer {
     }
 }
 
-/// Runs `request`'s handler until the pipeline takes it: a 503 (`overloaded`, `unavailable`)
-/// waits and tries again, up to [`BACKPRESSURE_ATTEMPTS`] times. `None` when it never did.
-async fn answer_under_backpressure(
+/// Why a message was not turned into a request.
+#[derive(Debug)]
+enum Rejection {
+    /// Malformed: the dead letter's reason.
+    Malformed(String),
+    /// The acting user could not be checked now (the database is unavailable).
+    Unavailable(String),
+}
+
+impl From<String> for Rejection {
+    fn from(reason: String) -> Rejection {
+        Rejection::Malformed(reason)
+    }
+}
+
+impl From<&str> for Rejection {
+    fn from(reason: &str) -> Rejection {
+        Rejection::Malformed(reason.to_owned())
+    }
+}
+
+/// What to do with a delivery.
+enum Decision {
+    Malformed(String),
+    Answered(Answer),
+    /// Handed back to the broker after [`BACKPRESSURE_ATTEMPTS`] tries that found the pipeline
+    /// or the database unavailable.
+    Requeue,
+}
+
+/// Parses the delivery and runs its handler until the pipeline takes it: a 503 (`overloaded`,
+/// `unavailable`), or an acting user that cannot be checked now, waits and tries again, up to
+/// [`BACKPRESSURE_ATTEMPTS`] times.
+async fn decide(
     state: &web::Data<AppState>,
-    request: Request,
-) -> Option<Answer> {
+    identities: &Identities,
+    delivery: &Delivery,
+) -> Decision {
     let mut wait = BACKPRESSURE_WAIT_MIN;
     for attempt in 1..=BACKPRESSURE_ATTEMPTS {
-        let answer = answer(state, &request).await;
-        if answer.status != 503 {
-            return Some(answer);
+        match Request::parse(state, identities, delivery).await {
+            Err(Rejection::Malformed(reason)) => return Decision::Malformed(reason),
+            Err(Rejection::Unavailable(error)) => {
+                tracing::debug!(%error, "the acting user could not be checked; waiting");
+            }
+            Ok(request) => {
+                let answer = answer(state, &request).await;
+                if answer.status != 503 {
+                    return Decision::Answered(answer);
+                }
+            }
         }
         metrics::counter!(names::AMQP_BACKPRESSURE).increment(1);
         if attempt < BACKPRESSURE_ATTEMPTS {
@@ -426,7 +468,7 @@ async fn answer_under_backpressure(
             wait = (wait * 2).min(BACKPRESSURE_WAIT_MAX);
         }
     }
-    None
+    Decision::Requeue
 }
 
 /// Calls the handler of the REST request that `request` stands for.

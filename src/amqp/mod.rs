@@ -16,7 +16,7 @@
 pub mod cdc;
 pub mod ingest;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
@@ -44,54 +44,71 @@ impl Role {
     }
 }
 
-/// Whether each role's connection is up (open, topology declared), for readiness and metrics.
+/// How many of each role's connections are up (open, topology declared), for readiness and
+/// `tally_amqp_connected`.
 #[derive(Debug, Default)]
 pub struct BrokerStatus {
-    enabled: AtomicBool,
-    ingest: AtomicBool,
-    cdc: AtomicBool,
+    enabled: bool,
+    /// Ingestion consumers configured (`amqp.consumers`, 0 when ingestion is off).
+    consumers: usize,
+    ingest: AtomicUsize,
+    cdc: AtomicUsize,
 }
 
 impl BrokerStatus {
-    /// The status of an instance whose `amqp.url` is set (`enabled`) or not.
-    pub fn new(enabled: bool) -> BrokerStatus {
+    /// The status of an instance whose `amqp.url` is set (`enabled`) or not, running
+    /// `consumers` ingestion consumers.
+    pub fn new(enabled: bool, consumers: usize) -> BrokerStatus {
         BrokerStatus {
-            enabled: AtomicBool::new(enabled),
+            enabled,
+            consumers,
             ..BrokerStatus::default()
         }
     }
 
-    fn flag(&self, role: Role) -> &AtomicBool {
+    fn count(&self, role: Role) -> &AtomicUsize {
         match role {
             Role::Ingest => &self.ingest,
             Role::Cdc => &self.cdc,
         }
     }
 
-    pub(crate) fn set(&self, role: Role, connected: bool) {
-        self.flag(role).store(connected, Ordering::Relaxed);
-        metrics::gauge!(names::AMQP_CONNECTED, "role" => role.as_str()).set(if connected {
-            1.0
-        } else {
-            0.0
-        });
+    /// Counts a connection of `role` as up until the guard is dropped.
+    pub(crate) fn up(&self, role: Role) -> Up<'_> {
+        self.count(role).fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(names::AMQP_CONNECTED, "role" => role.as_str()).increment(1.0);
+        Up { status: self, role }
     }
 
-    pub fn connected(&self, role: Role) -> bool {
-        self.flag(role).load(Ordering::Relaxed)
+    /// This instance's connections of `role` that are up.
+    pub fn connected(&self, role: Role) -> usize {
+        self.count(role).load(Ordering::Relaxed)
     }
 
-    /// What readiness shows: `disabled` (no `amqp.url`), `connected` (every running role is
-    /// connected) or `reconnecting`. The publisher's connection counts only on the instance
-    /// that holds the publishing lock, so `ingest` decides when ingestion runs.
-    pub fn readiness(&self, ingest: bool) -> &'static str {
-        if !self.enabled.load(Ordering::Relaxed) {
+    /// What readiness shows: `disabled` (no `amqp.url`), `connected` (every ingestion consumer
+    /// is connected, or ingestion is off) or `reconnecting`. The publisher's connection does not
+    /// count: only the instance holding the publishing lock opens one.
+    pub fn readiness(&self) -> &'static str {
+        if !self.enabled {
             "disabled"
-        } else if !ingest || self.connected(Role::Ingest) {
+        } else if self.connected(Role::Ingest) >= self.consumers {
             "connected"
         } else {
             "reconnecting"
         }
+    }
+}
+
+/// A connection counted as up by [`BrokerStatus::up`], until dropped.
+pub(crate) struct Up<'a> {
+    status: &'a BrokerStatus,
+    role: Role,
+}
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.status.count(self.role).fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(names::AMQP_CONNECTED, "role" => self.role.as_str()).decrement(1.0);
     }
 }
 
@@ -106,6 +123,15 @@ async fn connect(url: &str, role: Role) -> anyhow::Result<Connection> {
         .await
         .map_err(|_| anyhow::anyhow!("connecting to the broker timed out"))?
         .map_err(anyhow::Error::from)
+}
+
+/// How long closing a connection may take (a broken one may never answer).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Closes `connection` (its unacknowledged deliveries go back to their queues), within
+/// [`CLOSE_TIMEOUT`]; a connection that is already broken is simply dropped.
+async fn close(connection: &Connection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
 }
 
 /// The wait between attempts to reach the broker: doubling from [`RECONNECT_MIN`] to `max`, back
@@ -160,13 +186,26 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_the_ingestion_connection() {
-        let status = BrokerStatus::new(false);
-        assert_eq!(status.readiness(true), "disabled");
-        let status = BrokerStatus::new(true);
-        assert_eq!(status.readiness(true), "reconnecting");
-        assert_eq!(status.readiness(false), "connected");
-        status.set(Role::Ingest, true);
-        assert_eq!(status.readiness(true), "connected");
+    fn readiness_waits_for_every_ingestion_consumer() {
+        assert_eq!(BrokerStatus::new(false, 0).readiness(), "disabled");
+        assert_eq!(BrokerStatus::new(true, 0).readiness(), "connected");
+        let status = BrokerStatus::new(true, 2);
+        assert_eq!(status.readiness(), "reconnecting");
+        let first = status.up(Role::Ingest);
+        let publisher = status.up(Role::Cdc);
+        assert_eq!(status.readiness(), "reconnecting");
+        let second = status.up(Role::Ingest);
+        assert_eq!(status.readiness(), "connected");
+        drop(first);
+        assert_eq!(
+            (
+                status.readiness(),
+                status.connected(Role::Ingest),
+                status.connected(Role::Cdc)
+            ),
+            ("reconnecting", 1, 1)
+        );
+        drop((second, publisher));
+        assert_eq!(status.connected(Role::Ingest), 0);
     }
 }

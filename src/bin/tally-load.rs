@@ -17,6 +17,14 @@
 //!   201 reply to the arrival of its event on the payer's feed (an event that arrives before
 //!   the reply counts as 0), and how many never arrived within `--wait-s`.
 //!
+//! - `tally-load ingest`: queue ingestion throughput. Registers `--users` users through a running
+//!   Tally, publishes `--messages` requests to its `amqp.requests_queue` acting as an admin that
+//!   Tally lists in `amqp.service_users` (each a transfer from the admin's account to a random
+//!   user, with `--credits` a credit on behalf of a random user, or with `--bulk-items K` an
+//!   independent bulk of K transfers between random users), and reports messages/s and
+//!   transactions/s from the first publish to the last reply, the publish-to-reply latency, and
+//!   the average group commit over the run (from `/metrics`).
+//!
 //! - `tally-load touch --accounts N`: the memory benchmark. Registers enough users to have N
 //!   accounts over every currency Tally accepts, funds them with admin bulks, then debits one
 //!   minor unit from each account once (a reservation on each account's balance actor), and
@@ -86,6 +94,44 @@ enum Cmd {
     Touch(TouchArgs),
     /// Live feed delivery latency: transfer reply to the event's arrival on the feed.
     Feed(FeedArgs),
+    /// Queue ingestion throughput: requests published to RabbitMQ, answered on a reply queue.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct IngestArgs {
+    /// The Tally to set up users through and read `/metrics` from.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    base: String,
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
+    /// Tally's `amqp.requests_queue`.
+    #[arg(long, default_value = "tally.requests")]
+    queue: String,
+    /// An admin listed in Tally's `amqp.service_users`: every request acts as it.
+    #[arg(long)]
+    admin_username: String,
+    #[arg(long)]
+    admin_password: String,
+    /// Accounts the requests spread over.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// 0: each message is one request (see `--credits`); K: each message is an independent bulk
+    /// of K transfers between random users.
+    #[arg(long, default_value_t = 0)]
+    bulk_items: usize,
+    /// Single requests are credits on behalf of random users (each also writes an audit entry
+    /// in its own database transaction) instead of transfers from the admin's account to
+    /// random users.
+    #[arg(long)]
+    credits: bool,
+    /// Bound on waiting for the last replies.
+    #[arg(long, default_value_t = 300)]
+    wait_s: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -305,7 +351,211 @@ async fn main() -> anyhow::Result<()> {
             finish(&report, print_touch_report, args.json, &report.contract)
         }
         Cmd::Feed(args) => feed(&args).await,
+        Cmd::Ingest(args) => ingest(&args).await,
     }
+}
+
+/// `tally-load ingest` (see the module docs).
+async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use futures_util::StreamExt;
+    use lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+    use std::collections::HashMap;
+
+    anyhow::ensure!(args.users >= 2, "--users must be at least 2");
+    let http = reqwest::Client::new();
+    let base = args.base.trim_end_matches('/');
+    let users = create_users(&http, base, args.users, 1).await?;
+    let token = log_in(&http, base, &args.admin_username, &args.admin_password).await?;
+    // The admin's id is the access token's subject.
+    let claims = token
+        .split('.')
+        .nth(1)
+        .context("an access token is a JWT")?;
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims)?)?;
+    let admin = claims["sub"]
+        .as_str()
+        .context("the token's subject")?
+        .to_owned();
+    if args.bulk_items == 0 && !args.credits {
+        // The admin pays every transfer: fund it (its own account, so no audit entry).
+        let funded = http
+            .post(format!("{base}/api/v1/transactions/credit"))
+            .bearer_auth(&token)
+            .json(&json!({"amount": FUNDING * 1_000, "currency": "USD"}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            funded.status().is_success(),
+            "funding the admin: {}",
+            funded.text().await?
+        );
+    }
+
+    let connection =
+        lapin::Connection::connect(&args.amqp_url, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let replies = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let reply_to = replies.name().to_string();
+    let mut consumer = channel
+        .basic_consume(
+            reply_to.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let run = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let bodies: Vec<Vec<u8>> = (0..args.messages)
+        .map(|_| {
+            let body = if args.bulk_items == 0 && args.credits {
+                let user = &users[rng.random_range(0..users.len())];
+                json!({"type": "credit", "acting_user_id": admin, "user_id": user.id, "amount": 1, "currency": "USD"})
+            } else if args.bulk_items == 0 {
+                let user = &users[rng.random_range(0..users.len())];
+                json!({"type": "transfer", "acting_user_id": admin, "to_user_id": user.id, "amount": 1, "currency": "USD"})
+            } else {
+                let items: Vec<Value> = (0..args.bulk_items)
+                    .map(|_| {
+                        let from = rng.random_range(0..users.len());
+                        let to = (from + rng.random_range(1..users.len())) % users.len();
+                        json!({"type": "transfer", "from_user_id": users[from].id, "to_user_id": users[to].id,
+                               "amount": 1, "currency": "USD"})
+                    })
+                    .collect();
+                json!({"type": "bulk", "acting_user_id": admin, "mode": "independent", "transactions": items})
+            };
+            body.to_string().into_bytes()
+        })
+        .collect();
+    let metrics_text = || async {
+        anyhow::Ok(
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?,
+        )
+    };
+    let before = metrics_text().await?;
+
+    let started = Instant::now();
+    let mut sent_at = Vec::with_capacity(args.messages);
+    let mut confirms = Vec::with_capacity(args.messages);
+    for (n, body) in bodies.iter().enumerate() {
+        let id = format!("load-{run}-{n}");
+        let properties = BasicProperties::default()
+            .with_message_id(id.as_str().into())
+            .with_correlation_id(n.to_string().as_str().into())
+            .with_reply_to(reply_to.as_str().into())
+            .with_delivery_mode(2);
+        sent_at.push(Instant::now());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    args.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?,
+        );
+    }
+    let published = started.elapsed();
+    for confirm in confirms {
+        confirm.await?;
+    }
+    let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut answered: HashMap<usize, ()> = HashMap::with_capacity(args.messages);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_s);
+    while answered.len() < args.messages {
+        let Ok(Some(delivery)) = tokio::time::timeout_at(deadline, consumer.next()).await else {
+            break;
+        };
+        let delivery = delivery?;
+        let now = Instant::now();
+        let Some(n) = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if answered.insert(n, ()).is_none() {
+            latency.record(now.duration_since(sent_at[n]).as_micros() as u64)?;
+            let status = match delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get("tally-status"))
+            {
+                Some(AMQPValue::LongInt(status)) => status.to_string(),
+                _ => "none".to_owned(),
+            };
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let after = metrics_text().await?;
+    let delta =
+        |name: &str| metric(&after, name).unwrap_or(0.0) - metric(&before, name).unwrap_or(0.0);
+    let batches = delta("tally_batch_size_count");
+    let average_batch = if batches > 0.0 {
+        delta("tally_batch_size_sum") / batches
+    } else {
+        0.0
+    };
+    let transactions = answered.len() * args.bulk_items.max(1);
+    println!(
+        "ingest: {} of {} messages answered in {:.1} s (published in {:.1} s): {:.0} messages/s, {:.0} transactions/s",
+        answered.len(),
+        args.messages,
+        elapsed.as_secs_f64(),
+        published.as_secs_f64(),
+        answered.len() as f64 / elapsed.as_secs_f64(),
+        transactions as f64 / elapsed.as_secs_f64(),
+    );
+    println!(
+        "  publish to reply: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; average group commit {:.1} transactions ({batches:.0} commits)",
+        latency.value_at_quantile(0.5) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+        latency.max() as f64 / 1000.0,
+        average_batch,
+    );
+    println!("  replies by status: {statuses:?}");
+    let _ = connection.close(200, "done".into()).await;
+    anyhow::ensure!(
+        answered.len() == args.messages,
+        "{} messages were not answered within --wait-s",
+        args.messages - answered.len()
+    );
+    Ok(())
 }
 
 /// `tally-load feed` (see the module docs).

@@ -66,7 +66,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ready", "database": "ok", "cache": state.cache.health().as_str(),
         "journal": "ok",
-        "amqp": state.broker.readiness(state.settings.amqp.ingest),
+        "amqp": state.broker.readiness(),
     }))
 }
 

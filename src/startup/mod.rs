@@ -51,10 +51,13 @@ pub struct Application {
     telemetry: Option<TelemetryGuard>,
 }
 
-/// The broker tasks (`crate::amqp`) and the signal that stops them.
+/// The broker tasks (`crate::amqp`) and the signal that stops them: the ingestion consumers,
+/// each on an arbiter (thread) of its own, and the event publisher.
 struct BrokerTasks {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Each consumer's arbiter, and the signal that its consumer returned.
+    consumers: Vec<(actix::Arbiter, tokio::sync::oneshot::Receiver<()>)>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl BrokerTasks {
@@ -62,37 +65,54 @@ impl BrokerTasks {
     /// the queue) and publishing, waiting until `deadline` at most.
     async fn stop(self, deadline: Instant) {
         self.stop.send_replace(true);
-        for mut task in self.tasks {
-            if tokio::time::timeout_at(deadline.into(), &mut task)
+        for (arbiter, done) in self.consumers {
+            let _ = tokio::time::timeout_at(deadline.into(), done).await;
+            arbiter.stop();
+        }
+        if let Some(mut publisher) = self.publisher {
+            if tokio::time::timeout_at(deadline.into(), &mut publisher)
                 .await
                 .is_err()
             {
-                task.abort();
+                publisher.abort();
             }
         }
     }
 }
 
-/// Starts queue ingestion and event publishing when `amqp.url` is set (each as configured).
+/// Starts queue ingestion (`amqp.consumers` consumers) and event publishing when `amqp.url` is
+/// set, each as configured.
 fn spawn_broker_tasks(state: &web::Data<AppState>) -> BrokerTasks {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let amqp = &state.settings.amqp;
-    let mut tasks = Vec::new();
+    let mut consumers = Vec::new();
     if amqp.enabled() && amqp.ingest {
-        tasks.push(actix_web::rt::spawn(crate::amqp::ingest::run(
-            state.clone(),
-            state.broker.clone(),
-            stopped.clone(),
-        )));
+        for _ in 0..amqp.consumers {
+            // The handlers' futures are not `Send`: each consumer runs on its arbiter's thread.
+            let arbiter = actix::Arbiter::new();
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let (state, status, stopped) = (state.clone(), state.broker.clone(), stopped.clone());
+            arbiter.spawn_fn(move || {
+                actix_web::rt::spawn(async move {
+                    crate::amqp::ingest::run(state, status, stopped).await;
+                    let _ = done.send(());
+                });
+            });
+            consumers.push((arbiter, finished));
+        }
     }
-    if amqp.enabled() && amqp.publish_events {
-        tasks.push(actix_web::rt::spawn(crate::amqp::cdc::run(
+    let publisher = (amqp.enabled() && amqp.publish_events).then(|| {
+        actix_web::rt::spawn(crate::amqp::cdc::run(
             state.settings.clone(),
             state.broker.clone(),
             stopped,
-        )));
+        ))
+    });
+    BrokerTasks {
+        stop,
+        consumers,
+        publisher,
     }
-    BrokerTasks { stop, tasks }
 }
 
 impl Application {
@@ -177,6 +197,11 @@ impl Application {
             feed_start,
         ));
         let settings_amqp_enabled = settings.amqp.enabled();
+        let broker_consumers = if settings.amqp.ingest {
+            settings.amqp.consumers
+        } else {
+            0
+        };
         let state = web::Data::new(AppState {
             pool: pools.api,
             journal_pool: pools.journal,
@@ -187,7 +212,10 @@ impl Application {
             lifecycle: Lifecycle::default(),
             clock,
             feed: crate::routes::feed::Feed { hub },
-            broker: Arc::new(crate::amqp::BrokerStatus::new(settings_amqp_enabled)),
+            broker: Arc::new(crate::amqp::BrokerStatus::new(
+                settings_amqp_enabled,
+                broker_consumers,
+            )),
         });
         // The schedule executor builds movements as the request handlers do, from the state.
         background.push(background::spawn_schedule_executor(state.clone()));

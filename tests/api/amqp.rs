@@ -472,8 +472,8 @@ async fn ten_thousand_requests_with_duplicates_and_malformed_ones() {
     broker.close().await;
 }
 
-/// `kill -9` of the consuming process while thousands of requests are in flight, then a restart
-/// on the same database and queue: every request is applied exactly once, and answered (some
+/// Two instances consume one queue on one database; `kill -9` of one while thousands of requests
+/// are in flight, then its restart: every request is applied exactly once, and answered (some
 /// twice: a request committed but not yet acknowledged is delivered again and replayed).
 #[actix_web::test]
 async fn a_killed_consumer_applies_nothing_twice_and_loses_nothing() {
@@ -503,6 +503,8 @@ async fn a_killed_consumer_applies_nothing_twice_and_loses_nothing() {
     for _ in 0..8 {
         users.push(app.user("crashed").await);
     }
+    // A second instance on the same database consumes the same queue.
+    let _second = Service::start_with(&database_url, &env).await;
     let (reply_to, mut consumer) = broker.private_queue().await;
     let mut expected: HashMap<Uuid, i64> = HashMap::new();
     for n in 0..REQUESTS {
@@ -621,9 +623,9 @@ impl CuttableProxy {
     }
 }
 
-/// The event log published to the exchange: a mixed workload (credits, transfers, holds posted
-/// and voided, a reversal, a refusal) in three parts, with the broker connection cut after the
-/// first and Tally killed (-9) and restarted after the second. A queue bound with `#` sees
+/// The event log published to the exchange by one of two instances: a mixed workload (credits,
+/// transfers, holds posted and voided, a reversal, a refusal) in three parts, with the broker
+/// connections cut after the first and one instance killed (-9) and restarted after the second. A queue bound with `#` sees
 /// every event of the log at least once, each with its type as routing key and its id as
 /// message id, and, first arrivals taken, every account's events in cursor order.
 #[actix_web::test]
@@ -676,6 +678,8 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
     ]);
     let mut service = Service::start_with(&database_url, &env).await;
     let mut app = service.app(&database_url);
+    // A second instance: it publishes only while it holds the publishing lock.
+    let second = Service::start_with(&database_url, &env).await;
     let admin = app.login(ADMIN_USERNAME, ADMIN_PASSWORD).await;
     let mut users = Vec::new();
     for _ in 0..4 {
@@ -734,12 +738,13 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
         match part {
             0 => {
                 proxy.cut();
-                // The publisher saw its connection go, and came back (bounded wait).
+                // The publisher saw its connection go, and a publisher came back (bounded
+                // wait; the lock may change hands meanwhile).
+                let count =
+                    |message: &str| service.events(message).len() + second.events(message).len();
                 let deadline = Instant::now() + Duration::from_secs(60);
-                while service
-                    .events("the event publisher stopped; reconnecting")
-                    .is_empty()
-                    || service.events("publishing the event log").len() < 2
+                while count("the event publisher stopped; reconnecting") == 0
+                    || count("publishing the event log") < 2
                 {
                     assert!(Instant::now() < deadline, "no reconnect after the cut");
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -848,6 +853,31 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
             }
         }
     }
+    // One publisher at a time: of the two instances' publisher sessions, one holds the lock
+    // (bounded wait: the restarted instance's session may still be connecting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE l.pid IS NOT NULL), count(DISTINCT a.pid)
+                   FROM pg_stat_activity a
+                   LEFT JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
+                  WHERE a.application_name = 'tally-cdc' AND a.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (holders, sessions) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        assert!(holders <= 1, "{holders} publishers hold the lock");
+        if (holders, sessions) == (1, 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{holders} lock holders, {sessions} publisher sessions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The stored cursor reaches the end of the log (it is stored after the confirms, so
     // possibly just after the last event came).
     let (last_tx, last_seq) = logged
@@ -880,4 +910,35 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
         .exchange_delete(names.events.as_str().into(), Default::default())
         .await;
     broker.close().await;
+}
+
+/// Broker settings that cannot work stop the start, naming their key.
+#[test]
+fn broker_settings_out_of_range_are_refused_with_their_key() {
+    type Adjust = fn(&mut tally::config::AmqpSettings);
+    let cases: [(Adjust, &str); 6] = [
+        (
+            |amqp| amqp.url = "amqps://broker:5671/%2f".into(),
+            "amqp.url",
+        ),
+        (|amqp| amqp.prefetch = 0, "amqp.prefetch"),
+        (|amqp| amqp.publish_batch = 0, "amqp.publish_batch"),
+        (|amqp| amqp.poll_interval_ms = 1, "amqp.poll_interval_ms"),
+        (
+            |amqp| amqp.events_exchange = "amq.topic".into(),
+            "amqp.events_exchange",
+        ),
+        (
+            |amqp| amqp.dead_letter_queue = amqp.requests_queue.clone(),
+            "amqp.dead_letter_queue",
+        ),
+    ];
+    for (adjust, key) in cases {
+        let mut settings = tally::config::Settings::load(None).expect("default settings load");
+        settings.auth.jwt_secret = "test-secret-test-secret-test-secret!".to_owned();
+        settings.validate().expect("the defaults are valid");
+        adjust(&mut settings.amqp);
+        let error = settings.validate().expect_err(key).to_string();
+        assert!(error.contains(key), "{key}: {error}");
+    }
 }
