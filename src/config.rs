@@ -756,6 +756,12 @@ impl Settings {
             );
         }
         anyhow::ensure!(
+            !(amqp.enabled() && amqp.ingest && amqp.service_users.is_empty()),
+            "amqp.service_users must name at least one user while amqp.url is set and \
+             amqp.ingest is on (else every request taken from the queue is dead-lettered); \
+             set amqp.ingest = false to only publish events"
+        );
+        anyhow::ensure!(
             amqp.requests_queue != amqp.dead_letter_queue,
             "amqp.dead_letter_queue must differ from amqp.requests_queue"
         );

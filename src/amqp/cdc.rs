@@ -41,6 +41,9 @@ pub const STANDBY_RETRY: Duration = Duration::from_secs(1);
 const LAG_PERIOD: Duration = Duration::from_secs(1);
 /// The lag is counted up to this many events (a bounded index range, whatever the backlog).
 pub const LAG_COUNT_MAX: i64 = 100_000;
+/// The longest wait for a page's confirms before it counts as failed (a broker under a memory
+/// alarm blocks publishers instead of refusing them).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Publishes until `stop` turns true, reconnecting (to the database and the broker) after any
 /// failure; see the module docs. Runs on every instance with `amqp.url` set and
@@ -52,10 +55,14 @@ pub async fn run(
 ) {
     let mut backoff = super::Backoff::new(settings.amqp.reconnect_max());
     loop {
+        // After a failure the gauge keeps the lag last measured (each attempt measures it again
+        // as soon as it holds the lock), so a broker outage shows as a growing lag, not as 0.
         let result = publish(&settings, &status, &mut backoff, &mut stop).await;
-        metrics::gauge!(names::CDC_LAG_EVENTS).set(0.0);
         match result {
-            Ok(()) => return,
+            Ok(()) => {
+                metrics::gauge!(names::CDC_LAG_EVENTS).set(0.0);
+                return;
+            }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "the event publisher stopped; reconnecting")
             }
@@ -98,19 +105,39 @@ async fn publish(
         if locked {
             break;
         }
+        // Another instance publishes (and reports the lag).
+        metrics::gauge!(names::CDC_LAG_EVENTS).set(0.0);
         backoff.reset();
         if super::wait_or_stop(STANDBY_RETRY, stop).await {
             return Ok(());
         }
     }
     tracing::info!(exchange, "publishing the event log");
+    client
+        .execute(
+            "INSERT INTO cdc_cursors (exchange) VALUES ($1) ON CONFLICT (exchange) DO NOTHING",
+            &[&exchange],
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT tx, seq FROM cdc_cursors WHERE exchange = $1",
+            &[&exchange],
+        )
+        .await?;
+    let cursor = EventCursor {
+        tx: row.get(0),
+        seq: row.get(1),
+    };
+    // Measured before the broker is reached: while it cannot be, the lag shows it.
+    measure_lag(&client, cursor).await?;
 
     let broker = super::connect(&amqp.url, Role::Cdc).await?;
     let result = publish_on(
         settings,
-        &client,
+        (&client, &mut closed),
         &broker,
-        &mut closed,
+        cursor,
         status,
         backoff,
         stop,
@@ -120,13 +147,35 @@ async fn publish(
     result
 }
 
+/// Sets `tally_cdc_lag_events` to the events after `cursor` (up to [`LAG_COUNT_MAX`]).
+async fn measure_lag(
+    client: &tokio_postgres::Client,
+    cursor: EventCursor,
+) -> Result<(), tokio_postgres::Error> {
+    let lag: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM events e WHERE {} LIMIT {LAG_COUNT_MAX}) AS behind",
+                events::AFTER_CURSOR
+            ),
+            &[&cursor.tx, &cursor.seq],
+        )
+        .await?
+        .get(0);
+    metrics::gauge!(names::CDC_LAG_EVENTS).set(lag as f64);
+    Ok(())
+}
+
 /// Publishes on `broker` from the stored cursor until stopped (`Ok`) or something fails
 /// (`Err`), while this session holds the lock.
 async fn publish_on(
     settings: &Settings,
-    client: &tokio_postgres::Client,
+    (client, closed): (
+        &tokio_postgres::Client,
+        &mut tokio::sync::oneshot::Receiver<()>,
+    ),
     broker: &lapin::Connection,
-    closed: &mut tokio::sync::oneshot::Receiver<()>,
+    mut cursor: EventCursor,
     status: &BrokerStatus,
     backoff: &mut super::Backoff,
     stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -148,32 +197,31 @@ async fn publish_on(
             FieldTable::default(),
         )
         .await?;
-    client
-        .execute(
-            "INSERT INTO cdc_cursors (exchange) VALUES ($1) ON CONFLICT (exchange) DO NOTHING",
-            &[&exchange],
-        )
-        .await?;
-    let row = client
-        .query_one(
-            "SELECT tx, seq FROM cdc_cursors WHERE exchange = $1",
-            &[&exchange],
-        )
-        .await?;
-    let mut cursor = EventCursor {
-        tx: row.get(0),
-        seq: row.get(1),
-    };
     let _up = status.up(Role::Cdc);
     backoff.reset();
 
-    let mut lag_measured: Option<Instant> = None;
+    let mut lag_measured = Instant::now();
     loop {
+        // Checked on every page, so that catching up on a long log stops in time too.
+        if *stop.borrow() {
+            return Ok(());
+        }
         let page = events::read_after(client, cursor, i64::from(amqp.publish_batch)).await?;
         let full = page.len() >= amqp.publish_batch as usize;
         if let Some(last) = page.last() {
             let last = last.cursor;
-            publish_page(&channel, exchange, page).await?;
+            // A page not confirmed in time (a blocked broker) or cut short (a stop, the lock's
+            // session gone) is published again from the stored cursor, by whoever holds the
+            // lock then; nothing of it was stored.
+            tokio::select! {
+                published = tokio::time::timeout(PUBLISH_TIMEOUT, publish_page(&channel, exchange, page)) => {
+                    published.map_err(|_| anyhow::anyhow!("the broker confirmed no page within {PUBLISH_TIMEOUT:?}"))??;
+                }
+                _ = &mut *closed => anyhow::bail!("the database connection closed"),
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    return Ok(());
+                },
+            }
             client
                 .execute(
                     "UPDATE cdc_cursors SET tx = $2, seq = $3, updated_at = now() WHERE exchange = $1",
@@ -182,19 +230,9 @@ async fn publish_on(
                 .await?;
             cursor = last;
         }
-        if lag_measured.is_none_or(|at| at.elapsed() >= LAG_PERIOD) {
-            let lag: i64 = client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM (SELECT 1 FROM events e WHERE {} LIMIT {LAG_COUNT_MAX}) AS behind",
-                        events::AFTER_CURSOR
-                    ),
-                    &[&cursor.tx, &cursor.seq],
-                )
-                .await?
-                .get(0);
-            metrics::gauge!(names::CDC_LAG_EVENTS).set(lag as f64);
-            lag_measured = Some(Instant::now());
+        if lag_measured.elapsed() >= LAG_PERIOD {
+            measure_lag(client, cursor).await?;
+            lag_measured = Instant::now();
         }
         if broker.status().errored() || !broker.status().connected() {
             anyhow::bail!("the broker connection closed");

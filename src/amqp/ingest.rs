@@ -170,18 +170,31 @@ async fn consume(
                         (state.clone(), identities.clone(), publishing.clone());
                     let dead_letter_queue = settings.dead_letter_queue.clone();
                     tasks.spawn_local(async move {
-                        if let Err(error) =
-                            handle(&state, &identities, &publishing, &dead_letter_queue, delivery).await
-                        {
-                            // Unacknowledged: the broker delivers it again (a replay).
-                            tracing::warn!(error = %format!("{error:#}"), "a request was left unacknowledged");
+                        let acker = delivery.acker.clone();
+                        match handle(&state, &identities, &publishing, &dead_letter_queue, delivery).await {
+                            Ok(()) => true,
+                            Err(error) => {
+                                // Handed back: delivered again (to any consumer), it is answered
+                                // from its idempotency key if it was applied.
+                                tracing::warn!(error = %format!("{error:#}"), "a request goes back to the queue");
+                                let _ = acker
+                                    .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                                    .await;
+                                publishing.status().connected()
+                            }
                         }
                     });
                 }
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                // A reply or dead letter failed because the publishing channel closed: nothing
+                // more can be acknowledged on this connection, so reconnect.
+                if matches!(finished, Ok(false)) {
+                    break Err(anyhow::anyhow!("the channel for replies and dead letters closed"));
+                }
+            }
             changed = stop.changed() => if changed.is_err() || *stop.borrow() {
                 break Ok(());
             },
@@ -190,9 +203,11 @@ async fn consume(
     if outcome.is_ok() {
         // Stopping: no new deliveries; the ones in flight are answered and acknowledged
         // (bounded), and anything left unacknowledged goes back to the queue on close.
-        let _ = consuming
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let _ = tokio::time::timeout(
+            super::CLOSE_TIMEOUT,
+            consuming.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        )
+        .await;
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while tokio::time::timeout_at(deadline, tasks.join_next())
             .await
@@ -249,8 +264,8 @@ async fn handle(
         Decision::Requeue => Outcome::Requeued,
         Decision::Answered(answer) if answer.status >= 500 => {
             let reason = format!(
-                "internal error (status {}): nothing is known to be applied; publish it again \
-                 with the same message_id",
+                "internal error (status {}): the outcome is unknown; publish it again with the \
+                 same message_id (its idempotency key makes that safe)",
                 answer.status
             );
             dead_letter(publishing, dead_letter_queue, &delivery, &reason, &answer).await?;
@@ -268,16 +283,11 @@ async fn handle(
         }
     };
     if outcome == Outcome::Requeued {
-        delivery
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await?;
-        return Ok(());
+        anyhow::bail!("the pipeline stayed unavailable for {BACKPRESSURE_ATTEMPTS} tries");
     }
-    delivery.acker.ack(BasicAckOptions::default()).await?;
+    if !delivery.acker.ack(BasicAckOptions::default()).await? {
+        anyhow::bail!("the acknowledgement was not sent (its channel closed)");
+    }
     metrics::counter!(names::AMQP_MESSAGES, "outcome" => outcome.as_str()).increment(1);
     Ok(())
 }
@@ -315,17 +325,29 @@ impl Request {
                      `{RESERVED_KEY_PREFIX}`"
                 )
             })?;
+        // The REST body limits: `bulk.body_limit_bytes` for a bulk, `http.body_limit_bytes` for
+        // the rest (checked again below, once the type is known).
+        let (single, bulk) = (
+            state.settings.http.body_limit_bytes,
+            state.settings.bulk.body_limit_bytes,
+        );
+        if delivery.data.len() > single.max(bulk) {
+            return Err(format!("the body is larger than {} bytes", single.max(bulk)).into());
+        }
         let mut body = match serde_json::from_slice::<Value>(&delivery.data) {
             Ok(Value::Object(body)) => body,
             _ => return Err("the body must be a JSON object".into()),
         };
-        let kind = match body.remove("type") {
+        let kind: &'static str = match body.remove("type") {
             Some(Value::String(kind)) => TYPES
                 .into_iter()
                 .find(|known| *known == kind)
                 .ok_or_else(|| format!("type must be one of {}", TYPES.join(", ")))?,
             _ => return Err(format!("type must be one of {}", TYPES.join(", ")).into()),
         };
+        if kind != "bulk" && delivery.data.len() > single {
+            return Err(format!("the body of a {kind} is larger than {single} bytes").into());
+        }
         let acting = match body.remove("acting_user_id") {
             Some(Value::String(id)) => Uuid::try_parse(&id).ok(),
             _ => None,
@@ -394,6 +416,17 @@ impl Answer {
         }
     }
 
+    /// Whether an independent bulk's results hold an item the pipeline turned away (503): the
+    /// whole bulk is tried again with its key, which replays the items already applied.
+    fn has_unavailable_items(&self) -> bool {
+        self.status == 200
+            && serde_json::from_slice::<Value>(&self.body).is_ok_and(|body| {
+                body["results"].as_array().is_some_and(|results| {
+                    results.iter().any(|item| item["error"]["status"] == 503)
+                })
+            })
+    }
+
     fn problem(error: &ApiError) -> Answer {
         let response = error.error_response();
         let status = response.status().as_u16();
@@ -457,7 +490,9 @@ async fn decide(
             }
             Ok(request) => {
                 let answer = answer(state, &request).await;
-                if answer.status != 503 {
+                if answer.status != 503
+                    && !(request.kind == "bulk" && answer.has_unavailable_items())
+                {
                     return Decision::Answered(answer);
                 }
             }
@@ -560,11 +595,24 @@ async fn dead_letter(
         HEADER_DEAD_LETTER_REASON.into(),
         AMQPValue::LongString(reason.into()),
     );
-    let properties = delivery
-        .properties
-        .clone()
+    // What identifies and routes the message, and nothing the broker checks against this
+    // connection (`user_id`) or that would drop it (`expiration`).
+    let original = &delivery.properties;
+    let mut properties = BasicProperties::default()
         .with_headers(headers)
         .with_delivery_mode(2);
+    if let Some(id) = original.message_id() {
+        properties = properties.with_message_id(id.clone());
+    }
+    if let Some(id) = original.correlation_id() {
+        properties = properties.with_correlation_id(id.clone());
+    }
+    if let Some(reply_to) = original.reply_to() {
+        properties = properties.with_reply_to(reply_to.clone());
+    }
+    if let Some(content_type) = original.content_type() {
+        properties = properties.with_content_type(content_type.clone());
+    }
     publish_confirmed(
         publishing,
         dead_letter_queue.into(),

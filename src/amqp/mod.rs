@@ -11,7 +11,8 @@
 //!   `cdc_cursors`; one publisher per exchange at a time across instances.
 //!
 //! Neither is on the posting path: a broker that is down never fails or slows a REST request.
-//! Readiness reports the connections (`"amqp"`), and `tally_amqp_connected{role}` exports them.
+//! Readiness reports the ingestion consumers' connections (`"amqp"`); `tally_amqp_connected{role}`
+//! exports both roles, and `tally_cdc_lag_events` keeps growing while the publisher is cut off.
 
 pub mod cdc;
 pub mod ingest;

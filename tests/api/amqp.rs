@@ -129,10 +129,15 @@ impl Broker {
             .await
             .expect("declare a private queue");
         let name = queue.name().to_string();
-        let consumer = self
-            .channel
+        let consumer = self.consume(&self.channel, &name).await;
+        (name, consumer)
+    }
+
+    /// A consumer on `queue` (on `channel`), acknowledging as it receives.
+    pub async fn consume(&self, channel: &Channel, queue: &str) -> lapin::Consumer {
+        channel
             .basic_consume(
-                name.as_str().into(),
+                queue.into(),
                 "".into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -141,8 +146,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .expect("consume the private queue");
-        (name, consumer)
+            .expect("consume a queue")
     }
 
     /// Publishes `body` to `queue` (default exchange) and waits for the broker's confirm.
@@ -779,18 +783,7 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
 
     // Read the queue until every one of them came.
     let consumer_channel = broker.connection.create_channel().await.unwrap();
-    let mut consumer = consumer_channel
-        .basic_consume(
-            events_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = broker.consume(&consumer_channel, &events_queue).await;
     let deadline = Instant::now() + WAIT;
     let mut seen: HashSet<i64> = HashSet::new();
     let mut arrivals: Vec<Value> = Vec::new();
@@ -916,7 +909,7 @@ async fn every_event_is_published_in_order_across_a_connection_loss_and_a_restar
 #[test]
 fn broker_settings_out_of_range_are_refused_with_their_key() {
     type Adjust = fn(&mut tally::config::AmqpSettings);
-    let cases: [(Adjust, &str); 6] = [
+    let cases: [(Adjust, &str); 7] = [
         (
             |amqp| amqp.url = "amqps://broker:5671/%2f".into(),
             "amqp.url",
@@ -932,6 +925,7 @@ fn broker_settings_out_of_range_are_refused_with_their_key() {
             |amqp| amqp.dead_letter_queue = amqp.requests_queue.clone(),
             "amqp.dead_letter_queue",
         ),
+        (|amqp| amqp.url = BROKER_URL.into(), "amqp.service_users"),
     ];
     for (adjust, key) in cases {
         let mut settings = tally::config::Settings::load(None).expect("default settings load");
@@ -941,4 +935,70 @@ fn broker_settings_out_of_range_are_refused_with_their_key() {
         let error = settings.validate().expect_err(key).to_string();
         assert!(error.contains(key), "{key}: {error}");
     }
+}
+
+/// Backpressure: a pipeline that admits 8 submissions at a time against 256 requests delivered at
+/// once (and bulks whose items it turns away): nothing is failed for it; every request is applied
+/// once and answered once with its 201 (or 200), as the consumers wait and try again.
+#[actix_web::test]
+async fn an_overloaded_pipeline_slows_consumption_and_fails_nothing() {
+    const REQUESTS: usize = 600;
+    let names = Names::unique();
+    let broker = Broker::connect().await;
+    broker.declare(&names.requests).await;
+    let (app, admin) = TestApp::spawn_with_admin(|settings| {
+        names.configure(settings, BROKER_URL, &[ADMIN_USERNAME]);
+        settings.amqp.publish_events = false;
+        settings.pipeline.queue_capacity = 8;
+        settings.bulk.max_items = 8;
+    })
+    .await;
+    let user = app.user("pressed").await;
+    let waits_before = app.metric("tally_amqp_backpressure_waits_total").await;
+    let (reply_to, mut consumer) = broker.private_queue().await;
+    for n in 0..REQUESTS {
+        let id = format!("pressed-{n}");
+        let body = if n % 50 == 0 {
+            let items: Vec<Value> = (0..8)
+                .map(|_| json!({"type": "credit", "user_id": user.id, "amount": 1, "currency": "USD"}))
+                .collect();
+            json!({"type": "bulk", "acting_user_id": admin.id, "mode": "independent", "transactions": items})
+        } else {
+            json!({"type": "credit", "acting_user_id": admin.id, "user_id": user.id, "amount": 1, "currency": "USD"})
+        };
+        broker
+            .publish(
+                &names.requests,
+                Some(&id),
+                &reply_to,
+                &id,
+                body.to_string().as_bytes(),
+            )
+            .await;
+    }
+    let mut replies = HashMap::new();
+    collect_replies(&mut consumer, &mut replies, REQUESTS).await;
+    let mut credited = 0;
+    for (id, answers) in &replies {
+        assert_eq!(answers.len(), 1, "{id}: {answers:?}");
+        let answer = &answers[0];
+        if answer.body["results"].is_array() {
+            assert_eq!(answer.status, 200, "{id}: {answer:?}");
+            for item in answer.body["results"].as_array().unwrap() {
+                assert_eq!(item["status"], "completed", "{id}: {item}");
+                credited += 1;
+            }
+        } else {
+            assert_eq!(answer.status, 201, "{id}: {answer:?}");
+            credited += 1;
+        }
+    }
+    assert_eq!(replies.len(), REQUESTS);
+    assert_eq!(app.balance(&user, "USD").await, credited);
+    let waits = app.metric("tally_amqp_backpressure_waits_total").await - waits_before;
+    assert!(waits > 0.0, "the pipeline never pushed back");
+    eprintln!("{waits} backpressure waits for {REQUESTS} requests");
+    app.assert_ledger_invariants().await;
+    broker.delete(&[&names.requests, &names.dead]).await;
+    broker.close().await;
 }

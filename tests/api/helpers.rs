@@ -418,6 +418,12 @@ impl TestApp {
     pub async fn user(&self, prefix: &str) -> TestUser {
         let n = USER_SEQ.fetch_add(1, Ordering::Relaxed);
         let username = format!("{prefix}{n}_{}", &Uuid::new_v4().simple().to_string()[..6]);
+        self.user_named(username).await
+    }
+
+    /// Registers and logs in a new user named exactly `username` (e.g. one that the settings
+    /// name before it exists).
+    pub async fn user_named(&self, username: String) -> TestUser {
         let password = "correct horse battery".to_owned();
         let registered = self
             .post(

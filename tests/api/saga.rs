@@ -17,28 +17,6 @@ mod saga_example;
 
 use saga_example::{Order, OrderOutcome, Outcome, SagaConfig};
 
-const PASSWORD: &str = "correct horse battery";
-
-/// Registers a user named exactly `username` (which `amqp.service_users` names before it
-/// exists) and logs it in.
-async fn register(app: &TestApp, username: &str) -> TestUser {
-    let registered = app
-        .post(
-            "/api/v1/auth/register",
-            None,
-            &json!({"username": username, "email": format!("{username}@example.com"),
-                    "password": PASSWORD}),
-        )
-        .await;
-    assert_eq!(
-        registered.status,
-        StatusCode::CREATED,
-        "register: {}",
-        registered.body
-    );
-    app.login(username, PASSWORD).await
-}
-
 /// `(amount, pending)` of `user` in USD.
 async fn usd(app: &TestApp, user: &TestUser) -> (i64, i64) {
     let reply = app
@@ -76,7 +54,7 @@ async fn the_order_saga_pays_cancels_and_rejects_over_the_queues_and_a_rerun_cha
         names.configure(settings, BROKER_URL, &[&shop_name]);
     })
     .await;
-    let shop = register(&app, &shop_name).await;
+    let shop = app.user_named(shop_name.clone()).await;
     let supplier = app.user("supplier").await;
     app.credit(&shop, 10_000, "USD").await;
     // Tally lets only the payee of a transfer hold, or an admin, post or void it; the shop is
@@ -92,7 +70,7 @@ async fn the_order_saga_pays_cancels_and_rejects_over_the_queues_and_a_rerun_cha
         )
         .await;
     assert_eq!(promoted.status, StatusCode::OK, "{}", promoted.body);
-    let shop = app.login(&shop_name, PASSWORD).await;
+    let shop = app.login(&shop_name, &shop.password).await;
 
     // A and C ship, B does not; D asks for more than the shop ever had, whatever the order in
     // which Tally takes the holds (A + B + C = 9,500 fit in 10,000 in any order).
