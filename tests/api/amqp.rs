@@ -179,6 +179,12 @@ impl Broker {
             .expect("confirmed");
     }
 
+    /// Publishes the request `body` with `id` as its message id and correlation id.
+    pub async fn request(&self, queue: &str, id: &str, reply_to: &str, body: &Value) {
+        self.publish(queue, Some(id), reply_to, id, body.to_string().as_bytes())
+            .await;
+    }
+
     /// Every message in `queue` (taken with basic.get and acknowledged), with its headers.
     pub async fn drain(&self, queue: &str) -> Vec<(FieldTable, Vec<u8>)> {
         let mut taken = Vec::new();
@@ -518,15 +524,7 @@ async fn a_killed_consumer_applies_nothing_twice_and_loses_nothing() {
         let body = json!({"type": "credit", "acting_user_id": admin.id, "user_id": user.id,
                           "amount": amount, "currency": "USD"});
         let id = format!("crash-{n}");
-        broker
-            .publish(
-                &names.requests,
-                Some(&id),
-                &reply_to,
-                &id,
-                body.to_string().as_bytes(),
-            )
-            .await;
+        broker.request(&names.requests, &id, &reply_to, &body).await;
     }
     // Some hundreds answered, the rest queued or in flight: kill it.
     let mut replies = HashMap::new();
@@ -966,15 +964,7 @@ async fn an_overloaded_pipeline_slows_consumption_and_fails_nothing() {
         } else {
             json!({"type": "credit", "acting_user_id": admin.id, "user_id": user.id, "amount": 1, "currency": "USD"})
         };
-        broker
-            .publish(
-                &names.requests,
-                Some(&id),
-                &reply_to,
-                &id,
-                body.to_string().as_bytes(),
-            )
-            .await;
+        broker.request(&names.requests, &id, &reply_to, &body).await;
     }
     let mut replies = HashMap::new();
     collect_replies(&mut consumer, &mut replies, REQUESTS).await;
