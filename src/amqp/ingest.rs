@@ -228,7 +228,8 @@ enum Outcome {
     Replayed,
     Refused,
     DeadLettered,
-    /// Handed back to the broker after [`BACKPRESSURE_ATTEMPTS`] 503s (not counted).
+    /// Handed back to the broker after [`BACKPRESSURE_ATTEMPTS`] 503s (not counted: it is
+    /// counted when it is answered).
     Requeued,
 }
 
@@ -244,10 +245,12 @@ impl Outcome {
     }
 }
 
-/// Answers one delivery and acknowledges it (or hands it back under backpressure).
+/// Answers one delivery and acknowledges it.
 ///
-/// Errors: publishing the reply or dead letter, or the acknowledgement, failed; the message
-/// stays unacknowledged and is delivered again.
+/// Errors: the pipeline stayed unavailable for [`BACKPRESSURE_ATTEMPTS`] tries, or publishing
+/// the reply or dead letter, or the acknowledgement, failed. The caller hands the message back
+/// to the queue (nack with requeue); delivered again, it is answered from its idempotency key if
+/// it was applied.
 async fn handle(
     state: &web::Data<AppState>,
     identities: &Identities,
